@@ -1,0 +1,1 @@
+"""The stage registry, the cached runner, input resolution and (later) recipes."""

@@ -1,0 +1,90 @@
+"""The cached stage runner: every artifact-producing command and recipe step goes through here.
+
+``key = sha256(stage, stage version, canonical config, input digests, fingerprint)``. A hit returns
+the stored artifact without work; a miss runs the stage in a temp dir inside the store and commits
+the result with its parents and resolved config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from slmops.errors import ConfigError
+from slmops.pipeline.stages import Stage, StageOutput, get_stage
+from slmops.store.artifact import Artifact, Parent, StageInfo, canonical_json
+from slmops.store.registry import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    artifact: Artifact
+    cached: bool
+    stage: str
+    version: int | None = None  # version under ``name`` when one was given
+
+    @property
+    def digest(self) -> str:
+        return self.artifact.digest
+
+
+def cache_key(st: Stage, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:
+    payload: dict[str, Any] = {
+        "stage": st.name,
+        "version": st.version,
+        "config": cfg.model_dump(mode="json"),
+        "inputs": {role: art.digest for role, art in sorted(inputs.items())},
+    }
+    if st.fingerprint is not None:
+        payload["fingerprint"] = st.fingerprint(cfg)
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def run_stage(
+    name: str,
+    inputs: dict[str, Artifact] | None = None,
+    config: BaseModel | dict[str, Any] | None = None,
+    *,
+    store: Store,
+    output_name: str | None = None,
+    force: bool = False,
+) -> RunResult:
+    """Run (or fetch from cache) stage ``name`` on ``inputs`` with ``config``."""
+    st = get_stage(name)
+    inputs = dict(inputs or {})
+    missing = [r for r in st.inputs if r not in inputs]
+    unknown = [r for r in inputs if r not in st.inputs and r not in st.optional_inputs]
+    if missing or unknown:
+        raise ConfigError(
+            f"stage {name} got the wrong inputs",
+            why=(f"missing {', '.join(missing)}" if missing else "") + ("; " if missing and unknown else "")
+            + (f"unexpected {', '.join(unknown)}" if unknown else ""),
+            fix=f"it takes {', '.join(st.inputs) or 'no inputs'}"
+            + (f" (optional: {', '.join(st.optional_inputs)})" if st.optional_inputs else ""),
+        )
+    cfg = st.make_config(config)
+    key = cache_key(st, cfg, inputs)
+    if not force and (hit := store.cached(key)) is not None:
+        log.info("%s: cache hit %s", name, hit.short)
+        version = store.add_version(output_name, hit.digest) if output_name else None
+        return RunResult(hit, True, name, version)
+    with store.staging() as tmp:
+        log.info("%s: running into %s", name, tmp)
+        result = st.fn(inputs, cfg, tmp) or StageOutput()
+        artifact = store.commit(
+            tmp,
+            kind=result.kind or st.kind,
+            format=result.format or st.format,
+            parents=[Parent(digest=a.digest, role=role) for role, a in sorted(inputs.items())],
+            stage=StageInfo(name=st.name, version=st.version, config=cfg.model_dump(mode="json"), cache_key=key),
+            metrics=result.metrics,
+            meta=result.meta,
+        )
+    version = store.add_version(output_name, artifact.digest) if output_name else None
+    return RunResult(artifact, False, name, version)

@@ -1,0 +1,21 @@
+"""Process-wide settings read from the environment (``SLMOPS_HOME``, offline flags)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_HOME = "~/.slmops"
+
+
+def slmops_home() -> Path:
+    """The store's root: ``$SLMOPS_HOME`` or ``~/.slmops``, expanded and absolute."""
+    return Path(os.environ.get("SLMOPS_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+
+def hub_offline() -> bool:
+    """True when the user asked for no hub access (``HF_HUB_OFFLINE`` or ``SLMOPS_OFFLINE``)."""
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "SLMOPS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )

@@ -1,0 +1,114 @@
+"""``ModelRef``: the one parser and resolver for every way a user names an artifact.
+
+Accepted forms: ``name`` (latest version), ``name:3``, ``name@prod``, ``sha256:<hex prefix>``,
+``./path`` / ``/abs/path`` / ``~/path`` (an artifact directory, or a folder to import), and
+``hf:org/name`` (the only networked scheme).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from slmops.errors import RefError, StoreError
+from slmops.store.artifact import MANIFEST, Artifact, read_manifest
+from slmops.store.registry import NAME_RE, Store
+
+Scheme = Literal["name", "digest", "path", "hf"]
+_NAME_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<version>\d+)|@(?P<alias>[A-Za-z0-9][A-Za-z0-9._-]*))?$")
+_HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(?:@[A-Za-z0-9._/-]+)?$")
+
+#: Turns a folder (``path``) or hub id (``hf``) into a registered artifact; supplied by the pipeline.
+Importer = Callable[["ModelRef"], Artifact]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    scheme: Scheme
+    value: str
+    version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        text = text.strip()
+        if not text:
+            raise RefError("empty model reference", fix="give a name (bot, bot:3, bot@prod), sha256:<prefix>, ./path or hf:org/name")
+        if text.startswith("sha256:"):
+            digest = text[7:].lower()
+            if not re.fullmatch(r"[0-9a-f]{4,64}", digest):
+                raise RefError(f"{text!r} is not a digest reference", why="sha256: takes 4 to 64 hex digits")
+            return cls("digest", digest)
+        if text.startswith("hf:"):
+            repo = text[3:]
+            if not _HF_ID.match(repo):
+                raise RefError(f"{text!r} is not a hub reference", why="expected hf:org/name or hf:org/name@revision")
+            return cls("hf", repo)
+        if text.startswith((".", "/", "~")) or "/" in text or "\\" in text:
+            return cls("path", text)
+        m = _NAME_REF.match(text)
+        if not m:
+            raise RefError(
+                f"{text!r} is not a valid reference",
+                why="names hold letters, digits, '.', '_' and '-'",
+                fix="use name, name:VERSION, name@ALIAS, sha256:<prefix>, ./path or hf:org/name",
+            )
+        version = int(m["version"]) if m["version"] else None
+        return cls("name", m["name"], version=version, alias=m["alias"])
+
+    def __str__(self) -> str:
+        if self.scheme == "digest":
+            return f"sha256:{self.value}"
+        if self.scheme == "hf":
+            return f"hf:{self.value}"
+        if self.scheme == "name":
+            return self.value + (f":{self.version}" if self.version is not None else "") + (f"@{self.alias}" if self.alias else "")
+        return self.value
+
+    @property
+    def path(self) -> Path:
+        return Path(self.value).expanduser().resolve()
+
+
+def resolve(ref: ModelRef | str, store: Store, *, importer: Importer | None = None, kind: str | tuple[str, ...] | None = None) -> Artifact:
+    """The artifact a reference points at. Folders and hub ids go through ``importer``."""
+    if isinstance(ref, str):
+        ref = ModelRef.parse(ref)
+    try:
+        if ref.scheme == "name":
+            art = store.lookup(ref.value, version=ref.version, alias=ref.alias)
+        elif ref.scheme == "digest":
+            art = store.find_prefix(ref.value)
+        elif ref.scheme == "path":
+            art = _resolve_path(ref, store, importer)
+        else:
+            if importer is None:
+                raise RefError(f"cannot resolve {ref} here", why="hub references need an importer", fix="use `slmops models import hf:ORG/NAME`")
+            art = importer(ref)
+    except StoreError as exc:
+        raise RefError(exc.what, why=exc.why, fix=exc.fix) from exc
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds and art.kind not in kinds:
+        raise RefError(f"{ref} is a {art.kind} artifact", why=f"this needs a {' or '.join(kinds)}")
+    return art
+
+
+def _resolve_path(ref: ModelRef, store: Store, importer: Importer | None) -> Artifact:
+    path = ref.path
+    if not path.exists():
+        hint = f"; for a hub model write hf:{ref.value}" if re.fullmatch(r"[\w.-]+/[\w.-]+", ref.value) else ""
+        raise RefError(f"no such file or folder: {ref.value}", fix=f"check the path{hint}")
+    if (path / MANIFEST).is_file():
+        m = read_manifest(path)
+        if store.exists(m.digest):
+            return store.get(m.digest)
+    if importer is None:
+        raise RefError(f"{ref.value} is not a stored artifact", fix=f"import it first with `slmops models import {ref.value} --name NAME`")
+    return importer(ref)
+
+
+def is_name(text: str) -> bool:
+    return bool(NAME_RE.match(text))
