@@ -1,0 +1,37 @@
+# The two set-up commands of the README live here: `make demo` (main job) and `make test`.
+# Everything installs into ./.venv; torch is installed first from the pinned CPU build so that no
+# multi-GB CUDA build is pulled in by a dependency.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-all
+
+.PHONY: install demo test test-slow test-all clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Main job: the end-to-end demo on the built-in task (store in ./.slmops unless SLMOPS_HOME is set)
+demo: $(STAMP)
+	SLMOPS_HOME=$${SLMOPS_HOME:-$(CURDIR)/.slmops} HF_HUB_OFFLINE=1 $(VENV)/bin/slmops demo
+
+## Default test suite (every extra installed; slow tests excluded)
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+## Slow tests only (minutes)
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'slow or not slow'
+
+clean:
+	rm -rf $(VENV) .slmops .pytest_cache

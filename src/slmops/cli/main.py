@@ -1,0 +1,77 @@
+"""The ``slmops`` command: registers each verb's module and turns SlmopsError into exit code 1."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slmops import __version__
+from slmops.errors import SlmopsError
+
+app = typer.Typer(
+    name="slmops",
+    help="The small-language-model lifecycle on one machine, offline: data, models, fine-tune, distill, "
+    "export, evaluate, serve, monitor — every artifact in a local registry with its lineage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"slmops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    home: Annotated[Path | None, typer.Option("--home", help="Store location (default $SLMOPS_HOME or ~/.slmops).")] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-v info, -vv debug).")] = 0,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    if home is not None:
+        os.environ["SLMOPS_HOME"] = str(home.expanduser().resolve())
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _register() -> None:
+    from slmops.cli import data, doctor, generate, models
+
+    doctor.register(app)
+    app.add_typer(models.app, name="models")
+    app.add_typer(data.app, name="data")
+    generate.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script and ``python -m slmops``."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SlmopsError as exc:
+        from slmops.cli.render import err
+
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
