@@ -14,7 +14,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnxruntime", "onnxruntime-genai", "onnx", "onnx-ir"),
     "gguf": ("gguf", "llama-cpp-python"),
     "serve": ("fastapi", "uvicorn", "prometheus-client", "openai", "httpx"),
-    "eval": ("matplotlib", "pyarrow"),
+    "data": ("pyarrow",),
+    "eval": ("matplotlib",),
 }
 
 

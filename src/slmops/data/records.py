@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from slmops.errors import DataError
 
@@ -58,15 +58,16 @@ def _not_blank(value: str) -> str:
     return value
 
 
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+
 class Message(BaseModel):
     """One chat turn."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     role: Role
-    content: str
+    content: NonBlank
     name: str | None = None
-
-    _check_content = field_validator("content")(_not_blank)
 
 
 class _Common(BaseModel):
@@ -81,24 +82,18 @@ class ChatInput(_Common):
 
 
 class InstructionInput(_Common):
-    input: str
-    output: str
+    input: NonBlank
+    output: NonBlank
     system: str | None = None
-
-    _check = field_validator("input", "output")(_not_blank)
 
 
 class PromptInput(_Common):
-    prompt: str
+    prompt: NonBlank
     system: str | None = None
-
-    _check = field_validator("prompt")(_not_blank)
 
 
 class TextInput(_Common):
-    text: str
-
-    _check = field_validator("text")(_not_blank)
+    text: NonBlank
 
 
 class Record(BaseModel):

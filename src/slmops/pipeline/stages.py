@@ -24,6 +24,7 @@ from slmops.store.artifact import Artifact
 #: Modules that register the built-in stages (imported on first lookup).
 BUILTIN_STAGE_MODULES = (
     "slmops.data.stages",
+    "slmops.data.synth.stage",
     "slmops.models.stages",
 )
 

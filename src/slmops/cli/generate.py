@@ -1,0 +1,120 @@
+"""``slmops generate`` (one prompt) and ``slmops chat`` (interactive, with the model's chat template)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.render import emit, err, out
+from slmops.pipeline.inputs import resolve_input
+
+MaxTok = Annotated[int, typer.Option("--max-tokens", help="Most new tokens to generate.")]
+Temp = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; higher = more random.")]
+TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold.")]
+TopK = Annotated[int, typer.Option("--top-k", help="Keep only the k most likely tokens (0 = all).")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")]
+Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable); never included in the output.")]
+System = Annotated[str | None, typer.Option("--system", help="System message (chat mode).")]
+Runtime = Annotated[str, typer.Option("--runtime", help="auto (by the artifact's format), torch, ort-genai or llamacpp.")]
+
+
+def _params(max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: list[str] | None) -> Any:
+    from slmops.runtimes.base import GenerationParams
+
+    return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop or [])
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def generate(
+        model: Annotated[str, typer.Argument(help="Model reference (name, name:3, name@prod, sha256:…, ./folder).")],
+        prompt: Annotated[str, typer.Argument(help="The prompt.")],
+        raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as-is instead of through the chat template.")] = False,
+        system: System = None,
+        max_tokens: MaxTok = 64,
+        temperature: Temp = 0.0,
+        top_p: TopP = 1.0,
+        top_k: TopK = 0,
+        seed: Seed = None,
+        stop: Stop = None,
+        runtime: Runtime = "auto",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Generate a completion for one prompt, streaming tokens as they come (or --json at the end)."""
+        from slmops.runtimes import open_runtime
+
+        params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
+        with open_cli_store() as store:
+            art = resolve_input(model, store, kind=("model", "onnx", "gguf"))
+        rt = open_runtime(art, runtime=runtime)
+        try:
+            text = prompt if raw else rt.apply_chat_template(
+                ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}])
+            if as_json:
+                res = rt.generate(text, params)
+                emit({"model": model, "digest": art.digest, "text": res.text, "finish_reason": res.finish_reason,
+                      "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+                      "ttft_s": res.ttft_s, "total_s": res.total_s}, True, lambda d: None)
+                return
+            start = time.perf_counter()
+            n = 0
+            finish = None
+            for ev in rt.stream(text, params):
+                sys.stdout.write(ev.text)
+                sys.stdout.flush()
+                n += 1
+                finish = ev.finish_reason or finish
+            sys.stdout.write("\n")
+            dt = time.perf_counter() - start
+            err.print(f"[dim]{n} tokens in {dt:.2f}s ({n / dt if dt else 0:.1f} tok/s), finish_reason={finish}[/]")
+        finally:
+            rt.close()
+
+    @app.command()
+    def chat(
+        model: Annotated[str, typer.Argument(help="Model reference.")],
+        system: System = None,
+        max_tokens: MaxTok = 256,
+        temperature: Temp = 0.7,
+        top_p: TopP = 0.95,
+        top_k: TopK = 0,
+        seed: Seed = None,
+        runtime: Runtime = "auto",
+    ) -> None:
+        """Chat interactively with a model through its own chat template (/reset clears, /exit or Ctrl-D quits)."""
+        from slmops.runtimes import open_runtime
+
+        params = _params(max_tokens, temperature, top_p, top_k, seed, None)
+        with open_cli_store() as store:
+            art = resolve_input(model, store, kind=("model", "onnx", "gguf"))
+        rt = open_runtime(art, runtime=runtime)
+        history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        err.print(f"[dim]chatting with {model} (sha256:{art.short}); /reset clears the history, /exit quits[/]")
+        try:
+            while True:
+                try:
+                    line = input("you> ")
+                except EOFError:
+                    break
+                if line.strip() in ("/exit", "/quit"):
+                    break
+                if line.strip() == "/reset":
+                    history = history[:1] if system else []
+                    continue
+                if not line.strip():
+                    continue
+                history.append({"role": "user", "content": line})
+                out.print("[bold]model>[/] ", end="")
+                reply = []
+                for ev in rt.stream(rt.apply_chat_template(history), params):
+                    sys.stdout.write(ev.text)
+                    sys.stdout.flush()
+                    reply.append(ev.text)
+                sys.stdout.write("\n")
+                history.append({"role": "assistant", "content": "".join(reply)})
+        finally:
+            rt.close()

@@ -1,0 +1,27 @@
+"""Registers the model stages: ``models.init`` (random init of a real architecture) and ``models.import``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmops.models.importer import ImportConfig, import_fingerprint, import_folder
+from slmops.models.init import InitConfig, dataset_texts, init_model
+from slmops.pipeline.stages import StageOutput, stage
+from slmops.store.artifact import Artifact
+
+_METRIC_KEYS = ("parameters", "vocab_size", "context_length")
+
+
+@stage("models.init", config=InitConfig, kind="model", format="hf-safetensors", optional_inputs=("data",))
+def init(inputs: dict[str, Artifact], cfg: InitConfig, out: Path) -> StageOutput:
+    """Randomly initialise a llama/qwen2/phi3 model with a tokenizer trained on the data (or a built-in corpus)."""
+    data = inputs.get("data")
+    facts = init_model(cfg, out, texts=dataset_texts(data) if data is not None else None)
+    return StageOutput(metrics={k: facts[k] for k in _METRIC_KEYS}, meta=facts)
+
+
+@stage("models.import", config=ImportConfig, kind="model", format="hf-safetensors", fingerprint=import_fingerprint)
+def import_(inputs: dict[str, Artifact], cfg: ImportConfig, out: Path) -> StageOutput:
+    """Import a Hugging Face model folder (safetensors only, no remote code)."""
+    facts = import_folder(cfg, out)
+    return StageOutput(metrics={k: facts[k] for k in _METRIC_KEYS if facts.get(k) is not None}, meta=facts)

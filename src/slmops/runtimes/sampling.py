@@ -1,0 +1,113 @@
+"""Choosing the next token from logits, in numpy, with the same semantics for every runtime.
+
+Order of operations (as in transformers and vLLM): penalties on the raw logits (HF-style
+``repetition_penalty`` over prompt and output, OpenAI-style ``presence``/``frequency`` over the
+output), then greedy argmax when ``temperature == 0``; otherwise divide by the temperature, keep
+the ``top_k`` best, keep the smallest set whose probability reaches ``top_p``, and draw with a
+seeded :class:`numpy.random.Generator` (fresh entropy when ``seed`` is None). Reported logprobs
+are those of the raw model distribution (log-softmax of the unprocessed logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from slmops.runtimes.base import GenerationParams
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis, in float64."""
+    x = np.asarray(logits, dtype=np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    z = x - m
+    return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+def top_logprobs(logprobs: np.ndarray, n: int) -> tuple[tuple[int, float], ...]:
+    """The ``n`` most likely (token id, logprob) pairs, best first."""
+    if n <= 0:
+        return ()
+    n = min(n, logprobs.shape[-1])
+    idx = np.argpartition(-logprobs, n - 1)[:n]
+    idx = idx[np.argsort(-logprobs[idx], kind="stable")]
+    return tuple((int(i), float(logprobs[i])) for i in idx)
+
+
+def apply_penalties(
+    logits: np.ndarray,
+    *,
+    prompt_ids: Sequence[int] = (),
+    output_ids: Sequence[int] = (),
+    repetition_penalty: float | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+) -> np.ndarray:
+    """Penalised copy of ``logits`` (float64); unchanged values when no penalty is set."""
+    x = np.array(logits, dtype=np.float64)
+    vocab = x.shape[-1]
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        seen = np.unique(np.asarray([*prompt_ids, *output_ids], dtype=np.int64))
+        seen = seen[(seen >= 0) & (seen < vocab)]
+        if seen.size:
+            v = x[seen]
+            x[seen] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
+    if (presence_penalty or frequency_penalty) and len(output_ids):
+        counts = np.bincount(np.asarray(output_ids, dtype=np.int64), minlength=vocab)[:vocab]
+        x -= frequency_penalty * counts + presence_penalty * (counts > 0)
+    return x
+
+
+def probabilities(logits: np.ndarray, *, temperature: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """The sampling distribution after temperature, top-k and top-p (float64, sums to 1)."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 for sampling; 0 means greedy")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    vocab = z.shape[-1]
+    if 0 < top_k < vocab:
+        kth = np.partition(z, vocab - top_k)[vocab - top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - np.max(z))
+    p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        keep = int(np.searchsorted(cum, top_p)) + 1
+        mask = np.zeros(vocab, dtype=bool)
+        mask[order[:keep]] = True
+        p = np.where(mask, p, 0.0)
+        p /= p.sum()
+    return p
+
+
+class Sampler:
+    """Picks token ids from logits according to :class:`GenerationParams`; one per generation."""
+
+    def __init__(self, params: GenerationParams) -> None:
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    @property
+    def greedy(self) -> bool:
+        return self.params.temperature == 0
+
+    def __call__(self, logits: np.ndarray, *, prompt_ids: Sequence[int] = (), output_ids: Sequence[int] = ()) -> int:
+        p = self.params
+        x = apply_penalties(
+            logits,
+            prompt_ids=prompt_ids,
+            output_ids=output_ids,
+            repetition_penalty=p.repetition_penalty,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+        )
+        if self.greedy:
+            return int(np.argmax(x))
+        probs = probabilities(x, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
+        cdf = np.cumsum(probs)
+        u = self.rng.random() * cdf[-1]
+        return int(min(np.searchsorted(cdf, u, side="right"), probs.shape[-1] - 1))
