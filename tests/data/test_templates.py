@@ -62,9 +62,11 @@ CHAT = [
 
 
 def _corpus() -> list[str]:
-    words = "the quick brown fox jumps over lazy dog hello world small model answer question teacher student".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hello", "world", "small", "model", "answer", "teacher"]
     extra = ["Bonjour café", "你好 中文", "🙂 emoji", "naïve Ünïcödé"]
-    return [" ".join(words[(i * 5 + j) % len(words)] for j in range(4 + i % 6)) + (f" {extra[i % 4]}" if i % 3 == 0 else "") for i in range(300)]
+    return [
+        " ".join(words[(i * 5 + j) % len(words)] for j in range(4 + i % 6)) + (f" {extra[i % 4]}" if i % 3 == 0 else "") for i in range(300)
+    ]
 
 
 def make_tokenizer(style: str) -> Any:
@@ -75,7 +77,9 @@ def make_tokenizer(style: str) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, min_frequency=1, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=420, min_frequency=1, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     if bos:
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
@@ -201,7 +205,9 @@ def test_text_template_missing_field_names_field_and_record() -> None:
         render_text_template(EXAMPLE_TEXT_TEMPLATE, {"input": "x"}, record="rec-17")
     assert "'output'" in exc.value.message and "rec-17" in exc.value.message
     with pytest.raises(DataError, match="rec-9"):
-        build_examples(make_tokenizer("chatml"), [{"id": "rec-9", "question": "x", "output": "y"}], template=EXAMPLE_TEXT_TEMPLATE, max_length=64)
+        build_examples(
+            make_tokenizer("chatml"), [{"id": "rec-9", "question": "x", "output": "y"}], template=EXAMPLE_TEXT_TEMPLATE, max_length=64
+        )
 
 
 @pytest.mark.parametrize("bad", ["{0}", "{}", "{a.b}", "{a[0]}", "{oops"])
@@ -269,7 +275,12 @@ def test_chat_mask_agrees_with_transformers_generation_mask(toks: dict[str, Any]
 
 def test_chat_mask_with_empty_and_list_content(toks: dict[str, Any]) -> None:
     tok = toks["chatml"]
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "x"}, {"role": "assistant", "content": "the dog"}]
+    msgs = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "the dog"},
+    ]
     runs = [tok.decode(r) for r in labelled_runs(build_example(tok, msgs, max_length=128))]
     assert runs == ["<|im_end|>", "the dog<|im_end|>"]
 
@@ -300,3 +311,39 @@ def test_truncation_is_flagged_and_counted(toks: dict[str, Any]) -> None:
 def test_build_example_rejects_bad_max_length(toks: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="max_length"):
         build_example(toks["chatml"], CHAT, max_length=0)
+
+
+def test_plain_text_record_is_learned_whole(toks: dict[str, Any]) -> None:
+    tok = toks["phi"]
+    for rec in ({"kind": "text", "messages": [], "text": "the quick fox 🙂"}, {"text": "the quick fox 🙂"}):
+        ex = build_example(tok, rec, max_length=64)
+        assert ex.input_ids[0] == tok.bos_token_id and ex.labels[0] == IGNORE_INDEX
+        assert ex.labels[1:] == ex.input_ids[1:] and ex.input_ids[-1] == tok.eos_token_id
+
+
+def test_record_objects_from_slmops_data(toks: dict[str, Any]) -> None:
+    records = pytest.importorskip("slmops.data.records")
+    rec = records.Record(
+        kind="chat", id="obj-1", messages=[records.Message(role="user", content="hi"), records.Message(role="assistant", content="the dog")]
+    )
+    tok = toks["chatml"]
+    ex = build_example(tok, rec, max_length=64)
+    assert [tok.decode(r) for r in labelled_runs(ex)] == ["the dog<|im_end|>"]
+    txt = records.Record(kind="text", text="hello world")
+    assert build_example(tok, txt, max_length=64).num_labels == len(tok.encode("hello world", add_special_tokens=False)) + 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+def test_masks_on_the_tiny_models_tokenizers(tmp_path_factory: pytest.TempPathFactory, arch: str) -> None:
+    """The tokenizers ``models.init`` makes (with {% generation %} templates): same ids and mask as transformers."""
+    tiny = pytest.importorskip("slmops.testing.tiny")
+    from slmops.models.loading import load_tokenizer
+    from slmops.store.registry import Store
+
+    with Store(tmp_path_factory.mktemp(f"tpl_{arch}")) as store:
+        tok = load_tokenizer(tiny.tiny_model(arch, store=store))
+    ex = build_example(tok, CHAT, max_length=512)
+    hf = tok.apply_chat_template(CHAT, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert ex.input_ids == hf["input_ids"]
+    assert [int(lab != IGNORE_INDEX) for lab in ex.labels] == hf["assistant_masks"]
+    assert [tok.decode(r) for r in labelled_runs(ex)] == [m["content"] + tok.eos_token for m in CHAT if m["role"] == "assistant"]

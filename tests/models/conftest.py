@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# The stage registry imports every built-in stage module on first lookup. Until the data stages
-# land (slmops/data/stages.py, another engineer's module), stand in an empty module so the model
-# stages can be looked up; once the real module exists this does nothing.
-try:
-    _missing = importlib.util.find_spec("slmops.data.stages") is None
-except ModuleNotFoundError:
-    _missing = True
-if _missing:
-    sys.modules.setdefault("slmops.data.stages", types.ModuleType("slmops.data.stages"))
 
 ARCHES = ("llama", "qwen2", "phi3")
 

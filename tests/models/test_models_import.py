@@ -165,3 +165,40 @@ def test_safetensors_header_facts_without_torch(tiny_models, tmp_path: Path) -> 
     with pytest.raises(UnsafeInput):
         read_safetensors_header(bad)
     shutil.rmtree(tmp_path)
+
+
+def test_hf_cache_snapshot_with_blob_symlinks(store, saved_folder: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "hub" / "models--org--tiny"
+    blobs, snap = repo / "blobs", repo / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in saved_folder.iterdir():
+        shutil.copyfile(f, blobs / f.name)
+        os.symlink(Path("../../blobs") / f.name, snap / f.name)
+    art = _import(store, snap).artifact
+    assert not any(p.is_symlink() for p in art.path.iterdir())
+    assert art.manifest.meta["model_type"] == "llama"
+
+
+def test_sharded_pickles_convert_with_their_index(store, saved_folder: Path, loaded) -> None:
+    import torch
+
+    from slmops.models import load_model_and_tokenizer
+
+    model, _ = loaded["llama"]
+    (saved_folder / "model.safetensors").unlink()
+    state = model.state_dict()
+    names = sorted(state)
+    shards = {f"pytorch_model-0000{i + 1}-of-00002.bin": names[i::2] for i in range(2)}
+    for fname, keys in shards.items():
+        torch.save({k: state[k] for k in keys}, saved_folder / fname)
+    index = {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}
+    (saved_folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    art = _import(store, saved_folder, allow_pickle=True).artifact
+    files = sorted(p.name for p in art.path.iterdir() if p.name != "manifest.json")
+    assert "model-00001-of-00002.safetensors" in files and "model.safetensors.index.json" in files
+    assert not any(".bin" in f for f in files)
+    converted, tok = load_model_and_tokenizer(art)
+    ids = tok("Hello", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(converted(**ids).logits, model(**ids).logits)

@@ -29,7 +29,7 @@ def test_folder_is_a_complete_hf_model(tiny_models, arch: str) -> None:
     assert cfg["num_key_value_heads"] == (4 if arch == "phi3" else 2)  # GQA on llama/qwen2
     assert cfg["tie_word_embeddings"] is (arch != "phi3")
     tok_cfg = json.loads(art.file("tokenizer_config.json").read_text())
-    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tok_cfg["tokenizer_class"] == {"llama": "PreTrainedTokenizerFast", "qwen2": "Qwen2Tokenizer", "phi3": "GPT2Tokenizer"}[arch]
     assert "chat_template" in tok_cfg and tok_cfg["add_bos_token"] is (arch != "qwen2")
     gen = json.loads(art.file("generation_config.json").read_text())
     assert gen["eos_token_id"] == [cfg["eos_token_id"], 2]
@@ -172,6 +172,13 @@ def test_dataset_text_extraction(model_store) -> None:
         bad = model_store.commit(tmp, kind="dataset", format="jsonl")
     with pytest.raises(DataError, match="data.jsonl:2"):
         list(dataset_texts(bad))
+    with model_store.staging() as tmp:
+        (tmp / "data.jsonl").write_text('{"label": 1}\n')
+        textless = model_store.commit(tmp, kind="dataset", format="jsonl")
+    from slmops.pipeline.runner import run_stage
+
+    with pytest.raises(DataError, match="no text to train the tokenizer"):
+        run_stage("models.init", {"data": textless}, {}, store=model_store)
 
 
 def test_overrides_and_bad_config(model_store) -> None:
@@ -212,3 +219,18 @@ def test_import_slmops_models_stays_light() -> None:
     code = "import sys, slmops.models, slmops.models.stages, slmops.testing\nprint([m for m in ('torch', 'transformers', 'tokenizers', 'huggingface_hub', 'safetensors') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_tokenizer_survives_a_resave(loaded, tmp_path, arch: str) -> None:
+    """Fine-tunes re-save the tokenizer with transformers; it must not grow (Qwen2 adds <|endoftext|> if unk is unset)."""
+    from transformers import AutoTokenizer
+
+    model, tok = loaded[arch]
+    model.config.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert len(again) == len(tok) <= model.config.vocab_size
+    assert again.chat_template == tok.chat_template
+    text = "Hello <|end|> world"
+    assert again(text).input_ids == tok(text).input_ids

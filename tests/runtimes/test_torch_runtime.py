@@ -27,15 +27,17 @@ def hf_greedy(rt: TorchRuntime, ids: list[int], n: int) -> list[int]:
 
 def test_is_a_runtime(torch_rt: TorchRuntime) -> None:
     assert isinstance(torch_rt, Runtime)
-    assert torch_rt.context_length == 256
+    assert torch_rt.context_length == 512
     assert torch_rt.vocab_size == len(torch_rt.tokenizer)
     assert torch_rt.tokenizer.eos_token_id in torch_rt.eos_token_ids
     assert torch_rt.capabilities.logprobs and not torch_rt.capabilities.batching
     assert torch_rt.info.format == "hf-safetensors" and torch_rt.info.load_s is not None
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_greedy_matches_model_generate(torch_rt: TorchRuntime, prompt: str) -> None:
+def test_greedy_matches_model_generate(runtimes: dict[str, TorchRuntime], arch: str, prompt: str) -> None:
+    torch_rt = runtimes[arch]
     ids = torch_rt.tokenize(prompt)
     expected = hf_greedy(torch_rt, ids, 24)
     got = torch_rt.generate(ids, GenerationParams(max_tokens=24))
@@ -67,7 +69,7 @@ def test_greedy_matches_generate_past_eos(torch_rt: TorchRuntime) -> None:
 
 
 def test_sampling_is_seeded(torch_rt: TorchRuntime) -> None:
-    p = dict(max_tokens=20, temperature=1.0, ignore_eos=True)
+    p: dict[str, Any] = {"max_tokens": 20, "temperature": 1.0, "ignore_eos": True}
     a = torch_rt.generate("the quick", GenerationParams(seed=11, **p))
     b = torch_rt.generate("the quick", GenerationParams(seed=11, **p))
     c = torch_rt.generate("the quick", GenerationParams(seed=12, **p))
@@ -100,7 +102,9 @@ def test_stop_strings_cut_output(torch_rt: TorchRuntime) -> None:
     text = base.text
     assert len(text) > 12
     for stop in (text[8:11], text[5:6], text[len(text) // 2 : len(text) // 2 + 4]):
-        got = torch_rt.generate("the fox", GenerationParams(max_tokens=40, ignore_eos=True, temperature=1.0, seed=3, stop=[stop, "never-there"]))
+        got = torch_rt.generate(
+            "the fox", GenerationParams(max_tokens=40, ignore_eos=True, temperature=1.0, seed=3, stop=[stop, "never-there"])
+        )
         assert stop not in got.text
         assert got.text == text[: text.index(stop)]
         assert got.finish_reason == "stop"
@@ -161,14 +165,19 @@ def test_logits_equal_a_plain_forward(torch_rt: TorchRuntime) -> None:
         torch_rt.next_token_logits([])
 
 
-def test_chat_template_applied(torch_rt: TorchRuntime) -> None:
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+def test_chat_template_applied(runtimes: dict[str, TorchRuntime], arch: str) -> None:
+    rt = runtimes[arch]
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi 🙂"}]
-    text = torch_rt.apply_chat_template(messages)
-    assert text == torch_rt.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text.endswith("<|im_start|>assistant\n")
-    assert torch_rt.apply_chat_template(messages, add_generation_prompt=False).endswith("<|im_end|>\n")
-    got = torch_rt.generate(text, GenerationParams(max_tokens=5))
-    assert got.prompt_tokens == len(torch_rt.tokenize(text))
+    text = rt.apply_chat_template(messages)
+    assert text == rt.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text.endswith("assistant|>\n" if arch != "qwen2" else "<|im_start|>assistant\n")
+    assert rt.apply_chat_template(messages, add_generation_prompt=False).endswith(rt.tokenizer.eos_token + "\n")
+    # the prompt is tokenized exactly as transformers' apply_chat_template(tokenize=True) does: one BOS at most
+    got = rt.generate(text, GenerationParams(max_tokens=5))
+    expected = rt.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert got.prompt_tokens == len(expected)
+    assert rt.encode_prompt(text) == list(expected)
 
 
 def test_double_bos_is_dropped(torch_rt: TorchRuntime) -> None:
@@ -266,3 +275,16 @@ def test_import_runtimes_is_light() -> None:
     code = "import slmops.runtimes, slmops.runtimes.base, slmops.runtimes.stops, slmops.data.templates, sys; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_closing_a_stream_releases_the_runtime(torch_rt: TorchRuntime) -> None:
+    params = GenerationParams(max_tokens=50, ignore_eos=True)
+    it = torch_rt.stream("the fox", params)
+    first = next(it)
+    assert first.index == 0 and first.finish_reason is None
+    # the same thread may still use the runtime while its stream is open (no self-deadlock)
+    assert torch_rt.next_token_logits([first.token_id]).shape == (torch_rt.vocab_size,)
+    it.close()  # a client disconnect: the next request must not wait for the abandoned one
+    done = threading.Event()
+    threading.Thread(target=lambda: (torch_rt.generate("the", GenerationParams(max_tokens=2)), done.set())).start()
+    assert done.wait(30)

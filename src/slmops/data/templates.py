@@ -68,7 +68,7 @@ class TemplateRaised(TemplateError):
 class _GenerationTag(jinja2.ext.Extension):
     """Accept ``{% generation %}…{% endgeneration %}`` (HF's assistant-mask marker) and render its body."""
 
-    tags = {"generation"}
+    tags = {"generation"}  # noqa: RUF012 - jinja2 declares it as a plain attribute
 
     def parse(self, parser: Any) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno
@@ -105,7 +105,7 @@ class _TemplateDict:
 class _Namespace(jinja2.utils.Namespace):
     """``namespace(...)`` that refuses underscore attributes (no reaching into CPython internals)."""
 
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - same trick as jinja2's Namespace
+    def __init__(*args: Any, **kwargs: Any) -> None:  # same signature trick as jinja2's Namespace
         self, rest = args[0], args[1:]
         attrs = dict(*rest, **kwargs)
         for name in attrs:
@@ -217,9 +217,17 @@ def render_chat(
             fix="use a trusted chat template; slmops renders templates in a sandbox that blocks access to Python internals",
         ) from exc
     except TemplateRaised as exc:
-        raise DataError("the chat template rejected these messages", why=str(exc), fix="check the roles and their order (many templates need user/assistant turns to alternate)") from exc
+        raise DataError(
+            "the chat template rejected these messages",
+            why=str(exc),
+            fix="check the roles and their order (many templates need user/assistant turns to alternate)",
+        ) from exc
     except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise ConfigError("the chat template failed to render", why=f"{type(exc).__name__}: {exc}", fix="check the template against these messages, or pass a {field} text template") from exc
+        raise ConfigError(
+            "the chat template failed to render",
+            why=f"{type(exc).__name__}: {exc}",
+            fix="check the template against these messages, or pass a {field} text template",
+        ) from exc
 
 
 def chat_template_of(tokenizer: Any, *, name: str | None = None, model: str | None = None) -> str:
@@ -235,7 +243,11 @@ def chat_template_of(tokenizer: Any, *, name: str | None = None, model: str | No
         key = name or "default"
         if key not in tpl:
             if name is not None or len(tpl) != 1:
-                raise ConfigError(f"the tokenizer has no chat template named {key!r}", why=f"it has {sorted(map(str, tpl))}", fix="pick one of those names")
+                raise ConfigError(
+                    f"the tokenizer has no chat template named {key!r}",
+                    why=f"it has {sorted(map(str, tpl))}",
+                    fix="pick one of those names",
+                )
             key = next(iter(tpl))
         tpl = tpl[key]
     if not isinstance(tpl, str) or not tpl.strip():
@@ -268,11 +280,15 @@ def special_token_kwargs(tokenizer: Any) -> dict[str, str]:
 
 
 @lru_cache(maxsize=64)
-def _parse_text_template(template: str) -> tuple[tuple[str, str | None, str, str | None], ...]:
+def _parse_text_template(template: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
     try:
         parts = tuple(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ConfigError(f"the text template {template!r} does not parse", why=str(exc), fix="name every field like {input}; write literal braces as {{ and }}") from exc
+        raise ConfigError(
+            f"the text template {template!r} does not parse",
+            why=str(exc),
+            fix="name every field like {input}; write literal braces as {{ and }}",
+        ) from exc
     for _, name, _, _ in parts:
         if name is not None and not name.isidentifier():
             raise ConfigError(
@@ -451,7 +467,9 @@ def _common_prefix_len(a: str, b: str) -> int:
     return i
 
 
-def _assistant_spans(template: str, msgs: list[dict[str, Any]], kw: dict[str, Any], specials: Sequence[str]) -> tuple[str, list[tuple[int, int]], bool]:
+def _assistant_spans(
+    template: str, msgs: list[dict[str, Any]], kw: dict[str, Any], specials: Sequence[str]
+) -> tuple[str, list[tuple[int, int]], bool]:
     """The rendered chat, the character spans to learn (assistant content + end marker), and whether an eos must be appended."""
 
     def render(ms: list[dict[str, Any]], gen: bool) -> str:
@@ -515,7 +533,10 @@ def _labels_from_spans(ids: list[int], offsets: Sequence[Sequence[int]], spans: 
 
 def _tokenize(tokenizer: Any, text: str, *, add_special_tokens: bool) -> tuple[list[int], list[tuple[int, int]]]:
     if not getattr(tokenizer, "is_fast", True):
-        raise ConfigError("building loss masks needs a fast tokenizer (character offsets)", fix="save the model with a tokenizer.json (PreTrainedTokenizerFast)")
+        raise ConfigError(
+            "building loss masks needs a fast tokenizer (character offsets)",
+            fix="save the model with a tokenizer.json (PreTrainedTokenizerFast)",
+        )
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
@@ -535,29 +556,50 @@ def build_example(
     """Tokenize one record and mask everything but what the model must learn to write.
 
     ``source`` is a list of messages, a record with ``messages`` (object or dict), or a mapping of
-    fields. With ``template`` (a ``{field}`` text template) the labels cover the ``output_field``
-    part through the end of the text, plus the eos token; a chat record is first turned into
-    ``system``/``input``/``output`` fields. Without it, the chat template (``chat_template`` or the
-    tokenizer's own) is used and every assistant turn plus its end-of-turn marker is labelled.
-    Sequences longer than ``max_length`` are cut on the right and flagged ``truncated``.
+    fields; a plain-text record (``text`` and no messages) is learned whole, followed by eos.
+
+    * With ``template`` (a ``{field}`` text template) the labels cover the ``output_field`` part
+      through the end of the text, plus the eos token; a chat record is first turned into
+      ``system``/``input``/``output`` fields.
+    * Without it, the chat template (``chat_template`` or the tokenizer's own) is used, and every
+      assistant turn plus its end-of-turn marker (the first special token after it) is labelled;
+      when the template writes no special token after the last answer, eos is appended.
+
+    The chat is tokenized as transformers' ``apply_chat_template(tokenize=True)`` does (no extra
+    special tokens). Sequences longer than ``max_length`` are cut on the right and flagged
+    ``truncated``. ``record`` names the record in errors (default: its ``id``).
     """
     if max_length < 1:
-        raise ConfigError(f"max_length must be at least 1 (got {max_length})", fix="set --max-length to the longest sequence to train on, e.g. 1024")
+        raise ConfigError(
+            f"max_length must be at least 1 (got {max_length})", fix="set --max-length to the longest sequence to train on, e.g. 1024"
+        )
     rid = _record_id(source, record)
     where = f"record {rid}" if rid is not None else "a record"
     messages: list[Any] | None
+    plain: Any = None
     if isinstance(source, Mapping):
         messages = source.get("messages") if isinstance(source.get("messages"), list) else None
         fields: Mapping[str, Any] | None = None if messages is not None else source
+        if not messages and isinstance(source.get("text"), str):
+            plain = source["text"]
     elif isinstance(source, list | tuple):
         messages, fields = list(source), None
     elif isinstance(getattr(source, "messages", None), list | tuple):
         messages, fields = list(source.messages), None
+        if not messages and isinstance(getattr(source, "text", None), str):
+            plain = source.text
     else:
         raise DataError(f"{where} is neither a chat nor a mapping of fields", why=f"got {type(source).__name__}")
 
     eos_id = getattr(tokenizer, "eos_token_id", None)
-    if template is not None:
+    if template is None and plain is not None:
+        # a plain-text record: language modelling on all of it, then eos
+        ids, offsets = _tokenize(tokenizer, plain, add_special_tokens=True)
+        labels = _labels_from_spans(ids, offsets, [(0, len(plain))])
+        if eos_id is not None and (not ids or ids[-1] != eos_id):
+            ids.append(eos_id)
+            labels.append(eos_id)
+    elif template is not None:
         if fields is None:
             fields = fields_from_messages(messages or [], record=rid)
         if output_field not in text_template_fields(template):
@@ -576,8 +618,16 @@ def build_example(
     else:
         msgs = [_message(m, record=rid) for m in messages or []]
         if not any(m["role"] == "assistant" for m in msgs):
-            raise DataError(f"{where} has no assistant turn", why="there is nothing for the model to learn from it", fix="drop the record, or add the expected answer as an assistant message")
-        tpl = chat_template if chat_template is not None else chat_template_of(tokenizer, model=getattr(tokenizer, "name_or_path", None) or None)
+            raise DataError(
+                f"{where} has no assistant turn",
+                why="there is nothing for the model to learn from it",
+                fix="drop the record, or add the expected answer as an assistant message",
+            )
+        tpl = (
+            chat_template
+            if chat_template is not None
+            else chat_template_of(tokenizer, model=getattr(tokenizer, "name_or_path", None) or None)
+        )
         kw = special_token_kwargs(tokenizer)
         text, spans, needs_eos = _assistant_spans(tpl, msgs, kw, _special_strings(tokenizer))
         ids, offsets = _tokenize(tokenizer, text, add_special_tokens=False)
@@ -611,7 +661,13 @@ def build_examples(
     for n, src in enumerate(sources):
         rid = _record_id(src, None)
         ex = build_example(
-            tokenizer, src, template=template, chat_template=chat_template, max_length=max_length, record=rid if rid is not None else f"#{n}", output_field=output_field
+            tokenizer,
+            src,
+            template=template,
+            chat_template=chat_template,
+            max_length=max_length,
+            record=rid if rid is not None else f"#{n}",
+            output_field=output_field,
         )
         out.total += 1
         out.truncated += ex.truncated

@@ -186,12 +186,13 @@ def import_folder(cfg: ImportConfig, out: Path) -> dict[str, Any]:
                 fix="re-run with --allow-pickle (allow_pickle: true) to convert them to safetensors on import, or convert them yourself",
             )
         converted = convert_pickle_weights(src, [src / r for r in pickle_weights], out)
-    skipped = sorted(found["skipped"] + [r for r in found["pickles"] if r not in pickle_weights or has_safetensors])
+    pickle_indexes = [r for r in found["copy"] if r.endswith(".bin.index.json")]  # describe pickles, never copied
+    skipped = sorted(found["skipped"] + pickle_indexes + [r for r in found["pickles"] if r not in pickle_weights or has_safetensors])
     for rel in skipped:
         log.info("import: skipping %s (not a model, tokenizer or config file)", rel)
     for rel in found["copy"]:
-        if converted and Path(rel).name.endswith(".bin.index.json"):
-            continue  # replaced by the converted safetensors index
+        if rel in pickle_indexes:
+            continue
         target = contained(out, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, target)

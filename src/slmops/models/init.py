@@ -21,7 +21,8 @@ from slmops._optional import require
 from slmops.errors import DataError
 from slmops.models.architectures import ArchitectureConfig, build_config, resolve_dims
 from slmops.models.corpus import builtin_corpus
-from slmops.models.tokenizer import ARCH_TOKENIZER, EOD, save_tokenizer, tokenizer_facts, train_tokenizer
+from slmops.models.loading import quiet_progress
+from slmops.models.tokenizer import ARCH_TOKENIZER, EOD, GGUF_PRE, save_tokenizer, tokenizer_facts, train_tokenizer
 from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,16 @@ def init_model(cfg: InitConfig, out: Path, *, texts: Iterable[str] | None = None
     """
     torch = require("torch", extra="train", purpose="initialising a model")
     tf = require("transformers", extra="train", purpose="initialising a model")
-    pretok, add_bos, default_style = ARCH_TOKENIZER[cfg.arch]
-    style = default_style if cfg.chat_template == "auto" else cfg.chat_template
+    spec = ARCH_TOKENIZER[cfg.arch]
+    pretok = spec.pretokenizer
+    style = spec.chat_style if cfg.chat_template == "auto" else cfg.chat_template
     dims = resolve_dims(cfg)
     source = "data" if texts is not None else "builtin"
     tok = train_tokenizer(
         _take(texts, cfg.max_texts) if texts is not None else builtin_corpus(),
         vocab_size=cfg.vocab_size,
         chat_style=style,
-        add_bos=add_bos,
+        add_bos=spec.add_bos,
         pretokenizer=pretok,
         generation_tags=cfg.generation_tags,
         model_max_length=dims["context_length"],
@@ -128,8 +130,9 @@ def init_model(cfg: InitConfig, out: Path, *, texts: Iterable[str] | None = None
     )
     if cfg.dtype != "float32":
         model = model.to(getattr(torch, cfg.dtype))
-    model.save_pretrained(str(out))
-    save_tokenizer(tok, out)
+    with quiet_progress():
+        model.save_pretrained(str(out))
+    save_tokenizer(tok, out, tokenizer_class=spec.tokenizer_class)
     params = sum(p.numel() for p in model.parameters())
     facts = tokenizer_facts(tok)
     log.info("models.init: %s %s, %d parameters, vocab %d (%s text)", cfg.arch, cfg.size, params, vocab, source)
@@ -142,5 +145,11 @@ def init_model(cfg: InitConfig, out: Path, *, texts: Iterable[str] | None = None
         "context_length": dims["context_length"],
         "dims": dims,
         "dtype": cfg.dtype,
-        "tokenizer": {**facts, "trained_on": source, "pretokenizer": pretok},
+        "tokenizer": {
+            **facts,
+            "trained_on": source,
+            "pretokenizer": pretok,
+            "gguf_pre": GGUF_PRE[pretok],
+            "tokenizer_config_class": spec.tokenizer_class,
+        },
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,19 @@ from slmops.errors import ConfigError, StoreError
 from slmops.store.artifact import Artifact
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Silence transformers' own tqdm bars (library code reports progress through slmops.progress)."""
+    tf_logging = require("transformers.utils.logging", extra="train")
+    was_on = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            tf_logging.enable_progress_bar()
 
 
 def model_folder(artifact_or_path: Artifact | Path | str) -> Path:
@@ -37,13 +52,14 @@ def load_model_and_tokenizer(artifact_or_path: Artifact | Path | str, *, dtype: 
     torch = require("torch", extra="train", purpose="loading a model")
     tf = require("transformers", extra="train", purpose="loading a model")
     folder = model_folder(artifact_or_path)
-    model = tf.AutoModelForCausalLM.from_pretrained(
-        str(folder),
-        dtype="auto" if dtype == "auto" else getattr(torch, dtype),
-        trust_remote_code=False,
-        use_safetensors=True,
-        local_files_only=True,
-    )
+    with quiet_progress():
+        model = tf.AutoModelForCausalLM.from_pretrained(
+            str(folder),
+            dtype="auto" if dtype == "auto" else getattr(torch, dtype),
+            trust_remote_code=False,
+            use_safetensors=True,
+            local_files_only=True,
+        )
     model.to(device)
     model.eval()
     return model, load_tokenizer(folder)

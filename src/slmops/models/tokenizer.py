@@ -4,7 +4,7 @@ Scheme
 ------
 Every tokenizer has the base special tokens ``<unk>`` (id 0), ``<s>`` (1, BOS), ``</s>`` (2, end of
 document) and ``<pad>`` (3), then the chat markers of its chat style, then the 256 byte symbols and
-the learned merges:
+the learned merges. Two chat styles (``qwen2`` models default to ``chatml``, the others to ``phi``):
 
 * ``phi`` (Phi-3 style; llama.cpp recognises it as ``phi3``)::
 
@@ -22,15 +22,17 @@ rendered with ``tokenize=False`` must then be encoded with ``add_special_tokens=
 
 Assistant turns are wrapped in ``{% generation %}…{% endgeneration %}`` (content plus the end
 marker), which makes ``apply_chat_template(..., return_assistant_tokens_mask=True)`` work. That tag
-is a transformers extension: plain Jinja renderers (llama-cpp-python, a sandboxed
-``jinja2.Environment``) reject it, so anything that renders the template outside transformers, or
-writes it into a GGUF/ONNX package, should pass it through :func:`strip_generation_tags` first.
+is a transformers extension (``slmops.data.templates.render_chat`` accepts it too); plain Jinja
+renderers (llama-cpp-python, a bare ``jinja2`` sandbox) reject it, so code that hands the template
+to another engine, or writes it into a GGUF/ONNX package, should pass it through
+:func:`strip_generation_tags` first (``generation_tags=False`` in ``models.init`` leaves it out).
 
 Pre-tokenization follows the architecture, because transformers 5 rebuilds some tokenizers from
 their own class instead of trusting ``tokenizer.json``: ``Qwen2Tokenizer`` always installs an NFC
 normalizer and the Qwen regex split, so a ``qwen2`` tokenizer is trained with exactly that pipeline
 (and no BOS). ``llama``/``phi3`` use the Llama-3 regex split and load as ``TokenizersBackend``
-unchanged. Either way the saved ``tokenizer.json`` is what every runtime (torch, ORT GenAI,
+unchanged. ``tokenizer_config.json`` names the class the family's real models use (see
+:data:`ARCH_TOKENIZER`). Either way the saved ``tokenizer.json`` is what every runtime (torch, ORT GenAI,
 llama.cpp) sees.
 """
 
@@ -41,10 +43,10 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from slmops._optional import require
-from slmops.errors import ConfigError
+from slmops.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +67,27 @@ MIN_VOCAB = len(BASE_SPECIAL_TOKENS) + 2 + 256 + 16
 LLAMA3_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
-#: How each architecture's tokenizer is built: (pre-tokenizer, adds BOS, default chat style).
-ARCH_TOKENIZER: dict[str, tuple[PreTokenizer, bool, ChatStyle]] = {
-    "llama": ("llama3", True, "phi"),
-    "phi3": ("llama3", True, "phi"),
-    "qwen2": ("qwen2", False, "chatml"),
+#: llama.cpp's name for each pre-tokenizer (``tokenizer.ggml.pre``). Its converter recognises a BPE
+#: vocabulary by hashing sample encodings, which a freshly trained vocabulary never matches, so a
+#: GGUF exporter has to pass this name itself.
+GGUF_PRE: dict[str, str] = {"llama3": "llama-bpe", "qwen2": "qwen2"}
+
+
+class TokenizerSpec(NamedTuple):
+    """How an architecture's tokenizer is built and declared."""
+
+    pretokenizer: PreTokenizer
+    add_bos: bool
+    chat_style: ChatStyle  # the default; ``models.init`` can override it
+    tokenizer_class: str  # written to tokenizer_config.json, as the real models of the family do
+
+
+#: llama like Llama 3 (PreTrainedTokenizerFast); qwen2 like Qwen2.5; phi3 like Phi-4 (a BPE Phi-3
+#: model: llama.cpp's converter takes the BPE path for Phi3ForCausalLM only with GPT2Tokenizer).
+ARCH_TOKENIZER: dict[str, TokenizerSpec] = {
+    "llama": TokenizerSpec("llama3", True, "phi", "PreTrainedTokenizerFast"),
+    "phi3": TokenizerSpec("llama3", True, "phi", "GPT2Tokenizer"),
+    "qwen2": TokenizerSpec("qwen2", False, "chatml", "Qwen2Tokenizer"),
 }
 
 _GEN_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
@@ -205,24 +223,28 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
             n += 1
             yield t
     if n == 0:
-        raise ConfigError("no text to train the tokenizer on", fix="give a dataset with text, or leave the data input out to use the built-in corpus")
+        raise DataError(
+            "no text to train the tokenizer on",
+            why="no record had messages[].content, text, input, output or prompt strings",
+            fix="give a dataset with text, or leave the data input out to use the built-in corpus",
+        )
 
 
 # -- saving and facts ------------------------------------------------------------------------------
-def save_tokenizer(tokenizer: Any, folder: Path) -> list[str]:
+def save_tokenizer(tokenizer: Any, folder: Path, *, tokenizer_class: str = "PreTrainedTokenizerFast") -> list[str]:
     """Save ``tokenizer`` as ``tokenizer.json``, ``tokenizer_config.json`` (with the chat template)
     and ``special_tokens_map.json``; return the file names written.
 
-    ``tokenizer_class`` is written as ``PreTrainedTokenizerFast`` (what transformers 4 and 5, ORT
-    GenAI and llama.cpp's converter all understand; transformers 5 maps it to
-    ``TokenizersBackend``, or to ``Qwen2Tokenizer`` for qwen2 models) and ``add_bos_token`` is
-    written explicitly so converters do not have to guess.
+    ``tokenizer_class`` replaces the v5-only ``TokenizersBackend`` that transformers 5 writes, so
+    transformers 4, ORT GenAI and llama.cpp's converter read the folder too (see
+    :data:`ARCH_TOKENIZER`; transformers 5 loads all of them from ``tokenizer.json`` unchanged).
+    ``add_bos_token`` is written explicitly so converters do not have to guess.
     """
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(folder), save_jinja_files=False)
     cfg_path = folder / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg["tokenizer_class"] = tokenizer_class
     cfg["add_bos_token"] = bool(getattr(tokenizer, "add_bos_token", False))
     cfg["add_eos_token"] = bool(getattr(tokenizer, "add_eos_token", False))
     cfg["clean_up_tokenization_spaces"] = False

@@ -98,7 +98,11 @@ def detect_format(path: Path) -> str:
         return "gguf"
     if (path / "config.json").is_file():
         return "hf-safetensors"
-    raise ConfigError(f"cannot tell what kind of model {path} holds", why="no config.json, genai_config.json or .gguf file", fix="pass runtime= explicitly")
+    raise ConfigError(
+        f"cannot tell what kind of model {path} holds",
+        why="no config.json, genai_config.json or .gguf file",
+        fix="pass runtime= explicitly",
+    )
 
 
 def _locate(artifact: Artifact | str | Path) -> tuple[Path, str, str | None]:

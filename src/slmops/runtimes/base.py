@@ -36,19 +36,19 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = Field(256, ge=1, description="Most new tokens to generate (finish_reason 'length' when reached)")
-    temperature: float = Field(0.0, ge=0.0, le=10.0, description="Sampling temperature; 0 means greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set of tokens reaching this probability")
-    top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens; 0 keeps all")
-    seed: int | None = Field(None, description="Seed for sampling; the same seed gives the same tokens")
+    max_tokens: int = Field(default=256, ge=1, description="Most new tokens to generate (finish_reason 'length' when reached)")
+    temperature: float = Field(default=0.0, ge=0.0, le=10.0, description="Sampling temperature; 0 means greedy")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling: smallest set of tokens reaching this probability")
+    top_k: int = Field(default=0, ge=0, description="Keep only the k most likely tokens; 0 keeps all")
+    seed: int | None = Field(default=None, description="Seed for sampling; the same seed gives the same tokens")
     stop: list[str] = Field(default_factory=list, description="Strings that end generation; they never appear in the output")
     stop_token_ids: list[int] = Field(default_factory=list, description="Extra token ids that end generation (besides EOS)")
-    ignore_eos: bool = Field(False, description="Keep generating past EOS (for benchmarks)")
-    repetition_penalty: float | None = Field(None, gt=0.0, description="HF-style multiplicative penalty on tokens already seen; 1 = off")
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI presence penalty over generated tokens")
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI frequency penalty over generated tokens")
-    logprobs: bool = Field(False, description="Report the logprob of each generated token")
-    top_logprobs: int = Field(0, ge=0, le=20, description="Also report this many most likely alternatives per token")
+    ignore_eos: bool = Field(default=False, description="Keep generating past EOS (for benchmarks)")
+    repetition_penalty: float | None = Field(default=None, gt=0.0, description="HF-style penalty on tokens already seen; 1 = off")
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, description="OpenAI presence penalty over generated tokens")
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, description="OpenAI frequency penalty over generated tokens")
+    logprobs: bool = Field(default=False, description="Report the logprob of each generated token")
+    top_logprobs: int = Field(default=0, ge=0, le=20, description="Also report this many most likely alternatives per token")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -237,7 +237,9 @@ def decode_loop(
         logits = stepper.step(tok)
 
 
-def collect(events: Iterator[TokenEvent], *, prompt_tokens: int, params: GenerationParams, started: float | None = None) -> GenerationResult:
+def collect(
+    events: Iterator[TokenEvent], *, prompt_tokens: int, params: GenerationParams, started: float | None = None
+) -> GenerationResult:
     """Gather a stream of events into a :class:`GenerationResult` (with time to first token)."""
     t0 = time.perf_counter() if started is None else started
     parts: list[str] = []

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from slmops._optional import require
 from slmops.errors import ConfigError, UnsafeInput
@@ -133,7 +133,7 @@ class TorchRuntime:
         self.tokenizer = tokenizer
         self._chat_template = chat_template
         self.info = info or LoadInfo()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a caller may score logits while consuming its own stream
         self.device = str(next(model.parameters()).device)
         self.capabilities = Capabilities(adapters=False, batching=False, logprobs=True, logits=True, streaming=True, devices=(self.device,))
         params = _forward_params(model)
@@ -170,7 +170,9 @@ class TorchRuntime:
         t0 = time.perf_counter()
         path = Path(path).expanduser().resolve()
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise ConfigError(f"{path} is not a Hugging Face model folder", why="it has no config.json", fix="point at the folder save_pretrained wrote")
+            raise ConfigError(
+                f"{path} is not a Hugging Face model folder", why="it has no config.json", fix="point at the folder save_pretrained wrote"
+            )
         weights = check_weights(path, allow_pickle=allow_pickle)
         torch_dtype = _torch_dtype(dtype)
         try:
@@ -194,8 +196,15 @@ class TorchRuntime:
                 ) from exc
             raise ConfigError(f"transformers cannot load {path}", why=str(exc).splitlines()[0]) from exc
         except OSError as exc:
-            raise ConfigError(f"transformers cannot load {path}", why=str(exc).splitlines()[0], fix="check the folder has its tokenizer and weights") from exc
-        info = LoadInfo(source=str(path), format="hf-safetensors" if weights == "safetensors" else "hf-pickle", load_s=time.perf_counter() - t0, extra={"dtype": dtype})
+            raise ConfigError(
+                f"transformers cannot load {path}", why=str(exc).splitlines()[0], fix="check the folder has its tokenizer and weights"
+            ) from exc
+        info = LoadInfo(
+            source=str(path),
+            format="hf-safetensors" if weights == "safetensors" else "hf-pickle",
+            load_s=time.perf_counter() - t0,
+            extra={"dtype": dtype},
+        )
         return cls(model, tokenizer, chat_template=chat_template, info=info)
 
     # ------------------------------------------------------------------ facts
@@ -274,7 +283,9 @@ class TorchRuntime:
         if not ids:
             raise ConfigError("cannot compute logits for an empty sequence")
         if len(ids) > self.context_length:
-            raise PromptTooLong(f"the sequence is {len(ids)} tokens, and the model's context is {self.context_length}", fix="score shorter windows")
+            raise PromptTooLong(
+                f"the sequence is {len(ids)} tokens, and the model's context is {self.context_length}", fix="score shorter windows"
+            )
         check_vocab(ids, self.vocab_size)
         torch = _torch()
         with self._lock, torch.inference_mode():
@@ -301,7 +312,7 @@ class TorchRuntime:
             self.model = None
             self.tokenizer = None
 
-    def __enter__(self) -> TorchRuntime:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -24,8 +24,7 @@ def text_dataset(texts: Iterable[str], *, store: Store, name: str | None = None)
     """Store ``texts`` as a dataset artifact (``data.jsonl`` of normalised ``{"kind": "text", "text": ...}`` records)."""
     with store.staging() as tmp:
         with open(tmp / "data.jsonl", "w", encoding="utf-8") as f:
-            for t in texts:
-                f.write(json.dumps({"kind": "text", "text": t}, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps({"kind": "text", "text": t}, ensure_ascii=False) + "\n" for t in texts)
         return store.commit(tmp, kind="dataset", format="jsonl", meta={"source": "slmops.testing.text_dataset"}, name=name)
 
 
