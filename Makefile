@@ -20,7 +20,7 @@ install: $(STAMP)
 
 ## Main job: the end-to-end demo on the built-in task (store in ./.slmops unless SLMOPS_HOME is set)
 demo: $(STAMP)
-	SLMOPS_HOME=$${SLMOPS_HOME:-$(CURDIR)/.slmops} HF_HUB_OFFLINE=1 $(VENV)/bin/slmops demo
+	SLMOPS_HOME=$${SLMOPS_HOME:-$(CURDIR)/.slmops} HF_HUB_OFFLINE=1 $(VENV)/bin/slmops run examples/quickstart.yaml
 
 ## Default test suite (every extra installed; slow tests excluded)
 test: $(STAMP)

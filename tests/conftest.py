@@ -1,9 +1,12 @@
-"""Shared fixtures: every test gets its own SLMOPS_HOME and runs with the hub switched off."""
+"""Shared fixtures: every test gets its own SLMOPS_HOME, the hub is switched off, and ``cli`` runs the real CLI."""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,3 +29,30 @@ def store(slmops_home: Path):
     s = Store(slmops_home)
     yield s
     s.close()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    from slmops.cli.main import main
+
+    def run(*args: str) -> CliResult:
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

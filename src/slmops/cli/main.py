@@ -42,12 +42,13 @@ def _root(
 
 
 def _register() -> None:
-    from slmops.cli import data, doctor, generate, models
+    from slmops.cli import data, doctor, generate, models, run
 
     doctor.register(app)
     app.add_typer(models.app, name="models")
     app.add_typer(data.app, name="data")
     generate.register(app)
+    run.register(app)
 
 
 _register()

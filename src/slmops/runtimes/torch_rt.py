@@ -109,7 +109,7 @@ class _TorchStepper:
                 kwargs[self.rt._cache_arg] = self.past
             if self.rt._logits_to_keep:
                 kwargs["logits_to_keep"] = 1
-            out = self.rt.model(**kwargs)
+            out = self.rt.forward(**kwargs)
             self.past = out.get(self.rt._cache_arg)
             if self.past is None:
                 self.past = out.get("past_key_values") if self.rt._cache_arg == "cache" else out.get("cache")
@@ -135,7 +135,8 @@ class TorchRuntime:
         self.info = info or LoadInfo()
         self._lock = threading.RLock()  # re-entrant: a caller may score logits while consuming its own stream
         self.device = str(next(model.parameters()).device)
-        self.capabilities = Capabilities(adapters=False, batching=False, logprobs=True, logits=True, streaming=True, devices=(self.device,))
+        self._peft: Any = None  # a peft.PeftModel around ``model`` once an adapter is loaded
+        self.capabilities = Capabilities(adapters=True, batching=False, logprobs=True, logits=True, streaming=True, devices=(self.device,))
         params = _forward_params(model)
         # transformers >= 5.2x calls the KV cache ``cache`` (``past_key_values`` is deprecated); older ones only know the latter
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -294,7 +295,7 @@ class TorchRuntime:
             kwargs: dict[str, Any] = {"input_ids": x, "use_cache": False}
             if last_only and self._logits_to_keep:
                 kwargs["logits_to_keep"] = 1
-            logits = self.model(**kwargs).logits[0]
+            logits = self.forward(**kwargs).logits[0]
             return (logits[-1] if last_only else logits).float().cpu().numpy()
 
     def next_token_logits(self, ids: Sequence[int]) -> np.ndarray:
@@ -305,11 +306,57 @@ class TorchRuntime:
         """Logits at every position of ``ids`` (row i predicts token i+1): float32 [len, vocab]."""
         return self._full_logits(ids, last_only=False)
 
+    # ------------------------------------------------------------------ adapters
+
+    def forward(self, *, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
+        """The model's forward pass; with adapters loaded, each batch row runs its own (None = the base model)."""
+        if self._peft is None:
+            if adapter_names and any(adapter_names):
+                raise ConfigError(f"adapter {next(a for a in adapter_names if a)!r} is not loaded", fix="load it with load_adapter()")
+            return self.model(**kwargs)
+        rows = int(kwargs["input_ids"].shape[0])
+        names = [n or "__base__" for n in adapter_names] if adapter_names else ["__base__"] * rows
+        return self._peft(**kwargs, adapter_names=names)
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the PEFT adapters loaded on this model."""
+        return tuple(self._peft.peft_config) if self._peft is not None else ()
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a PEFT (LoRA) adapter folder under ``name``; requests pick it per row through :meth:`forward`."""
+        peft = require("peft", extra="train", purpose="adapters on the torch runtime")
+        path = Path(path).expanduser().resolve()
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"{path} is not a PEFT adapter folder", why="it has no adapter_config.json", fix="point at the folder save_pretrained wrote")
+        with self._lock:
+            self._check_open()
+            if name in self.adapters:
+                return
+            if self._peft is None:
+                self._peft = peft.PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+            else:
+                self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            self._peft.eval()
+
+    def unload_adapter(self, name: str) -> bool:
+        """Remove an adapter; the last one gone, the plain model is restored. False when it was not loaded."""
+        with self._lock:
+            if name not in self.adapters:
+                return False
+            if len(self.adapters) == 1:
+                self.model = self._peft.unload()
+                self._peft = None
+            else:
+                self._peft.delete_adapter(name)
+            return True
+
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:
         with self._lock:
             self.model = None
+            self._peft = None
             self.tokenizer = None
 
     def __enter__(self) -> Self:

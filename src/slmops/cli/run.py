@@ -1,0 +1,93 @@
+"""``slmops run RECIPE.yaml`` (the whole lifecycle from one file) and ``slmops stages`` (what a step can be)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.render import emit, err, out, progress_bars
+from slmops.errors import ConfigError
+
+
+def _sets(pairs: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    result: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r} is not NAME=VALUE", fix="e.g. --set n=200")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_(
+        recipe: Annotated[str, typer.Argument(help="Recipe YAML file (see docs/recipes.md and examples/).")],
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the steps in order and which are cached; run nothing.")] = False,
+        force: Annotated[list[str] | None, typer.Option("--force", help="Re-run this step even if cached (repeatable).")] = None,
+        until: Annotated[str | None, typer.Option("--until", help="Run only this step and what it needs.")] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe var: NAME=VALUE (repeatable).")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Run every step of a recipe through the cached runner; re-runs are free, crashes resume, failed gates exit 2."""
+        from slmops.pipeline.execute import run_recipe
+        from slmops.pipeline.recipe import load_recipe
+
+        rec = load_recipe(recipe, overrides=_sets(set_))
+        with open_cli_store() as store, progress_bars(not as_json):
+            results = run_recipe(rec, store=store, dry_run=dry_run, force=set(force or []), until=until,
+                                 on_step=None if as_json else lambda r: err.print(_line(r), highlight=False))
+        data = {"recipe": rec.name, "dry_run": dry_run, "steps": [r.to_dict() for r in results]}
+        report = next((r for r in reversed(results) if r.artifact is not None and r.artifact.kind == "report"), None)
+        if report is not None:
+            html = sorted(report.artifact.path.glob("*.html"))
+            data["report"] = str(html[0]) if html else str(report.artifact.path)
+        emit(data, as_json, _summary)
+
+    @app.command("stages")
+    def stages(as_json: JsonOpt = False) -> None:
+        """List every registered stage with its inputs, output kind and config fields."""
+        from slmops.pipeline.stages import all_stages
+
+        rows = []
+        for name, st in all_stages().items():
+            fields = {f: (info.description or "") for f, info in st.config.model_fields.items()}
+            rows.append({"stage": name, "version": st.version, "kind": st.kind, "format": st.format,
+                         "inputs": list(st.inputs), "optional_inputs": list(st.optional_inputs),
+                         "description": st.description, "config": fields})
+        emit(rows, as_json, _print_stages)
+
+
+def _line(r: Any) -> str:
+    colour = {"ran": "green", "cached": "dim", "done": "green", "planned": "yellow"}.get(r.status, "white")
+    what = r.name or (f"sha256:{r.artifact.short}" if r.artifact else "")
+    return f"[{colour}]{r.status:>7}[/] {r.step} ({r.kind}) {what} {r.detail or ''} [dim]{r.seconds:.1f}s[/]"
+
+
+def _summary(data: dict[str, Any]) -> None:
+    t = Table(title=f"recipe {data['recipe']}" + (" (dry run)" if data["dry_run"] else ""))
+    for col in ("step", "stage/action", "status", "output", "seconds", "metrics"):
+        t.add_column(col)
+    for s in data["steps"]:
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(s["metrics"].items())[:4]
+                            if not isinstance(v, dict | list))
+        output = s["name"] or (f"sha256:{s['digest'][:12]}" if s["digest"] else (s["detail"] or ""))
+        t.add_row(s["step"], s["kind"], s["status"], output, f"{s['seconds']:.1f}", metrics)
+    out.print(t)
+    if data.get("report"):
+        out.print(f"report: {data['report']}")
+
+
+def _print_stages(rows: list[dict[str, Any]]) -> None:
+    t = Table()
+    for col in ("stage", "inputs", "output", "description"):
+        t.add_column(col)
+    for r in rows:
+        ins = ", ".join(r["inputs"] + [f"[{x}]" for x in r["optional_inputs"]]) or "-"
+        t.add_row(r["stage"], ins, f"{r['kind']} ({r['format']})", r["description"])
+    out.print(t)

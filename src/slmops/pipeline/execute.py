@@ -1,0 +1,163 @@
+"""Running a recipe: every step through the cached stage runner, in dependency order.
+
+An unchanged recipe re-runs with zero work (every step is a cache hit); after a crash or Ctrl-C
+the next run finds the finished steps cached and resumes at the one that failed. A failed gate
+stops the run with :class:`GateFailed` (exit code 2) naming the gate and the margin.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from slmops import progress
+from slmops.errors import ConfigError, SlmopsError
+from slmops.pipeline.inputs import resolve_input
+from slmops.pipeline.recipe import REF, Recipe, StepSpec, substitute_vars
+from slmops.pipeline.runner import cache_key, run_stage
+from slmops.pipeline.stages import get_stage
+from slmops.store.artifact import Artifact
+from slmops.store.registry import Store
+
+log = logging.getLogger(__name__)
+
+
+class GateFailed(SlmopsError):
+    """A quality gate did not hold; the run stops with exit code 2."""
+
+    exit_code = 2
+
+
+@dataclass
+class StepResult:
+    step: str
+    kind: str  # stage name or action
+    status: str  # ran, cached, done, planned, skipped
+    seconds: float = 0.0
+    artifact: Artifact | None = None
+    name: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "kind": self.kind, "status": self.status, "seconds": round(self.seconds, 3),
+            "digest": self.artifact.digest if self.artifact else None, "artifact_kind": self.artifact.kind if self.artifact else None,
+            "name": self.name, "metrics": self.metrics, "gates": self.gates, "detail": self.detail,
+        }
+
+
+#: Action implementations: (step spec, target artifact, store) -> detail text.
+ActionFn = Callable[[StepSpec, Artifact, Store], str]
+
+
+def _alias(spec: StepSpec, target: Artifact, store: Store) -> str:
+    name, _, alias = (spec.alias or "").partition("@")
+    version = store.add_version(name, target.digest)
+    store.set_alias(name, alias, version)
+    return f"{name}@{alias} -> {name}:{version}"
+
+
+def _serve_smoke(spec: StepSpec, target: Artifact, store: Store) -> str:
+    from slmops.serve.smoke import smoke_check  # lands with the server
+
+    return smoke_check(target, store=store, **spec.config)
+
+
+ACTIONS: dict[str, ActionFn] = {"alias": _alias, "serve-smoke": _serve_smoke}
+
+
+def _input(ref: str, done: dict[str, StepResult], store: Store, where: str) -> Artifact | None:
+    m = REF.fullmatch(ref.strip())
+    if m:
+        step = m.group(1).removesuffix(".output")
+        res = done.get(step)
+        if res is None or res.artifact is None:
+            return None
+        return res.artifact
+    try:
+        return resolve_input(ref, store)
+    except SlmopsError as exc:
+        raise ConfigError(f"{where}: {exc.what}", why=exc.why, fix=exc.fix) from exc
+
+
+def check_gates(gates: list[str], metrics: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """Evaluate ``metric OP number`` gates on a step's metrics; raise GateFailed on the first miss."""
+    from slmops.evaluate.gates import evaluate_gates
+
+    results = evaluate_gates(gates, metrics)
+    for r in results:
+        if not r["passed"]:
+            raise GateFailed(f"gate {r['gate']} failed at {where}", why=r["detail"], fix="improve the model or relax the gate in the recipe")
+    return results
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    store: Store,
+    dry_run: bool = False,
+    force: set[str] | None = None,
+    until: str | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> list[StepResult]:
+    """Run (or with ``dry_run`` plan) ``recipe``; returns one result per step in run order."""
+    force = force or set()
+    unknown = force - set(recipe.steps)
+    if unknown:
+        raise ConfigError(f"--force {', '.join(sorted(unknown))}: no such step", fix=f"steps are: {', '.join(recipe.steps)}")
+    order = recipe.order(until)
+    done: dict[str, StepResult] = {}
+    results: list[StepResult] = []
+    with progress.task(f"recipe {recipe.name}", total=len(order)) as bar:
+        for step in order:
+            spec = recipe.steps[step]
+            where = f"step {step!r}"
+            bar.advance(0, step=step)
+            started = time.perf_counter()
+            inputs = {role: _input(ref, done, store, f"{where}, input {role}") for role, ref in spec.inputs.items()}
+            target = _input(spec.target, done, store, f"{where}, target") if spec.target else None
+            if spec.stage is not None:
+                cfg = substitute_vars(spec.config, recipe.vars, f"{where}, config")
+                if dry_run:
+                    res = _plan(step, spec, inputs, cfg, store)
+                else:
+                    try:
+                        run = run_stage(spec.stage, inputs, cfg, store=store, output_name=spec.name, force=step in force)  # type: ignore[arg-type]
+                    except SlmopsError as exc:
+                        exc.what = f"{where} ({spec.stage}): {exc.what}"
+                        raise
+                    m = run.artifact.manifest
+                    res = StepResult(step, spec.stage, "cached" if run.cached else "ran", time.perf_counter() - started, run.artifact,
+                                     f"{spec.name}:{run.version}" if spec.name else None, m.metrics)
+                    res.gates = check_gates(spec.gates, m.metrics, where) if spec.gates else []
+            else:
+                assert spec.action is not None
+                if dry_run or target is None:
+                    res = StepResult(step, spec.action, "planned", detail=f"{spec.action} {spec.alias or ''}".strip())
+                else:
+                    detail = ACTIONS[spec.action](spec, target, store)
+                    res = StepResult(step, spec.action, "done", time.perf_counter() - started, target, detail=detail)
+            done[step] = res
+            results.append(res)
+            if on_step:
+                on_step(res)
+            bar.advance(1, step=step)
+    return results
+
+
+def _plan(step: str, spec: StepSpec, inputs: dict[str, Artifact | None], cfg: dict[str, Any], store: Store) -> StepResult:
+    assert spec.stage is not None
+    if any(a is None for a in inputs.values()):
+        waits = [r for r, a in inputs.items() if a is None]
+        return StepResult(step, spec.stage, "planned", detail=f"will run (after {', '.join(waits)})")
+    st = get_stage(spec.stage)
+    key = cache_key(st, st.make_config(cfg), inputs)  # type: ignore[arg-type]
+    hit = store.cached(key)
+    if hit is not None:
+        return StepResult(step, spec.stage, "cached", artifact=hit, name=spec.name, metrics=hit.manifest.metrics, detail="cached")
+    return StepResult(step, spec.stage, "planned", detail="will run")
