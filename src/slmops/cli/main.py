@@ -42,13 +42,14 @@ def _root(
 
 
 def _register() -> None:
-    from slmops.cli import data, doctor, generate, models, run
+    from slmops.cli import data, doctor, generate, models, profile, run
 
     doctor.register(app)
     app.add_typer(models.app, name="models")
     app.add_typer(data.app, name="data")
     generate.register(app)
     run.register(app)
+    app.add_typer(profile.app, name="profile")
 
 
 _register()

@@ -53,6 +53,14 @@ MIGRATIONS: list[str] = [
         created_at  TEXT NOT NULL
     );
     """,
+    # 2: device profiles (named constraints a deployment target imposes)
+    """
+    CREATE TABLE profiles (
+        name        TEXT PRIMARY KEY,
+        spec        TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    """,
 ]
 
 

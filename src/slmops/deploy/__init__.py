@@ -1,0 +1,1 @@
+"""Deployment targets: device profiles and (later) edge bundles."""
