@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-all
 
-.PHONY: install demo test test-slow test-all clean
+.PHONY: install browser demo test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,12 +18,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Headless Chromium for the report/dashboard browser tests (Debian's package; skipped where apt is absent)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: browser tests will skip"; }
+
 ## Main job: the end-to-end demo on the built-in task (store in ./.slmops unless SLMOPS_HOME is set)
 demo: $(STAMP)
 	SLMOPS_HOME=$${SLMOPS_HOME:-$(CURDIR)/.slmops} HF_HUB_OFFLINE=1 $(VENV)/bin/slmops run examples/quickstart.yaml
 
 ## Default test suite (every extra installed; slow tests excluded)
-test: $(STAMP)
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 ## Slow tests only (minutes)

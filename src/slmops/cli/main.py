@@ -50,6 +50,24 @@ def _register() -> None:
     generate.register(app)
     run.register(app)
     app.add_typer(profile.app, name="profile")
+    from slmops.cli import distill
+
+    distill.register(app)
+    from slmops.cli import serve
+
+    serve.register(app)
+    from slmops.cli import export, optimize, parity
+
+    export.register(app)
+    parity.register(app)
+    optimize.register(app)
+    from slmops.cli import evaluate
+
+    evaluate.register(app)
+    from slmops.cli import adapters, finetune
+
+    app.add_typer(finetune.app, name="finetune")
+    app.add_typer(adapters.app, name="adapters")
 
 
 _register()

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe var: NAME=VALUE (repeatable).")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Run every step of a recipe through the cached runner; re-runs are free, crashes resume, failed gates exit 2."""
+        """Run every step of a recipe through the cached runner; re-runs are free, crashes resume, failed gates exit 3."""
         from slmops.pipeline.execute import run_recipe
         from slmops.pipeline.recipe import load_recipe
 
@@ -88,6 +88,9 @@ def _print_stages(rows: list[dict[str, Any]]) -> None:
     for col in ("stage", "inputs", "output", "description"):
         t.add_column(col)
     for r in rows:
-        ins = ", ".join(r["inputs"] + [f"[{x}]" for x in r["optional_inputs"]]) or "-"
+        from rich.markup import escape
+
+        optional = r["optional_inputs"] if len(r["optional_inputs"]) <= 4 else [*r["optional_inputs"][:2], "…"]
+        ins = escape(", ".join(r["inputs"] + [f"[{x}]" for x in optional]) or "-")
         t.add_row(r["stage"], ins, f"{r['kind']} ({r['format']})", r["description"])
     out.print(t)

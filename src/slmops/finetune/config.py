@@ -41,7 +41,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # -- data ---------------------------------------------------------------------------------
-    template: str | None = Field(
+    text_template: str | None = Field(
         None, description="A {field} text template such as '### Q: {input}\\n### A: {output}'; unset = the model's chat template"
     )
     max_length: int | None = Field(

@@ -2,7 +2,8 @@
 
 An unchanged recipe re-runs with zero work (every step is a cache hit); after a crash or Ctrl-C
 the next run finds the finished steps cached and resumes at the one that failed. A failed gate
-stops the run with :class:`GateFailed` (exit code 2) naming the gate and the margin.
+stops the run with :class:`~slmops.evaluate.gates.GateFailed` (exit code 3, as for ``eval``) naming
+the gate and the margin.
 """
 
 from __future__ import annotations
@@ -23,12 +24,6 @@ from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
 
 log = logging.getLogger(__name__)
-
-
-class GateFailed(SlmopsError):
-    """A quality gate did not hold; the run stops with exit code 2."""
-
-    exit_code = 2
 
 
 @dataclass
@@ -87,7 +82,7 @@ def _input(ref: str, done: dict[str, StepResult], store: Store, where: str) -> A
 
 def check_gates(gates: list[str], metrics: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """Evaluate ``metric OP number`` gates on a step's metrics; raise GateFailed on the first miss."""
-    from slmops.evaluate.gates import evaluate_gates
+    from slmops.evaluate.gates import GateFailed, evaluate_gates
 
     results = evaluate_gates(gates, metrics)
     for r in results:

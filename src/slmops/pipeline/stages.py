@@ -26,6 +26,15 @@ BUILTIN_STAGE_MODULES = (
     "slmops.data.stages",
     "slmops.data.synth.stage",
     "slmops.models.stages",
+    "slmops.distill.stages",
+    "slmops.finetune.stages",
+    "slmops.finetune.adapter_stages",
+    "slmops.evaluate.stages",
+    "slmops.bench.stages",
+    "slmops.report.stages",
+    "slmops.export.stages_gguf",
+    "slmops.export.stages_eval",
+    "slmops.export.stages_onnx",
 )
 
 

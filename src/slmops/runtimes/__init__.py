@@ -44,6 +44,7 @@ FORMAT_RUNTIMES: dict[str, str] = {
     "hf-safetensors": "torch",
     "ort-genai": "ort-genai",
     "onnx": "ort-genai",
+    "foundry-local": "ort-genai",
     "gguf": "llamacpp",
 }
 
@@ -69,6 +70,18 @@ def _open_torch(path: Path, **options: Any) -> Runtime:
     return TorchRuntime.from_path(path, **options)
 
 
+def _open_llamacpp(path: Path, **options: Any) -> Runtime:
+    from slmops.runtimes.llamacpp_rt import LlamaCppRuntime
+
+    return LlamaCppRuntime.from_path(path, **options)
+
+
+def _open_ortgenai(path: Path, **options: Any) -> Runtime:
+    from slmops.runtimes.ortgenai_rt import OrtGenAIRuntime
+
+    return OrtGenAIRuntime.from_path(path, **options)
+
+
 def _not_yet(name: str, extra: str) -> RuntimeFactory:
     def factory(path: Path, **options: Any) -> Runtime:
         raise ConfigError(
@@ -81,8 +94,8 @@ def _not_yet(name: str, extra: str) -> RuntimeFactory:
 
 
 register_runtime("torch", _open_torch, formats=("hf-safetensors",))
-register_runtime("ort-genai", _not_yet("ort-genai", "onnx"), formats=("ort-genai", "onnx"))
-register_runtime("llamacpp", _not_yet("llamacpp", "gguf"), formats=("gguf",))
+register_runtime("ort-genai", _open_ortgenai, formats=("ort-genai", "onnx", "foundry-local"))
+register_runtime("llamacpp", _open_llamacpp, formats=("gguf",))
 
 
 def detect_format(path: Path) -> str:

@@ -1,0 +1,222 @@
+"""ONNX Runtime GenAI precisions side by side on one ≥30M-parameter model, next to the bare engine's own numbers.
+
+For each precision (fp32, fp16, int8, and int4 at block sizes 32, 64 and 128, as built by ``export.onnx``): size on disk (% of the fp32
+and fp16 exports), KL divergence / top-1 agreement / perplexity change against the fp32 torch model
+(the ``parity`` stage, same texts as ``benchmarks/gguf_formats.py``), and decode tokens/s, TTFT and
+peak RSS of slmops' ``ort-genai`` runtime — each measured in a fresh process — next to a bare ORT
+GenAI loop on the same folder (``append_tokens`` + ``generate_next_token`` with the engine's own
+greedy search, no Python sampling or detokenization).
+
+The model is the one ``benchmarks/gguf_formats.py`` uses (Llama, hidden 768, 6 layers, ~40M
+parameters, ``models.init`` + a short ``finetune.full`` on the built-in corpus, so its distributions
+are peaked enough for KL to mean something); with the same ``--home`` both benchmarks share it.
+
+    .venv/bin/python benchmarks/onnx_precisions.py --out benchmarks/onnx_precisions.md
+
+Everything goes through the store in ``--home`` (default ``./.slmops-bench``): rerunning reuses the
+model, the exports and the parity reports (cached), and re-measures speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PRECISIONS = ["fp32", "fp16", "int8", "int4", "int4/b64", "int4/b128"]  # PRECISION[/bBLOCK]
+MODEL = {"arch": "llama", "size": "small", "hidden_size": 768, "num_layers": 6, "num_heads": 12, "intermediate_size": 2048,
+         "vocab_size": 8000, "context_length": 1024, "seed": 0}
+
+
+# -- children (one fresh process per measurement, so peak RSS is the model's own) -------------------------------
+def child_ours(path: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
+    from slmops.export.measure import measure_runtime
+
+    return measure_runtime(path, runtime="ort-genai", prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs)
+
+
+def child_raw(path: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
+    """ORT GenAI on its own: the prompt through append_tokens, then generate_next_token (engine greedy) per token."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from slmops.export.measure import PROMPT_TEXT, peak_rss_bytes
+    from slmops.runtimes.ortgenai_files import locate_genai_folder
+
+    t0 = time.perf_counter()
+    model = og.Model(str(locate_genai_folder(Path(path))))
+    tok = og.Tokenizer(model)
+    load_s = time.perf_counter() - t0
+    base = [int(t) for t in tok.encode(PROMPT_TEXT)]
+    ids = np.asarray((base * (prompt_tokens // len(base) + 1))[:prompt_tokens], dtype=np.int32)
+    ttfts, tps = [], []
+    for i in range(runs + 1):  # the first run warms up
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=prompt_tokens + new_tokens + 8, do_sample=False)
+        t0 = time.perf_counter()
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        gen.generate_next_token()
+        t1 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            gen.generate_next_token()
+        t2 = time.perf_counter()
+        del gen
+        if i:
+            ttfts.append(t1 - t0)
+            tps.append((new_tokens - 1) / (t2 - t1))
+    return {"load_s": load_s, "ttft_s": statistics.median(ttfts), "decode_tokens_per_s": statistics.median(tps), "peak_rss_bytes": peak_rss_bytes()}
+
+
+def run_child(kind: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", kind, "--path", str(path), "--prompt-tokens", str(args.prompt_tokens),
+           "--tokens", str(args.tokens), "--runs", str(args.runs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} child failed: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- the main run ---------------------------------------------------------------------------------------------------
+def build(store: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model and parity data of benchmarks/gguf_formats.py (same stage configs, so the same cached artifacts)."""
+    from slmops.errors import SlmopsError
+    from slmops.pipeline.runner import run_stage
+    from slmops.testing.tiny import tiny_corpus
+
+    data_file = Path(store.home) / "bench-corpus.jsonl"
+    if not data_file.exists():
+        data_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus(2000)))
+    data = run_stage("data.import", {}, {"path": str(data_file)}, store=store).artifact
+    model = run_stage("models.init", {}, MODEL, store=store, output_name="bench-gguf-init").artifact
+    if args.train_steps:
+        try:
+            cfg = {"max_steps": args.train_steps, "batch_size": 8, "learning_rate": 1e-3, "max_length": 128, "warmup_steps": min(5, args.train_steps - 1),
+                   "validation_fraction": 0.02}
+            model = run_stage("finetune.full", {"model": model, "data": data}, cfg, store=store, output_name="bench-gguf").artifact
+        except SlmopsError as exc:  # the benchmark still runs on the random model
+            print(f"warning: finetune.full failed ({exc}); measuring the untrained model", file=sys.stderr)
+    return model, data
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from slmops.pipeline.runner import run_stage
+    from slmops.store import Store
+
+    rows = []
+    with Store(args.home) as store:
+        model, data = build(store, args)
+        params = model.manifest.metrics.get("parameters") or model.manifest.meta.get("parameters")
+        print(f"model sha256:{model.short}: {params} parameters", file=sys.stderr)
+        pcfg = {"max_texts": args.parity_texts, "max_tokens": 128, "greedy_prompts": 8, "max_kl": None}
+        for p in args.precisions:
+            precision, _, block = p.partition("/b")
+            cfg: dict[str, Any] = {"precision": precision, "parity_texts": 0, **({"block_size": int(block)} if block else {})}
+            t0 = time.perf_counter()
+            art = run_stage("export.onnx", {"model": model}, cfg, store=store).artifact
+            export_s = time.perf_counter() - t0
+            par = run_stage("parity", {"candidate": art, "reference": model, "data": data}, pcfg, store=store).artifact.manifest.metrics
+            ours, raw = [], []
+            for _ in range(args.repeats):  # interleaved, so load changes hit both alike
+                ours.append(run_child("ours", art.path, args))
+                raw.append(run_child("raw", art.path, args))
+            med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
+            row = {"precision": p, "size_bytes": art.manifest.metrics["size_bytes"], "export_s": export_s,
+                   "kl_mean": par["kl_mean"], "top1": par["top1_agreement"], "ppl_increase": par["ppl_increase"], "greedy_match": par["greedy_match"],
+                   "ours_tps": med(ours, "decode_tokens_per_s"), "raw_tps": med(raw, "decode_tokens_per_s"),
+                   "ours_ttft_s": med(ours, "ttft_s"), "raw_ttft_s": med(raw, "ttft_s"), "ours_load_s": med(ours, "load_s"),
+                   "ours_rss": med(ours, "peak_rss_bytes"), "raw_rss": med(raw, "peak_rss_bytes"), "parameters": params}
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> str:
+    size = {r["precision"]: r["size_bytes"] for r in rows}
+    fp32, fp16 = size.get("fp32"), size.get("fp16")
+    lines = [
+        "# ONNX Runtime GenAI precisions: size, speed, memory and fidelity",
+        "",
+        f"Command: `.venv/bin/python benchmarks/onnx_precisions.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        (f"Model: Llama, hidden 768, 6 layers, {rows[0]['parameters'] / 1e6:.1f}M parameters (models.init + {args.train_steps} steps of "
+         f"finetune.full on the built-in corpus; the model of `benchmarks/gguf_formats.py`), exported by `export.onnx` (onnxruntime-genai "
+         f"{_version('onnxruntime-genai')} model builder, CPU, symmetric, block 32 unless the row says `/bN`, int4 embedding quantized). Prompt "
+         f"{args.prompt_tokens} tokens, {args.tokens} new tokens (greedy, EOS ignored), median of {args.runs} runs × {args.repeats} processes. "
+         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, load average at the end "
+         f"{os.getloadavg()[0]:.1f}; onnxruntime {_version('onnxruntime')}. Took {elapsed / 60:.1f} min."),
+        "",
+        ("*ours* = slmops' `ort-genai` runtime (the decode loop shared with torch and llama.cpp: greedy tokens picked by the engine, "
+         "incremental detokenization, stop handling, events); *raw* = a bare ORT GenAI loop on the same folder (`append_tokens` + "
+         "`generate_next_token`, nothing decoded). KL, top-1 and perplexity are against the fp32 torch model on "
+         f"{args.parity_texts} corpus texts (`parity` stage)."),
+        "",
+        "| precision | size MB | % of fp32 | % of fp16 | KL (nats) | top-1 | ppl Δ | greedy = | ours tok/s | raw tok/s | ours / raw | "
+        "TTFT ours ms | TTFT raw ms | RSS ours MB | RSS raw MB | load ours s | export s |",
+        "|" + " --- |" * 17,
+    ]
+
+    def pct(r: dict[str, Any], ref: float | None) -> str:
+        return "-" if not ref else f"{100 * r['size_bytes'] / ref:.1f}%"
+
+    for r in rows:
+        lines.append(
+            f"| {r['precision']} | {r['size_bytes'] / 1e6:.1f} | {pct(r, fp32)} | {pct(r, fp16)} | {r['kl_mean']:.2e} | {r['top1']:.3f} | "
+            f"{r['ppl_increase']:+.2%} | {r['greedy_match']:.2f} | {r['ours_tps']:.1f} | {r['raw_tps']:.1f} | {r['ours_tps'] / r['raw_tps']:.2f} | "
+            f"{r['ours_ttft_s'] * 1e3:.1f} | {r['raw_ttft_s'] * 1e3:.1f} | {r['ours_rss'] / 1e6:.0f} | {r['raw_rss'] / 1e6:.0f} | "
+            f"{r['ours_load_s']:.2f} | {r['export_s']:.0f} |"
+        )
+    int4 = [(k, v) for k, v in size.items() if k.startswith("int4")]
+    if fp16 and int4:
+        lines += ["", "Goal int4 ≤ 30% of fp16: " + ", ".join(f"{k} (block {k.partition('/b')[2] or 32}) is {100 * v / fp16:.1f}%" for k, v in int4) + "."]
+    worst = min(r["ours_tps"] / r["raw_tps"] for r in rows)
+    lines += [f"Goal runtime within 10% of the raw engine: slowest ours/raw decode ratio {worst:.2f}."]
+    return "\n".join(lines) + "\n"
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--home", default=os.environ.get("SLMOPS_BENCH_HOME", ".slmops-bench"), help="Store for the benchmark's artifacts")
+    ap.add_argument("--out", default=None, help="Write the Markdown table here")
+    ap.add_argument("--precisions", nargs="+", default=PRECISIONS)
+    ap.add_argument("--tokens", type=int, default=128, help="New tokens per speed run")
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=3, help="Runs per process (after a warm-up)")
+    ap.add_argument("--repeats", type=int, default=2, help="Fresh processes per measurement")
+    ap.add_argument("--train-steps", type=int, default=80)
+    ap.add_argument("--parity-texts", type=int, default=32)
+    ap.add_argument("--child", choices=["ours", "raw"], help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        fn = child_ours if args.child == "ours" else child_raw
+        print(json.dumps(fn(args.path, args.prompt_tokens, args.tokens, args.runs)))
+        return
+    t0 = time.time()
+    rows = measure(args)
+    text = markdown(rows, args, time.time() - t0)
+    if args.out:
+        Path(args.out).write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

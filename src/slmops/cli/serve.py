@@ -1,0 +1,112 @@
+"""``slmops serve`` (the OpenAI-compatible server) and ``slmops logs`` (its request log)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slmops.cli.common import JsonOpt
+from slmops.cli.render import emit, err, out
+from slmops.errors import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        models: Annotated[list[str] | None, typer.Argument(help="Model ids to serve (bot, bot:3, bot@prod, adapters); none = every model in the store.")] = None,
+        host: Annotated[str, typer.Option("--host", help="Address to bind; keep 127.0.0.1 unless you mean to expose it (then set --api-key-env).")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+        api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the API key; every route but /health then needs 'Authorization: Bearer KEY'.")] = None,
+        metrics_public: Annotated[bool, typer.Option("--metrics-public", help="Serve /metrics without the API key.")] = False,
+        cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Allow this browser origin (repeatable); CORS is off otherwise.")] = None,
+        max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait per model; more get 503 + Retry-After.")] = 16,
+        parallel: Annotated[int, typer.Option("--parallel", help="Requests generating at once per model (batched on torch; other runtimes run one at a time).")] = 4,
+        timeout: Annotated[str, typer.Option("--timeout", help="Longest a request may take, queueing included (e.g. 300s, 5m).")] = "300s",
+        ttl: Annotated[str, typer.Option("--ttl", help="Unload a model idle this long (e.g. 10m; 0 = never).")] = "10m",
+        max_loaded: Annotated[int, typer.Option("--max-loaded", help="Most models loaded at once (least recently used idle one evicted).")] = 2,
+        canary: Annotated[list[str] | None, typer.Option("--canary", help="Split traffic for the first ref by weight: bot@prod=90,bot@canary=10 (repeatable).")] = None,
+        runtime: Annotated[str, typer.Option("--runtime", help="auto (by the artifact's format), torch, ort-genai or llamacpp.")] = "auto",
+        threads: Annotated[int | None, typer.Option("--threads", help="CPU threads per torch forward pass (fewer than cores helps on a busy machine).")] = None,
+        default_max_tokens: Annotated[int | None, typer.Option("--default-max-tokens", help="max_tokens when a request sets none (default: the rest of the context).")] = None,
+        log_db: Annotated[Path | None, typer.Option("--log-db", help="Request log file (default $SLMOPS_HOME/serve/requests.db).")] = None,
+        no_request_log: Annotated[bool, typer.Option("--no-request-log", help="Do not record requests.")] = False,
+        log_content: Annotated[bool, typer.Option("--log-content", help="Also record prompts and completions (off by default: privacy first).")] = False,
+        preload: Annotated[bool, typer.Option("--preload", help="Load the listed models now instead of on first request.")] = False,
+    ) -> None:
+        """Serve models over an OpenAI-compatible API (chat, completions, models, metrics, management)."""
+        from slmops.serve import ServeConfig, parse_duration
+        from slmops.serve import serve as run_server
+
+        api_key = None
+        if api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise ConfigError(f"--api-key-env {api_key_env}: the variable is not set or empty", fix=f"export {api_key_env}=<a long random key>")
+        cfg = ServeConfig(
+            models=list(models or []),
+            host=host,
+            port=port,
+            api_key=api_key,
+            metrics_auth=not metrics_public,
+            cors_origins=list(cors_origin or []),
+            max_queue=max_queue,
+            parallel=parallel,
+            timeout_s=parse_duration(timeout, flag="--timeout"),
+            ttl_s=parse_duration(ttl, flag="--ttl"),
+            max_loaded=max_loaded,
+            runtime=runtime,
+            threads=threads,
+            default_max_tokens=default_max_tokens,
+            log_requests=not no_request_log,
+            request_log=log_db,
+            log_content=log_content,
+            preload=preload,
+        )
+        for spec in canary or []:
+            cfg.add_canary(spec)
+        if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+            err.print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach it can use it (set --api-key-env)")
+        served = ", ".join([*cfg.models, *cfg.canary]) or "every model in the store"
+        err.print(f"[dim]slmops serve: {served} on http://{host}:{port}/v1 (Ctrl-C stops)[/]")
+        run_server(cfg)
+
+    @app.command()
+    def logs(
+        since: Annotated[str | None, typer.Option("--since", help="Only requests newer than this (e.g. 15m, 2h, 1d).")] = None,
+        model: Annotated[str | None, typer.Option("--model", help="Only this model id or version (bot@prod, bot:3).")] = None,
+        limit: Annotated[int, typer.Option("--limit", help="Most rows to show, newest first.")] = 50,
+        log_db: Annotated[Path | None, typer.Option("--log-db", help="Request log file (default $SLMOPS_HOME/serve/requests.db).")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Show the server's request log (metadata; prompts and completions only if served with --log-content)."""
+        from slmops.serve import parse_duration
+        from slmops.serve.requestlog import default_path, query
+        from slmops.settings import slmops_home
+
+        path = log_db or default_path(slmops_home())
+        since_ts = time.time() - parse_duration(since, flag="--since") if since else None
+        rows = query(path, since=since_ts, model=model, limit=limit)
+        emit(rows, as_json, lambda r: _table(r, path))
+
+
+def _table(rows: list[dict], path: Path) -> None:
+    from rich.table import Table
+
+    if not rows:
+        out.print(f"no requests logged in {path}")
+        return
+    t = Table(box=None)
+    for col in ("time", "model", "version", "route", "status", "prompt", "completion", "ttft", "latency", "client"):
+        t.add_column(col)
+
+    def s(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}s"
+
+    for r in rows:
+        t.add_row(r["time"], r["model"] or "-", r["version"] or "-", r["route"] or "-", str(r["status"]),
+                  str(r["prompt_tokens"] or 0), str(r["completion_tokens"] or 0), s(r["ttft_s"]), s(r["latency_s"]), r["client"] or "-")
+    out.print(t)

@@ -1,0 +1,48 @@
+"""Registers the distillation stages: ``distill.generate``, ``distill.train`` and ``distill.report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmops.distill.config import GenerateConfig
+from slmops.distill.report import ReportConfig
+from slmops.distill.train import DistillTrainConfig
+from slmops.pipeline.stages import StageOutput, stage
+from slmops.store.artifact import Artifact
+
+GENERATE = "distill.generate"
+TRAIN = "distill.train"
+
+
+def _home_and_key(name: str, cfg: object, inputs: dict[str, Artifact], out: Path) -> tuple[Path, str]:
+    from slmops.finetune.runs import run_key, store_home_of
+
+    return store_home_of(out), run_key(name, cfg, inputs)  # type: ignore[arg-type]
+
+
+@stage(GENERATE, config=GenerateConfig, kind="dataset", format="jsonl", inputs=("prompts",), optional_inputs=("teacher",))
+def generate(inputs: dict[str, Artifact], cfg: GenerateConfig, out: Path) -> StageOutput:
+    """A teacher (endpoint or local model) answers the prompts; validated answers become a chat dataset."""
+    from slmops.distill.generate import generate as run
+
+    home, key = _home_and_key(GENERATE, cfg, inputs, out)
+    return run(
+        inputs["prompts"], cfg, out, teacher=inputs.get("teacher"), work_dir=home / "runs" / key, cache_root=home / "cache" / "teacher"
+    )
+
+
+@stage("distill.report", config=ReportConfig, kind="report", format="json", inputs=("teacher", "student", "data"))
+def report(inputs: dict[str, Artifact], cfg: ReportConfig, out: Path) -> StageOutput:
+    """Teacher vs student on a test split: size, memory, latency, accuracy, and the retention ratios."""
+    from slmops.distill.report import report as run
+
+    return run(inputs["teacher"], inputs["student"], inputs["data"], cfg, out)
+
+
+@stage(TRAIN, config=DistillTrainConfig, kind="model", format="hf-safetensors", inputs=("student", "data"), optional_inputs=("teacher",))
+def train(inputs: dict[str, Artifact], cfg: DistillTrainConfig, out: Path) -> StageOutput:
+    """The student learns from the teacher: SFT on its answers, plus logit KD from its logits or stored top-k."""
+    from slmops.distill.train import run_distill_train
+
+    _, key = _home_and_key(TRAIN, cfg, inputs, out)
+    return run_distill_train(inputs, cfg, out, key=key)

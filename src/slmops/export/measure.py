@@ -1,0 +1,97 @@
+"""Speed and memory of one model on one runtime: load time, TTFT, decode tokens/s, peak RSS.
+
+:func:`measure_runtime` opens the model, warms it up, and times a few greedy generations of a
+fixed length (EOS ignored) from a fixed prompt; :func:`measure_in_subprocess` runs it in a fresh
+Python process (``python -m slmops.export.measure``), so the peak RSS is that model's alone and
+not whatever the calling process loaded before. Used by the optimizer and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slmops.errors import ConfigError
+
+PROMPT_TEXT = (
+    "The small model reads the question, thinks about the facts it was given, and answers in one short sentence. "
+    "Every answer is checked against the reference, and the scores are written to the report. "
+)
+
+
+def measure_runtime(path: str | Path, *, runtime: str = "auto", prompt_tokens: int = 64, new_tokens: int = 64, runs: int = 3,
+                    options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Timings of ``path`` on ``runtime`` (medians over ``runs``), plus this process's peak RSS."""
+    from slmops.runtimes import GenerationParams, open_runtime
+
+    t0 = time.perf_counter()
+    rt = open_runtime(Path(path), runtime, **(options or {}))
+    load_s = time.perf_counter() - t0
+    try:
+        base = rt.tokenize(PROMPT_TEXT, add_special_tokens=True)
+        ids = (base * (prompt_tokens // max(1, len(base)) + 1))[:prompt_tokens]
+        rt.generate(ids, GenerationParams(max_tokens=4, ignore_eos=True))  # warm-up
+        ttfts, tps = [], []
+        for _ in range(max(1, runs)):
+            res = rt.generate(ids, GenerationParams(max_tokens=new_tokens, ignore_eos=True))
+            ttfts.append(res.ttft_s or 0.0)
+            decode_s = (res.total_s or 0.0) - (res.ttft_s or 0.0)
+            tps.append((res.completion_tokens - 1) / decode_s if decode_s > 0 else float("nan"))
+    finally:
+        rt.close()
+    return {
+        "runtime": getattr(rt, "name", runtime),
+        "load_s": load_s,
+        "ttft_s": statistics.median(ttfts),
+        "decode_tokens_per_s": statistics.median(tps),
+        "prompt_tokens": len(ids),
+        "new_tokens": new_tokens,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size. Linux keeps ``ru_maxrss`` across exec (a child started
+    from a big parent would report the parent's size), so ``VmHWM`` is read first."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_in_subprocess(path: str | Path, *, timeout_s: float = 900, **kwargs: Any) -> dict[str, Any]:
+    """:func:`measure_runtime` in a fresh interpreter (its peak RSS is the model's own)."""
+    args = json.dumps({"path": str(path), **kwargs})
+    proc = subprocess.run([sys.executable, "-m", "slmops.export.measure", args], capture_output=True, text=True, timeout=timeout_s, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ConfigError(f"measuring {Path(path).name} failed", why=tail[0][:300], fix="open the artifact with `slmops` directly to see the full error")
+    return dict(json.loads(lines[-1]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m slmops.export.measure '{"path": ..., "new_tokens": 64}'`` prints one JSON line."""
+    from slmops.errors import SlmopsError
+
+    kwargs = json.loads((argv or sys.argv[1:])[0])
+    path = kwargs.pop("path")
+    try:
+        result = measure_runtime(path, **kwargs)
+    except SlmopsError as exc:
+        sys.stderr.write(f"error: {exc.message}\n")
+        raise SystemExit(1) from exc
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Hugging Face folder → ONNX Runtime GenAI folder, through onnxruntime-genai's model builder.
+
+:func:`export_onnx` checks the source first (an architecture the builder supports, a tokenizer,
+room on disk), then calls ``onnxruntime_genai.models.builder.create_model`` — the engine Olive's
+ModelBuilder pass uses — in this process (offline: ``HF_HUB_OFFLINE=1``; its prints go to the debug
+log, its ``Reading layer N`` lines drive the progress bar; in-process, because a child process would
+pay seconds of torch/transformers imports per export), and finishes the folder:
+
+* ``tokenizer.json`` is the source's own file (the builder re-saves it through transformers, which
+  can change it), and ``tokenizer_config.json`` gets ``add_bos_token`` (ORT GenAI's tokenizer never
+  adds a BOS; the ``ort-genai`` runtime and Foundry Local read this and the chat template);
+* the chat template goes to ``chat_template.jinja`` and ``tokenizer_config.json`` without the
+  transformers-only ``{% generation %}`` tags, so plain Jinja renderers accept it.
+
+Precisions: ``fp32``, ``fp16``, ``int8`` and ``int4`` (weight-only ``MatMulNBits`` with a block size,
+symmetric or not, an accuracy level, and for int4 the embedding quantized too). fp16 for the CPU
+is laid out like the builder's CUDA fp16 graph (see :func:`build_provider`). A failing builder,
+a full disk or an interruption raise :class:`ExportError`; the stage runner then drops the
+half-written output, so no artifact appears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from slmops._optional import require
+from slmops.errors import ConfigError, SlmopsError
+from slmops.progress import task
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "int8", "int4"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
+
+#: transformers architectures slmops exports and checks in its tests (tiny Llama, Qwen2, Phi-3).
+TESTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM")
+#: further text decoders the model builder (onnxruntime-genai 0.18) converts; exported, but untested here.
+BUILDER_ARCHITECTURES = (
+    "MistralForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
+    "PhiForCausalLM", "SmolLM3ForCausalLM", "GraniteForCausalLM", "OlmoForCausalLM", "NemotronForCausalLM",
+    "Ernie4_5ForCausalLM", "InternLM2ForCausalLM", "HunYuanDenseV1ForCausalLM", "ChatGLMModel",
+)
+#: output bytes per source parameter (upper bounds, for the disk check).
+_BYTES_PER_PARAM = {"fp32": 4.2, "fp16": 2.2, "int8": 2.2, "int4": 1.2}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+class ExportError(SlmopsError):
+    """An export could not be completed (the builder failed, the disk filled up, it was interrupted)."""
+
+
+class OnnxExportConfig(BaseModel):
+    """Config of ``export.onnx``: precision and quantization, LoRA adapter handling, and the parity check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: Precision = Field("int4", description="Weights: fp32, fp16, int8 or int4 (weight-only MatMulNBits)")
+    execution_provider: Literal["cpu", "cuda", "dml", "webgpu"] = Field("cpu", description="Execution provider the graph is built for")
+    block_size: Literal[16, 32, 64, 128, 256] = Field(32, description="int4/int8: weights per quantization block")
+    symmetric: bool = Field(True, description="int4/int8: symmetric quantization (int4/int8); false = asymmetric (uint4/uint8 with zero points)")
+    accuracy_level: Literal[1, 2, 3, 4] | None = Field(
+        None, description="int4/int8: minimum precision of the activations in MatMulNBits (1 fp32, 2 fp16, 3 bf16, 4 int8; builder default 4 on CPU)"
+    )
+    quant_algo: Literal["default", "rtn", "k_quant"] = Field("default", description="int4/int8: weight quantization algorithm")
+    quantize_embeddings: bool = Field(True, description="int4: quantize the token embedding too (untied models keep it in float otherwise)")
+    adapter_mode: Literal["merge", "runtime"] = Field(
+        "merge", description="With an adapter input: merge it into the weights (merge) or export it as a switchable ORT GenAI adapter (runtime)"
+    )
+    adapter_name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Name of the exported run-time adapter")
+    parity_texts: int = Field(4, ge=0, le=256, description="Texts scored against the source (KL, top-1, greedy); 0 skips the check")
+    parity_tokens: int = Field(64, ge=8, le=4096, description="Tokens per parity text")
+
+    @model_validator(mode="after")
+    def _quant_options_need_quant(self) -> OnnxExportConfig:
+        if self.precision in ("fp32", "fp16"):
+            changed = [f for f in ("block_size", "symmetric", "accuracy_level", "quant_algo") if getattr(self, f) != type(self).model_fields[f].default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} only apply to precision int4 or int8, not {self.precision} (drop them or quantize)")
+        return self
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}", why=str(exc), fix="check the model folder") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def check_source(src: Path) -> dict[str, Any]:
+    """Refuse a folder the builder cannot export (architecture, tokenizer, weights); return its facts."""
+    if not (src / "config.json").is_file():
+        raise ConfigError(f"{src} is not a Hugging Face model folder", why="it has no config.json", fix="pass a model artifact")
+    cfg = _read_json(src / "config.json")
+    arch = (cfg.get("architectures") or [None])[0]
+    if arch not in TESTED_ARCHITECTURES + BUILDER_ARCHITECTURES:
+        raise ConfigError(
+            f"export.onnx does not support the {arch or cfg.get('model_type') or 'unknown'} architecture",
+            why="onnxruntime-genai's model builder has no converter for it" if arch else "config.json names no architecture",
+            fix=f"export a model of a supported architecture ({', '.join(TESTED_ARCHITECTURES)} are tested), or use `slmops export gguf`",
+        )
+    if arch not in TESTED_ARCHITECTURES:
+        log.warning("export.onnx: %s is supported by the model builder but not tested by slmops", arch)
+    if not any((src / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(
+            f"model {src.name} has no tokenizer",
+            why="ONNX Runtime GenAI needs tokenizer.json (or tokenizer.model) next to the model, and the folder has neither",
+            fix="save the tokenizer into the model folder (tokenizer.save_pretrained) and import it again",
+        )
+    weights = list(src.glob("*.safetensors"))
+    if not weights:
+        raise ConfigError(f"model {src.name} has no safetensors weights", fix="import it with `slmops models import` (which converts pickles)")
+    params = sum(p.stat().st_size for p in weights) // _dtype_bytes(cfg)
+    return {"architecture": arch, "model_type": cfg.get("model_type"), "num_layers": int(cfg.get("num_hidden_layers") or 0),
+            "parameters_estimate": int(params), "tie_word_embeddings": bool(cfg.get("tie_word_embeddings"))}
+
+
+def _dtype_bytes(cfg: dict[str, Any]) -> int:
+    dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    return 2 if dtype in ("float16", "bfloat16") else 4
+
+
+def check_disk(out: Path, params: int, precision: str, *, extra_bytes: int = 0) -> int:
+    """Refuse to start when the output's filesystem clearly cannot hold the export; return the estimate."""
+    need = int(params * _BYTES_PER_PARAM[precision]) + extra_bytes + (16 << 20)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise ExportError(
+            f"not enough disk space for this export: about {need / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free",
+            why=f"the {precision} ONNX model is written to {out.parent}",
+            fix="free some space, pick a smaller --precision, or point SLMOPS_HOME (--home) at a bigger disk",
+        )
+    return need
+
+
+def builder_options(cfg: OnnxExportConfig, *, adapter_path: Path | None = None, exclude_nodes: list[str] | None = None) -> dict[str, str]:
+    """The builder's ``--extra_options`` for ``cfg`` (authentication and remote code always off)."""
+    opts = {"hf_token": "false", "hf_remote": "false"}
+    if cfg.precision in ("int4", "int8"):
+        opts["block_size"] = str(cfg.block_size)
+        opts["is_symmetric"] = "true" if cfg.symmetric else "false"
+        if cfg.accuracy_level is not None:
+            opts["accuracy_level"] = str(cfg.accuracy_level)
+        if cfg.quant_algo != "default":
+            opts["algo_config"] = cfg.quant_algo
+        if cfg.precision == "int4" and cfg.quantize_embeddings:
+            opts["op_types_to_quantize"] = "MatMul/Gather"
+    if adapter_path is not None:
+        opts["adapter_path"] = str(adapter_path)
+    if exclude_nodes:
+        opts["nodes_to_exclude"] = ",".join(exclude_nodes)
+    return opts
+
+
+class _LineSink(io.TextIOBase):
+    """Where the builder's prints go while it runs: the debug log, the last lines kept, progress advanced."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.lines: list[str] = []
+        self._part = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._part += text.replace("\r", "\n")
+        *done, self._part = self._part.split("\n")
+        for line in done:
+            if not line.strip():
+                continue
+            log.debug("builder: %s", line)
+            self.lines.append(line)
+            if line.startswith(("Reading layer", "Reading embedding", "Reading final norm", "Reading LM head")):
+                self.bar.advance(1)
+        del self.lines[:-50]
+        return len(text)
+
+
+def _create_model(src: Path, out: Path, cache: Path, precision: str, ep: str, options: dict[str, str]) -> None:
+    """onnxruntime-genai's ``builder.create_model`` (the same call its command line makes)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    builder = require("onnxruntime_genai.models.builder", extra="onnx", purpose="exporting to ONNX")
+    opts = builder.parse_extra_options(None, str(src), str(out), precision, ep, str(cache), [f"{k}={v}" for k, v in options.items()])
+    builder.create_model(None, str(src), str(out), precision, ep, str(cache), **opts)
+
+
+@contextlib.contextmanager
+def _quiet_ort_logging() -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in ("onnxruntime", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def build_provider(cfg: OnnxExportConfig) -> str:
+    """The execution provider the builder lays the graph out for.
+
+    fp16 for CPU is built with the builder's CUDA layout (GroupQueryAttention in fp16, which ORT's
+    CPU provider runs) and then pointed at the CPU provider: the builder's own fp16 CPU graph
+    (MultiHeadAttention with repeat_kv) fails in onnxruntime 1.32 on the first decode step after
+    the prompt ("Shape mismatch attempting to re-use buffer").
+    """
+    return "cuda" if cfg.precision == "fp16" and cfg.execution_provider == "cpu" else cfg.execution_provider
+
+
+def _use_cpu_provider(out: Path) -> None:
+    path = out / "genai_config.json"
+    genai = _read_json(path)
+    session = genai.get("model", {}).get("decoder", {}).get("session_options", {})
+    session["provider_options"] = []
+    path.write_text(json.dumps(genai, indent=4) + "\n", encoding="utf-8")
+
+
+def run_builder(src: Path, out: Path, cache: Path, cfg: OnnxExportConfig, options: dict[str, str], *, total_layers: int) -> None:
+    """Run the model builder on ``src`` into ``out`` (offline; its prints go to the debug log); failures become :class:`ExportError`."""
+    with task(f"export.onnx {cfg.precision}", total=total_layers + 3) as bar:
+        sink = _LineSink(bar)
+        try:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _quiet_ort_logging(), warnings.catch_warnings():
+                # the quantizer divides by zero scales of all-zero blocks (padding), and says so
+                warnings.filterwarnings("ignore", category=RuntimeWarning, module="onnxruntime.quantization")
+                _create_model(src, out, cache, cfg.precision, build_provider(cfg), options)
+            if build_provider(cfg) != cfg.execution_provider:
+                _use_cpu_provider(out)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ExportError("export.onnx ran out of disk space", why=str(exc),
+                                  fix="free some space or point SLMOPS_HOME (--home) at a bigger disk, then run the export again") from exc
+            raise _failure(sink.lines, exc) from exc
+        except NotImplementedError as exc:
+            raise ExportError("onnxruntime-genai's model builder cannot export this model", why=str(exc).strip(),
+                              fix="check the architecture and --precision/--execution-provider combination") from exc
+        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise _failure(sink.lines, exc) from exc
+
+
+def _failure(lines: list[str], exc: BaseException) -> ExportError:
+    log.error("model builder output (last lines):\n%s", "\n".join(lines[-20:]))
+    why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return ExportError("onnxruntime-genai's model builder failed", why=why, fix="run with -vv to see the builder's output in the log")
+
+
+def finish_folder(src: Path, out: Path) -> dict[str, Any]:
+    """Put the source's tokenizer, ``add_bos_token`` and a plain-Jinja chat template into the exported folder."""
+    from slmops.data.templates import chat_template_of
+    from slmops.models.loading import load_tokenizer
+    from slmops.models.tokenizer import strip_generation_tags
+
+    for name in ("genai_config.json", "model.onnx"):
+        if not (out / name).is_file():
+            raise ExportError(f"the model builder wrote no {name}", why=f"{out} is incomplete", fix="run with -vv to see the builder's output")
+    if (src / "tokenizer.json").is_file():
+        shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
+    tok = load_tokenizer(src)
+    bos = getattr(tok, "bos_token_id", None)
+    with_special = tok.encode("a", add_special_tokens=True)
+    add_bos = bos is not None and bool(with_special) and with_special[0] == bos and tok.encode("a", add_special_tokens=False)[:1] != [bos]
+    try:
+        template: str | None = strip_generation_tags(chat_template_of(tok))
+    except ConfigError:
+        template = None
+    tcfg_path = out / "tokenizer_config.json"
+    tcfg = _read_json(tcfg_path) if tcfg_path.is_file() else {}
+    tcfg["add_bos_token"] = add_bos
+    if template:
+        tcfg["chat_template"] = template
+        (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+    else:
+        (out / "chat_template.jinja").unlink(missing_ok=True)
+    tcfg_path.write_text(json.dumps(tcfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    genai = _read_json(out / "genai_config.json")
+    model = genai.get("model") or {}
+    return {"add_bos": add_bos, "bos_token_id": model.get("bos_token_id"), "eos_token_id": model.get("eos_token_id"),
+            "context_length": model.get("context_length"), "vocab_size": model.get("vocab_size"), "genai_model_type": model.get("type"),
+            "chat_template": template is not None}
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def export_onnx(src: Path, out: Path, cfg: OnnxExportConfig, *, adapter_path: Path | None = None,
+                exclude_nodes: list[str] | None = None) -> dict[str, Any]:
+    """Export the Hugging Face folder ``src`` into ``out`` (see the module docstring); returns facts for the manifest.
+
+    ``adapter_path`` (a PEFT LoRA folder) makes the builder add LoRA branches to the graph; the caller
+    turns them into run-time adapter inputs (``adapter_mode=runtime``).
+    """
+    facts = check_source(src)
+    facts["estimated_bytes"] = check_disk(out, facts["parameters_estimate"], cfg.precision)
+    cache = out / ".builder-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        options = builder_options(cfg, adapter_path=adapter_path, exclude_nodes=exclude_nodes)
+        run_builder(src, out, cache, cfg, options, total_layers=facts["num_layers"])
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    try:
+        facts.update(finish_folder(src, out))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ExportError("export.onnx ran out of disk space", why=str(exc), fix="free some space or point SLMOPS_HOME (--home) at a bigger disk") from exc
+        raise
+    facts.update(precision=cfg.precision, execution_provider=cfg.execution_provider, builder_layout=build_provider(cfg), size_bytes=folder_size(out))
+    return facts

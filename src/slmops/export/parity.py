@@ -1,0 +1,213 @@
+"""Parity: how closely an exported artifact follows its parent, measured through the Runtime protocol.
+
+:func:`measure_parity` takes two open runtimes — any engines, since it only uses ``tokenize``,
+``apply_chat_template``, ``sequence_logits`` and ``generate`` — and a list of dataset records:
+
+* **next-token distributions** on the records' text (chats rendered with the reference's chat
+  template), tokenized once by the reference and fed to both: mean KL(reference ‖ candidate), its
+  95th percentile, top-1 agreement, and each side's perplexity (so ``ppl_increase`` is relative);
+* **greedy generation** from the records' prompts (a chat up to its last assistant turn, or the
+  first half of a text): the share of prompts where both produce exactly the same tokens;
+* **task score** where a record carries an answer: token-F1 of each side's greedy output against
+  it (``task_delta`` = candidate − reference);
+* ``tokenizer_match``: the share of texts both runtimes tokenize identically.
+
+:func:`check_gates` turns thresholds into pass/fail rows; :func:`report_markdown` renders both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from slmops.errors import DataError, SlmopsError
+from slmops.runtimes.base import GenerationParams
+from slmops.runtimes.sampling import log_softmax
+
+
+class ParityConfig(BaseModel):
+    """Config of the ``parity`` stage: how much to measure, and the gates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: str | None = Field(None, description="Dataset split to read (default: the unsplit data, else test, validation, train)")
+    max_texts: int = Field(32, ge=1, le=100_000, description="Records scored for KL, top-1 agreement and perplexity")
+    max_tokens: int = Field(256, ge=2, le=32768, description="Tokens scored per record (longer ones are cut)")
+    greedy_prompts: int = Field(8, ge=0, le=10_000, description="Prompts generated greedily on both sides")
+    greedy_tokens: int = Field(16, ge=1, le=1024, description="New tokens per greedy comparison (answered records: up to the answer's length + 8)")
+    max_kl: float | None = Field(0.05, ge=0, description="Gate: mean KL(reference || candidate) must not exceed this (nats)")
+    min_top1: float | None = Field(None, ge=0, le=1, description="Gate: top-1 agreement must be at least this")
+    max_ppl_increase: float | None = Field(None, ge=0, description="Gate: relative perplexity increase must not exceed this (0.05 = 5%)")
+    min_greedy_match: float | None = Field(None, ge=0, le=1, description="Gate: share of identical greedy outputs must be at least this")
+    max_task_drop: float | None = Field(None, ge=0, description="Gate: task score (token F1) may drop by at most this")
+    candidate_options: dict[str, Any] = Field(default_factory=dict, description="Options for opening the candidate's runtime (e.g. n_ctx)")
+    reference_options: dict[str, Any] = Field(default_factory=dict, description="Options for opening the reference's runtime")
+
+
+@dataclass
+class _Sample:
+    text: str
+    prompt: str | None
+    answer: str | None
+
+
+def _render(rt: Any, messages: list[dict[str, str]], gen: bool) -> str | None:
+    try:
+        return str(rt.apply_chat_template(messages, add_generation_prompt=gen))
+    except SlmopsError:
+        return None
+
+
+def _samples(records: list[Any], rt: Any) -> list[_Sample]:
+    out = []
+    for r in records:
+        if r.kind == "text":
+            out.append(_Sample(text=r.text, prompt=None, answer=None))
+            continue
+        msgs = [{"role": m.role, "content": m.content} for m in r.messages]
+        prompt_msgs = [{"role": m.role, "content": m.content} for m in r.prompt_messages]
+        text = _render(rt, msgs, False) or r.content_text()
+        prompt = _render(rt, prompt_msgs, True) if prompt_msgs else None
+        out.append(_Sample(text=text, prompt=prompt, answer=r.completion))
+    return out
+
+
+def _encode(rt: Any, text: str) -> list[int]:
+    enc = getattr(rt, "encode_prompt", None)
+    return list(enc(text)) if callable(enc) else list(rt.tokenize(text, add_special_tokens=True))
+
+
+def token_f1(pred: str, gold: str) -> float:
+    """SQuAD-style token F1 (lower-cased whitespace tokens)."""
+    p, g = pred.lower().split(), gold.lower().split()
+    if not p or not g:
+        return float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def measure_parity(candidate: Any, reference: Any, records: list[Any], cfg: ParityConfig) -> dict[str, Any]:
+    """Parity metrics of ``candidate`` against ``reference`` on ``records`` (see the module docstring)."""
+    samples = _samples(records, reference)
+    if not samples:
+        raise DataError("the parity dataset has no records", fix="pass a dataset with text, chat or instruction records")
+    limit = min(cfg.max_tokens, reference.context_length, candidate.context_length)
+    kls: list[np.ndarray] = []
+    agree = nll_ref = nll_cand = 0.0
+    positions = tok_same = tok_seen = 0
+    for s in samples[: cfg.max_texts]:
+        ids = _encode(reference, s.text)[:limit]
+        tok_seen += 1
+        tok_same += int(_encode(candidate, s.text)[:limit] == ids)
+        if len(ids) < 2:
+            continue
+        lr, lc = reference.sequence_logits(ids)[:-1], candidate.sequence_logits(ids)[:-1]
+        v = min(lr.shape[-1], lc.shape[-1])
+        lr, lc = log_softmax(lr[:, :v]), log_softmax(lc[:, :v])
+        kls.append(np.sum(np.exp(lr) * (lr - lc), axis=-1))
+        agree += float(np.sum(np.argmax(lr, -1) == np.argmax(lc, -1)))
+        nxt = np.asarray(ids[1:])
+        rows = np.arange(len(nxt))
+        nll_ref -= float(np.sum(lr[rows, nxt]))
+        nll_cand -= float(np.sum(lc[rows, nxt]))
+        positions += len(nxt)
+    if positions == 0:
+        raise DataError("no record of the parity dataset has two tokens to score", fix="use a dataset with longer texts")
+    kl = np.concatenate(kls)
+    ppl_ref, ppl_cand = math.exp(nll_ref / positions), math.exp(nll_cand / positions)
+    metrics: dict[str, Any] = {
+        "kl_mean": float(kl.mean()),
+        "kl_p95": float(np.percentile(kl, 95)),
+        "kl_max": float(kl.max()),
+        "top1_agreement": agree / positions,
+        "ppl_reference": ppl_ref,
+        "ppl_candidate": ppl_cand,
+        "ppl_increase": ppl_cand / ppl_ref - 1.0,
+        "tokens_scored": positions,
+        "texts_scored": len(kls),
+        "tokenizer_match": tok_same / tok_seen if tok_seen else None,
+    }
+    metrics.update(_greedy(candidate, reference, samples, cfg))
+    return metrics
+
+
+def _greedy(candidate: Any, reference: Any, samples: list[_Sample], cfg: ParityConfig) -> dict[str, Any]:
+    same = n = 0
+    prefix = 0.0
+    f1_ref: list[float] = []
+    f1_cand: list[float] = []
+    for s in samples:
+        if n >= cfg.greedy_prompts:
+            break
+        if s.prompt is not None:
+            ids = _encode(reference, s.prompt)
+        else:
+            full = _encode(reference, s.text)
+            ids = full[: max(1, len(full) // 2)]
+        room = min(reference.context_length, candidate.context_length) - len(ids) - 1
+        budget = cfg.greedy_tokens if s.answer is None else min(64, len(reference.tokenize(s.answer, add_special_tokens=False)) + 8)
+        budget = min(budget, room)
+        if budget < 1 or not ids:
+            continue
+        params = GenerationParams(max_tokens=budget, temperature=0.0)
+        a, b = reference.generate(ids, params), candidate.generate(ids, params)
+        n += 1
+        same += int(a.token_ids == b.token_ids)
+        k = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=False)) if x != y), min(len(a.token_ids), len(b.token_ids)))
+        prefix += k / max(1, max(len(a.token_ids), len(b.token_ids)))
+        if s.answer is not None:
+            f1_ref.append(token_f1(a.text, s.answer))
+            f1_cand.append(token_f1(b.text, s.answer))
+    out: dict[str, Any] = {"greedy_compared": n, "greedy_match": same / n if n else None, "greedy_prefix_agreement": prefix / n if n else None}
+    if f1_ref:
+        out.update(task_reference=float(np.mean(f1_ref)), task_candidate=float(np.mean(f1_cand)), task_delta=float(np.mean(f1_cand) - np.mean(f1_ref)),
+                   task_records=len(f1_ref))
+    else:
+        out.update(task_reference=None, task_candidate=None, task_delta=None, task_records=0)
+    return out
+
+
+def check_gates(metrics: dict[str, Any], cfg: Any) -> list[dict[str, Any]]:
+    """One row per configured gate: ``{gate, metric, value, limit, passed}``. ``cfg`` has the ParityConfig gate fields."""
+    rows = []
+    specs = (
+        ("max_kl", "kl_mean", "<=", lambda m: m.get("kl_mean")),
+        ("min_top1", "top1_agreement", ">=", lambda m: m.get("top1_agreement")),
+        ("max_ppl_increase", "ppl_increase", "<=", lambda m: m.get("ppl_increase")),
+        ("min_greedy_match", "greedy_match", ">=", lambda m: m.get("greedy_match")),
+        ("max_task_drop", "task_drop", "<=", lambda m: None if m.get("task_delta") is None else -m["task_delta"]),
+    )
+    for gate, metric, op, get in specs:
+        limit = getattr(cfg, gate, None)
+        if limit is None:
+            continue
+        value = get(metrics)
+        passed = value is not None and (value <= limit if op == "<=" else value >= limit)
+        rows.append({"gate": gate, "metric": metric, "op": op, "value": value, "limit": limit, "passed": bool(passed)})
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def report_markdown(metrics: dict[str, Any], gates: list[dict[str, Any]], *, candidate: str, reference: str) -> str:
+    """A human-readable parity report."""
+    lines = [f"# Parity: {candidate} vs {reference}", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if not isinstance(v, dict | list)]
+    if gates:
+        lines += ["", "| gate | value | limit | result |", "| --- | --- | --- | --- |"]
+        lines += [f"| {g['metric']} {g['op']} | {_fmt(g['value'])} | {_fmt(g['limit'])} | {'pass' if g['passed'] else 'FAIL'} |" for g in gates]
+    return "\n".join(lines) + "\n"

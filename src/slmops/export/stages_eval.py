@@ -1,0 +1,86 @@
+"""Registers the measuring stages: ``parity`` (an export against its parent) and ``optimize`` (pick the best export).
+
+Both write a ``report`` artifact (``report.json`` for machines, ``report.md`` for people) whose
+parents are its inputs, so the lineage of a served model leads to the checks it passed.
+``optimize`` runs the export and parity stages itself, through the cached runner, in the store
+its inputs live in; each candidate and each parity report is an artifact of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slmops.errors import DataError
+from slmops.export.optimize import OptimizeConfig
+from slmops.export.parity import ParityConfig
+from slmops.pipeline.stages import StageOutput, stage
+from slmops.store.artifact import Artifact
+
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+_SPLIT_PREFERENCE = ("test", "validation", "train")
+
+
+def _records(data: Artifact, split: str | None) -> list[Any]:
+    from slmops.data.io import dataset_splits, read_dataset
+
+    if data.kind != "dataset":
+        raise DataError(f"artifact {data.short} is a {data.kind}, not a dataset", fix="pass --data a dataset (a .jsonl file or a dataset artifact)")
+    if split is None and not (data.path / "data.jsonl").is_file():
+        have = dataset_splits(data)
+        split = next((s for s in _SPLIT_PREFERENCE if s in have), have[0] if have else None)
+    return read_dataset(data, split=split)
+
+
+def _write(out: Path, report: dict[str, Any], markdown: str) -> None:
+    (out / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    (out / REPORT_MD).write_text(markdown, encoding="utf-8")
+
+
+def store_of(art: Artifact) -> Any:
+    """The store an artifact lives in (``<home>/artifacts/<digest>``)."""
+    from slmops.store.registry import Store
+
+    return Store(art.path.parent.parent)
+
+
+@stage("parity", config=ParityConfig, kind="report", format="json", inputs=("candidate", "reference", "data"))
+def parity(inputs: dict[str, Artifact], cfg: ParityConfig, out: Path) -> StageOutput:
+    """Compare a candidate (an export) with its reference on a dataset: KL, top-1, perplexity, greedy and task score."""
+    from slmops.export.parity import check_gates, measure_parity, report_markdown
+    from slmops.runtimes import open_runtime
+
+    cand_art, ref_art, data = inputs["candidate"], inputs["reference"], inputs["data"]
+    records = _records(data, cfg.split)
+    ref = open_runtime(ref_art, **cfg.reference_options)
+    try:
+        cand = open_runtime(cand_art, **cfg.candidate_options)
+        try:
+            metrics = measure_parity(cand, ref, records, cfg)
+            runtimes = {"candidate": cand.name, "reference": ref.name}
+        finally:
+            cand.close()
+    finally:
+        ref.close()
+    gates = check_gates(metrics, cfg)
+    metrics["passed"] = all(g["passed"] for g in gates)
+    report = {"metrics": metrics, "gates": gates, "candidate": cand_art.digest, "reference": ref_art.digest, "data": data.digest, "runtimes": runtimes}
+    _write(out, report, report_markdown(metrics, gates, candidate=f"{cand_art.kind} {cand_art.short}", reference=f"{ref_art.kind} {ref_art.short}"))
+    return StageOutput(metrics=metrics, meta={"gates": gates, "runtimes": runtimes})
+
+
+@stage("optimize", config=OptimizeConfig, kind="report", format="json", inputs=("model", "data"))
+def optimize(inputs: dict[str, Artifact], cfg: OptimizeConfig, out: Path) -> StageOutput:
+    """Build every target export, check parity and measure speed/size/RSS; choose the smallest (or fastest) that passes."""
+    from slmops.export.optimize import optimize as run_optimize
+    from slmops.export.optimize import report_markdown
+
+    model = inputs["model"]
+    _records(inputs["data"], None)  # fail early on a bad dataset
+    with store_of(model) as store:
+        result = run_optimize(model, inputs["data"], cfg, store)
+    _write(out, result, report_markdown(result))
+    metrics = {"chosen": result["chosen"], "chosen_digest": result["chosen_digest"], "candidates": len(result["rows"]),
+               "passing": sum(r["passed"] for r in result["rows"])}
+    return StageOutput(metrics=metrics, meta={"rows": result["rows"]})

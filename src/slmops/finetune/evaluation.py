@@ -1,0 +1,113 @@
+"""Validation during fine-tuning: token-level loss and accuracy, and greedy exact match.
+
+Loss is the summed cross-entropy over every answer token of the validation split divided by
+their number (the same per-token normalisation as training, independent of batch size).
+With several processes each takes every n-th row and the sums are added up across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from slmops._optional import require
+from slmops.data.records import Record
+from slmops.data.templates import (
+    IGNORE_INDEX,
+    chat_template_of,
+    fields_from_messages,
+    render_chat,
+    render_text_template,
+    special_token_kwargs,
+)
+from slmops.finetune.data import Sequence, collate
+
+
+def token_loss_sum(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """(sum of next-token cross-entropy over labelled positions, number of correct argmax predictions)."""
+    torch = require("torch", extra="train")
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), reduction="sum", ignore_index=IGNORE_INDEX
+    )
+    mask = shift_labels != IGNORE_INDEX
+    correct = ((shift_logits.argmax(-1) == shift_labels) & mask).sum()
+    return loss, correct
+
+
+def forward_logits(model: Any, batch: dict[str, Any], device: Any) -> Any:
+    kw = {"input_ids": batch["input_ids"].to(device), "use_cache": False}
+    if "attention_mask" in batch:
+        kw["attention_mask"] = batch["attention_mask"].to(device)
+    if "position_ids" in batch:
+        kw["position_ids"] = batch["position_ids"].to(device)
+    return model(**kw).logits
+
+
+def evaluate(
+    model: Any,
+    rows: list[Sequence],
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: Any,
+    autocast: Callable[[], Any],
+    reduce: Callable[[Any], Any] = lambda t: t,
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, float]:
+    """``val_loss`` and ``val_token_accuracy`` of ``model`` on ``rows`` (model returned to train mode)."""
+    torch = require("torch", extra="train")
+    was_training = model.training
+    model.eval()
+    mine = rows[rank::world]
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, label tokens
+    with torch.no_grad():
+        for i in range(0, len(mine), batch_size):
+            batch = collate(mine[i : i + batch_size], pad_id)
+            with autocast():
+                logits = forward_logits(model, batch, device)
+            loss, correct = token_loss_sum(logits, batch["labels"].to(device))
+            totals += torch.stack([loss.double(), correct.double(), torch.tensor(batch["label_tokens"], dtype=torch.float64, device=device)])
+    totals = reduce(totals)
+    if was_training:
+        model.train()
+    n = max(float(totals[2]), 1.0)
+    return {"val_loss": float(totals[0]) / n, "val_token_accuracy": float(totals[1]) / n}
+
+
+def prompt_text(tokenizer: Any, record: Record, template: str | None) -> str:
+    """The prompt the model sees before its answer (chat template with generation prompt, or text template up to {output})."""
+    prompt = record.prompt_messages
+    if template is not None:
+        fields = fields_from_messages([*prompt, {"role": "assistant", "content": "\x00"}])
+        text = render_text_template(template, fields)
+        return text.split("\x00", 1)[0]
+    tpl = chat_template_of(tokenizer)
+    msgs = [m.model_dump(exclude_none=True) for m in prompt]
+    return render_chat(tpl, msgs, add_generation_prompt=True, **special_token_kwargs(tokenizer))
+
+
+def exact_match(model: Any, tokenizer: Any, records: list[Record], *, template: str | None, max_new_tokens: int, device: Any) -> float | None:
+    """Share of validation records whose greedy answer equals the reference (whitespace-trimmed)."""
+    torch = require("torch", extra="train")
+    scored = [r for r in records if r.completion is not None]
+    if not scored:
+        return None
+    was_training = model.training
+    model.eval()
+    eos = [t for t in {tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)} if isinstance(t, int)]
+    hits = 0
+    with torch.no_grad():
+        for rec in scored:
+            text = prompt_text(tokenizer, rec, template)
+            add_special = template is not None
+            ids = tokenizer(text, add_special_tokens=add_special, return_tensors="pt")["input_ids"].to(device)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=eos or None, pad_token_id=tokenizer.pad_token_id)
+            answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            hits += answer.strip() == (rec.completion or "").strip()
+    if was_training:
+        model.train()
+    return hits / len(scored)

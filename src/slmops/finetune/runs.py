@@ -1,0 +1,124 @@
+"""The stable per-run directory, its lock, and the SIGTERM → checkpoint hand-off.
+
+The runner builds a stage's output in a temp dir that vanishes if the stage fails, so whatever
+must survive a crash lives in ``$SLMOPS_HOME/runs/<cache key>/`` instead: ``checkpoints/``,
+``best/`` (early stopping) and ``tensorboard/``. The cache key covers stage, stage version,
+config and input digests, so the same command finds the same directory after a crash, and any
+change to the config or data gets a fresh one. A lock file keeps two processes from training the
+same run at once; the OS drops the lock when its holder dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from slmops.errors import ConfigError, SlmopsError
+from slmops.settings import slmops_home
+from slmops.store.artifact import Artifact
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(SlmopsError):
+    """Training stopped on SIGTERM/SIGINT after writing a checkpoint (exit status 128 + signal)."""
+
+    exit_code = 143
+
+    def __init__(self, what: str, *, why: str | None = None, fix: str | None = None, signum: int = signal.SIGTERM) -> None:
+        super().__init__(what, why=why, fix=fix)
+        self.exit_code = 128 + int(signum)
+
+
+def store_home_of(out: Path) -> Path:
+    """The store home a stage's temp output dir belongs to (``<home>/artifacts/.tmp/<id>``)."""
+    out = Path(out).resolve()
+    if out.parent.name == ".tmp" and out.parent.parent.name == "artifacts":
+        return out.parents[2]
+    return slmops_home()
+
+
+def run_key(stage: str, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:
+    """The runner's cache key for this stage call (see :func:`slmops.pipeline.runner.cache_key`)."""
+    from slmops.pipeline.runner import cache_key
+    from slmops.pipeline.stages import get_stage
+
+    st = get_stage(stage)
+    return cache_key(st, st.make_config(cfg), inputs)
+
+
+def run_dir(home: Path, key: str) -> Path:
+    return Path(home) / "runs" / key
+
+
+@contextmanager
+def run_lock(folder: Path, *, enabled: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (one trainer per run); released when the process dies."""
+    if not enabled:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
+        yield
+        return
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ConfigError(
+                f"another process (pid {holder}) is training this exact run",
+                why=f"{folder} is locked",
+                fix="wait for it to finish (or stop it); its checkpoints are then picked up with --resume",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+class StopSignal:
+    """Turns SIGTERM (and SIGINT) into a flag the training loop polls between steps.
+
+    Installed only in the main thread (signal handlers cannot be set elsewhere); the previous
+    handlers come back when the block ends.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signum = signum
+        log.warning("received %s: finishing the current step and writing a checkpoint", signal.Signals(signum).name)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @contextmanager
+    def installed(self) -> Iterator[StopSignal]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)

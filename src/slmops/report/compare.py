@@ -1,0 +1,102 @@
+"""Comparing models side by side: one row per model (size, memory, speed, quality) and retention vs a reference.
+
+:func:`build_comparison` turns eval and bench reports into the comparison (pure; tested on
+hand-made reports). :func:`compare` is the library entry point behind ``slmops compare``: it
+runs (or reuses from the cache) the ``eval`` and ``bench`` stages for every model, then the
+``compare`` stage, whose artifact holds ``report.json``, ``report.md``, ``report.html`` and the
+plots, with every eval and bench report as a parent. Retention follows the way distillation case
+studies report it: latency reduction %, memory reduction %, and each quality metric as a
+percentage of the reference's (inverted for perplexity, where lower is better).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from slmops.errors import ConfigError
+from slmops.evaluate.run import retention_pct
+
+if TYPE_CHECKING:
+    from slmops.pipeline.runner import RunResult
+    from slmops.store.registry import Store
+
+SCHEMA = "slmops.compare/1"
+MAX_MODELS = 16
+
+
+def _reduction(value: float | None, ref: float | None) -> float | None:
+    if value is None or not ref:
+        return None
+    return 100.0 * (1.0 - value / ref)
+
+
+def row_for(label: str, ev: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
+    """One model's row from its eval report and (optionally) its bench report."""
+    t = ev.get("target") or {}
+    row: dict[str, Any] = {
+        "label": label, "digest": t.get("digest"), "parameters": t.get("parameters"), "size_bytes": t.get("size_bytes"),
+        "precision": t.get("precision"), "format": t.get("format"), "metrics": dict(ev.get("metrics") or {}),
+        "examples": (ev.get("counts") or {}).get("examples"),
+    }
+    if bench:
+        s = bench["summary"]
+        samples = [x for c in bench.get("cells", []) for x in c.get("samples", [])]
+        row.update(
+            peak_rss_bytes=bench["memory"]["peak_rss_bytes"], load_s=bench.get("load_s"),
+            size_bytes=row["size_bytes"] or bench.get("size_bytes"),
+            ttft_s=s["ttft_s"]["p50"], tpot_s=s["tpot_s"]["p50"], e2e_s=s["e2e_s"]["p50"], tokens_per_s=s["output_tokens_per_s"],
+            ttft_samples=[x["ttft"] for x in samples if x.get("ttft") is not None],
+            e2e_samples=[x["latency"] for x in samples if x.get("latency") is not None],
+        )
+    return row
+
+
+def build_comparison(labels: Sequence[str], evals: Sequence[dict[str, Any]], benches: Sequence[dict[str, Any] | None],
+                     ref: str | None = None) -> dict[str, Any]:
+    """The comparison report: rows, the metric names, and each row's retention vs the ``ref`` row."""
+    if not (len(labels) == len(evals) == len(benches)):
+        raise ValueError("labels, evals and benches differ in length")
+    rows = [row_for(lab, e, b) for lab, e, b in zip(labels, evals, benches, strict=True)]
+    asked = [str(m) for m in ((evals[0].get("config") or {}).get("metrics") or [])] if evals else []
+    rank = {m: i for i, m in enumerate(asked)}  # the order given to --metrics (judge_* under judge)
+    found = list(dict.fromkeys(m for r in rows for m in r["metrics"]))
+    metrics = sorted(found, key=lambda m: (rank.get("judge" if m.startswith("judge_") else m, len(rank)), found.index(m)))
+    if ref is not None and ref not in labels:
+        raise ConfigError(f"--ref {ref} is not one of the compared models", fix=f"use one of: {', '.join(labels)}")
+    if ref is not None:
+        base = rows[list(labels).index(ref)]
+        for r in rows:
+            r["vs_ref"] = {
+                "latency_reduction_pct": _reduction(r.get("e2e_s"), base.get("e2e_s")),
+                "ttft_reduction_pct": _reduction(r.get("ttft_s"), base.get("ttft_s")),
+                "memory_reduction_pct": _reduction(r.get("peak_rss_bytes"), base.get("peak_rss_bytes")),
+                "size_reduction_pct": _reduction(r.get("size_bytes"), base.get("size_bytes")),
+                "speedup": (r["tokens_per_s"] / base["tokens_per_s"]) if r.get("tokens_per_s") and base.get("tokens_per_s") else None,
+                "retention_pct": retention_pct(r["metrics"], base["metrics"]),
+            }
+    return {"schema": SCHEMA, "ref": ref, "metrics": metrics, "primary_metric": metrics[0] if metrics else None, "rows": rows}
+
+
+def compare(targets: Sequence[str], data: str, *, store: Store, ref: str | None = None, eval_config: dict[str, Any] | None = None,
+            bench_config: dict[str, Any] | None = None, force: bool = False, name: str | None = None,
+            title: str = "Model comparison") -> RunResult:
+    """Evaluate and benchmark every target on ``data`` (cached unless ``force``) and store the comparison report."""
+    from slmops.pipeline.inputs import resolve_input
+    from slmops.pipeline.runner import run_stage
+
+    labels = list(dict.fromkeys(targets))
+    if ref is not None and ref not in labels:
+        labels.insert(0, ref)
+    if len(labels) < 2:
+        raise ConfigError("compare needs at least two models", fix="slmops compare A B [C ...] --data DATASET")
+    if len(labels) > MAX_MODELS:
+        raise ConfigError(f"compare takes at most {MAX_MODELS} models", fix="split the comparison")
+    data_art = resolve_input(data, store, kind="dataset")
+    inputs = {}
+    for i, label in enumerate(labels):
+        model = resolve_input(label, store, kind=("model", "onnx", "gguf"))
+        inputs[f"eval{i}"] = run_stage("eval", {"model": model, "data": data_art}, eval_config or {}, store=store, force=force).artifact
+        inputs[f"bench{i}"] = run_stage("bench", {"model": model}, bench_config or {}, store=store, force=force).artifact
+    cfg = {"labels": labels, "ref": ref or labels[0], "title": title}
+    return run_stage("compare", inputs, cfg, store=store, output_name=name)

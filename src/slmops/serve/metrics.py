@@ -1,0 +1,53 @@
+"""Prometheus metrics of one server (its own registry, so several servers can live in one process).
+
+Labels: ``model`` is the id the client asked for (``bot@prod``), ``version`` the registry version
+that answered (``bot:3``) — so a canary's versions are told apart; ``status`` the HTTP status;
+``kind`` an error's code (``queue_full``, ``context_length_exceeded``, …).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slmops._optional import require
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_TPOT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_TOKENS = (1, 8, 32, 128, 512, 2048, 8192, 32768)
+
+
+class Metrics:
+    """The server's counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        pc = require("prometheus_client", extra="serve", purpose="/metrics")
+        self._pc = pc
+        self.registry = pc.CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = pc.Counter("slmops_requests", "Requests by model, version, route and status", ["model", "version", "route", "status"], registry=r)
+        self.latency = pc.Histogram("slmops_request_latency_seconds", "End-to-end request latency", ["model", "version"], buckets=_LATENCY, registry=r)
+        self.ttft = pc.Histogram("slmops_time_to_first_token_seconds", "Time to first token", ["model", "version"], buckets=_LATENCY, registry=r)
+        self.tpot = pc.Histogram("slmops_time_per_output_token_seconds", "Time per output token after the first", ["model", "version"], buckets=_TPOT, registry=r)
+        self.prompt_tokens = pc.Counter("slmops_prompt_tokens", "Prompt tokens processed", ["model", "version"], registry=r)
+        self.completion_tokens = pc.Counter("slmops_completion_tokens", "Completion tokens generated", ["model", "version"], registry=r)
+        self.prompt_len = pc.Histogram("slmops_request_prompt_tokens", "Prompt length per request", ["model"], buckets=_TOKENS, registry=r)
+        self.queue_depth = pc.Gauge("slmops_queue_depth", "Requests waiting per loaded model", ["model"], registry=r)
+        self.running = pc.Gauge("slmops_running_requests", "Requests generating per loaded model", ["model"], registry=r)
+        self.loaded = pc.Gauge("slmops_loaded_models", "Base models loaded", registry=r)
+        self.adapters = pc.Gauge("slmops_loaded_adapters", "Adapters loaded on top of loaded models", registry=r)
+        self.errors = pc.Counter("slmops_errors", "Errors by kind", ["kind"], registry=r)
+        self.loads = pc.Counter("slmops_model_loads", "Model loads", registry=r)
+
+    def observe_pool(self, pool: Any) -> None:
+        """Refresh the gauges from the pool (called before every scrape and on pool changes)."""
+        entries = list(pool.entries.values())
+        self.loaded.set(len(entries))
+        self.adapters.set(sum(len(e.adapters) for e in entries))
+        self.queue_depth.clear()
+        self.running.clear()
+        for e in entries:
+            self.queue_depth.labels(e.label).set(e.scheduler.waiting)
+            self.running.labels(e.label).set(e.scheduler.running)
+
+    def render(self) -> tuple[bytes, str]:
+        return self._pc.generate_latest(self.registry), self._pc.CONTENT_TYPE_LATEST

@@ -1,0 +1,172 @@
+"""``POST /v1/chat/completions``: messages through the model's chat template, streamed (SSE) or not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from slmops.runtimes.base import GenerationParams, TokenEvent
+from slmops.serve.protocol import APIError, ChatCompletionRequest, bad_request, chat_logprobs, new_id, now, usage
+from slmops.serve.routes.common import DONE, JobStream, settle, sse, version_headers
+from slmops.serve.service import ClientGone, Job, Service
+
+router = APIRouter(tags=["openai"])
+ROUTE = "chat"
+
+
+def validate(body: ChatCompletionRequest) -> None:
+    """Refuse what cannot be honoured, with the parameter named (before any model is loaded)."""
+    if body.tools:
+        raise bad_request("tools (function calling) are not supported by this server", param="tools", code="unsupported_parameter")
+    if body.logit_bias:
+        raise bad_request("logit_bias is not supported by this server", param="logit_bias", code="unsupported_parameter")
+    if body.top_logprobs and not body.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+    if isinstance(body.stop, list) and len(body.stop) > 16:
+        raise bad_request("at most 16 stop sequences", param="stop")
+    rf = body.response_format
+    if rf is not None and rf.type == "json_schema":
+        raise bad_request(
+            "response_format json_schema is not supported (no constrained decoding here); use json_object",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+    if rf is not None and rf.type == "json_object" and not any("json" in m.text().lower() for m in body.messages):
+        raise bad_request("'messages' must contain the word 'json' in some form to use response_format json_object", param="response_format")
+
+
+def sampling(svc: Service, body: Any, *, max_tokens: int, logprobs: bool, top_logprobs: int, n: int) -> list[GenerationParams]:
+    """One :class:`GenerationParams` per choice (seeds ``seed + i``)."""
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    out = []
+    for i in range(n):
+        out.append(
+            svc.params(
+                max_tokens=max_tokens,
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_p=None if body.top_p is None else max(body.top_p, 1e-9),
+                top_k=body.top_k,
+                seed=None if body.seed is None else body.seed + i,
+                stop=stop,
+                presence_penalty=body.presence_penalty,
+                frequency_penalty=body.frequency_penalty,
+                repetition_penalty=body.repetition_penalty,
+                ignore_eos=body.ignore_eos,
+                logprobs=logprobs,
+                top_logprobs=top_logprobs,
+            )
+        )
+    return out
+
+
+async def prepare(svc: Service, body: ChatCompletionRequest, request: Request) -> tuple[Job, list[int], list[GenerationParams]]:
+    job: Job | None = None
+    try:
+        validate(body)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        job = await svc.start(ROUTE, body.model, request, stream=body.stream, user=body.user)
+        job.content = messages
+        if body.logprobs and not job.runtime.capabilities.logprobs:
+            raise bad_request(f"the {job.runtime.name} runtime does not report logprobs", param="logprobs")
+        ids = await svc.encode_prompt(job, lambda rt: rt.apply_chat_template(messages, add_generation_prompt=True))
+        job.prompt_tokens = len(ids)
+        max_tokens = svc.check_context(job, len(ids), body.max_completion_tokens or body.max_tokens, param="messages")
+        params = sampling(svc, body, max_tokens=max_tokens, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0, n=body.n)
+        await svc.acquire(job)
+    except BaseException as exc:
+        settle(svc, job, exc, route=ROUTE, model=body.model)
+        raise
+    return job, ids, params
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    svc: Service = request.app.state.service
+    try:
+        job, ids, params = await prepare(svc, body, request)
+    except ClientGone:
+        return Response(status_code=499)
+    job.request_id = new_id("chatcmpl")
+    if body.stream:
+        return JobStream(svc, job, _stream(svc, job, body, ids, params), route=ROUTE, model=body.model)
+    try:
+        choices = []
+        for i, p in enumerate(params):
+            events: list[TokenEvent] = [ev async for ev in svc.generate(job, ids, p)]
+            text = "".join(ev.text for ev in events)
+            job.texts.append(text)
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": chat_logprobs(svc.logprob_entries(job, events)) if body.logprobs else None,
+                    "finish_reason": (events[-1].finish_reason if events else None) or "length",
+                }
+            )
+    except ClientGone as exc:
+        settle(svc, job, exc, route=ROUTE, model=body.model)
+        return Response(status_code=499)
+    except BaseException as exc:
+        settle(svc, job, exc, route=ROUTE, model=body.model)
+        raise
+    svc.finish(job, 200, route=ROUTE, model=body.model)
+    return JSONResponse(
+        {
+            "id": job.request_id,
+            "object": "chat.completion",
+            "created": now(),
+            "model": body.model,
+            "system_fingerprint": f"slmops-{job.target.digest[:12]}",
+            "choices": choices,
+            "usage": usage(job.prompt_tokens, job.completion_tokens),
+        },
+        headers=version_headers(job),
+    )
+
+
+async def _stream(svc: Service, job: Job, body: ChatCompletionRequest, ids: list[int], params: list[GenerationParams]) -> AsyncIterator[str]:
+    created = now()
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    base: dict[str, Any] = {"id": job.request_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                            "system_fingerprint": f"slmops-{job.target.digest[:12]}"}
+
+    def chunk(i: int, delta: dict[str, Any], *, logprobs: Any = None, finish: str | None = None) -> str:
+        c = {**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+        if include_usage:
+            c["usage"] = None
+        return sse(c)
+
+    status, error = 200, None
+    try:
+        for i, p in enumerate(params):
+            yield chunk(i, {"role": "assistant", "content": ""})
+            parts, finish = [], None
+            async for ev in svc.generate(job, ids, p):
+                parts.append(ev.text)
+                lp = chat_logprobs(svc.logprob_entries(job, [ev])) if body.logprobs else None
+                if ev.text or lp is not None:
+                    yield chunk(i, {"content": ev.text}, logprobs=lp)
+                finish = ev.finish_reason or finish
+            job.texts.append("".join(parts))
+            yield chunk(i, {}, finish=finish or "length")
+        if include_usage:
+            yield sse({**base, "choices": [], "usage": usage(job.prompt_tokens, job.completion_tokens)})
+        yield DONE
+    except APIError as exc:
+        status, error = exc.status, exc
+        yield sse(exc.body())
+        yield DONE
+    except (ClientGone, asyncio.CancelledError, GeneratorExit) as exc:
+        status, error = 499, ClientGone()
+        if not isinstance(exc, ClientGone):
+            raise
+    except BaseException as exc:
+        status, error = 500, exc
+        raise
+    finally:
+        job.cancel.set()
+        svc.finish(job, status, route=ROUTE, model=body.model, error=error)

@@ -1,0 +1,54 @@
+"""What the generation routes share: SSE framing, a streaming response that always settles its job, error settling."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from slmops.serve.protocol import APIError
+from slmops.serve.service import ClientGone, Job, Service
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+DONE = "data: [DONE]\n\n"
+
+
+def version_headers(job: Job) -> dict[str, str]:
+    return {"x-slmops-model-version": job.target.version, "x-slmops-model-digest": job.target.digest[:12]}
+
+
+def status_of(exc: BaseException) -> int:
+    if isinstance(exc, APIError):
+        return exc.status
+    if isinstance(exc, ClientGone):
+        return 499
+    return 500
+
+
+class JobStream(StreamingResponse):
+    """A streaming response that settles its job even when the stream never starts (client gone early)."""
+
+    def __init__(self, svc: Service, job: Job, body: AsyncIterator[str], *, route: str, model: str) -> None:
+        super().__init__(body, media_type="text/event-stream", headers={**SSE_HEADERS, **version_headers(job)})
+        self._svc, self._job, self._route, self._model = svc, job, route, model
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self._job.finished:
+                self._svc.finish(self._job, 499, route=self._route, model=self._model, error=ClientGone())
+
+
+def settle(svc: Service, job: Job | None, exc: BaseException, *, route: str, model: str) -> None:
+    """Count and log a request that failed before (or instead of) its answer."""
+    svc.finish(job, status_of(exc), route=route, model=model, error=exc)
