@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=None, help="Store to use (default: a fresh temp dir)")
     ap.add_argument("--n", type=int, default=600, help="Records of the built-in task (all splits)")
     ap.add_argument("--teacher-epochs", type=int, default=3)
-    ap.add_argument("--student-epochs", type=int, default=6)
+    ap.add_argument("--student-epochs", type=int, default=8)
     ap.add_argument("--kd-mode", default="topk", help="topk (stored top-k from generation) or logits (teacher run on every batch)")
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--student-hidden", type=int, default=64)

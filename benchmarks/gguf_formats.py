@@ -8,12 +8,12 @@ sampler, no Python sampling or detokenization) and the decode rate llama.cpp rep
 (``llama_perf_context``).
 
 The model is a Llama (hidden 768, 6 layers, ~40M parameters) made by ``models.init`` and briefly
-trained with ``finetune.full`` (30 steps of 4 × 64 tokens) on the built-in corpus, so its next-token distributions are peaked
+trained with ``finetune.full`` (80 steps of 8 × 128 tokens) on the built-in corpus, so its next-token distributions are peaked
 enough for KL to mean something (a random model's are nearly uniform).
 
     .venv/bin/python benchmarks/gguf_formats.py --out benchmarks/gguf_formats.md
 
-Everything goes through the store in ``--home`` (default ``./.slmops-bench``): rerunning reuses the
+Everything goes through the store in ``--home`` (default ``./.slmops/bench-gguf``, git-ignored): rerunning reuses the
 model, the exports and the parity reports (cached), and re-measures speed.
 """
 
@@ -37,9 +37,19 @@ MODEL = {"arch": "llama", "size": "small", "hidden_size": 768, "num_layers": 6, 
 
 # -- children (one fresh process per measurement, so peak RSS is the model's own) -------------------------------
 def child_ours(path: str, threads: int, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
+    """slmops' runtime (the optimizer's measurement), plus the share of its decode time spent inside llama.cpp's eval."""
     from slmops.export.measure import measure_runtime
+    from slmops.runtimes import GenerationParams, open_runtime
 
-    return measure_runtime(path, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, options={"n_threads": threads})
+    result = measure_runtime(path, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, options={"n_threads": threads})
+    with open_runtime(Path(path), n_threads=threads) as rt:  # same process: robust to the machine's load changing
+        ids, shares = rt.tokenize("The small model reads the question") * 4, []
+        rt.generate(ids, GenerationParams(max_tokens=4, ignore_eos=True))
+        for _ in range(runs):
+            rt.engine_timings(reset=True)
+            res = rt.generate(ids, GenerationParams(max_tokens=new_tokens, ignore_eos=True))
+            shares.append(rt.engine_timings()["decode_ms"] / 1e3 / ((res.total_s or 0) - (res.ttft_s or 0)))
+    return {**result, "engine_share": statistics.median(shares)}
 
 
 def child_raw(path: str, threads: int, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
@@ -115,7 +125,7 @@ def build(store: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     model = run_stage("models.init", {}, MODEL, store=store, output_name="bench-gguf-init").artifact
     if args.train_steps:
         try:
-            cfg = {"max_steps": args.train_steps, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64, "warmup_steps": min(5, args.train_steps - 1),
+            cfg = {"max_steps": args.train_steps, "batch_size": 8, "learning_rate": 1e-3, "max_length": 128, "warmup_steps": min(5, args.train_steps - 1),
                    "validation_fraction": 0.02}
             model = run_stage("finetune.full", {"model": model, "data": data}, cfg, store=store, output_name="bench-gguf").artifact
         except SlmopsError as exc:  # the benchmark still runs on the random model
@@ -148,7 +158,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                    "kl_mean": par["kl_mean"], "top1": par["top1_agreement"], "ppl_increase": par["ppl_increase"], "greedy_match": par["greedy_match"],
                    "ours_tps": med(ours, "decode_tokens_per_s"), "raw_tps": med(raw, "decode_tokens_per_s"), "engine_tps": med(raw, "engine_tokens_per_s"),
                    "ours_ttft_s": med(ours, "ttft_s"), "raw_ttft_s": med(raw, "ttft_s"),
-                   "ours_rss": med(ours, "peak_rss_bytes"), "raw_rss": med(raw, "peak_rss_bytes"), "parameters": params}
+                   "ours_rss": med(ours, "peak_rss_bytes"), "raw_rss": med(raw, "peak_rss_bytes"), "parameters": params,
+                   "engine_share": med(ours, "engine_share")}
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
     return rows
@@ -169,12 +180,14 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         "",
         ("*ours* = slmops' `llamacpp` runtime (Python decode loop shared with torch: logits copied out, numpy sampling, "
         "incremental detokenization); *raw* = a bare llama.cpp loop on the same file and threads (llama_decode + llama.cpp's "
-        "greedy sampler); *engine* = the decode rate llama.cpp reports itself (llama_perf_context). KL, top-1 and perplexity are "
+        "greedy sampler); *engine* = the decode rate llama.cpp reports itself (llama_perf_context); *in llama.cpp* = the share of "
+        "our runtime's decode wall time spent inside llama.cpp's eval, measured in the same generation (the rest is slmops' "
+        "Python loop — robust to load changes between processes). KL, top-1 and perplexity are "
         "against the fp32 torch model on 32 corpus texts (`parity` stage)."),
         "",
         ("| qtype | size MB | % of f32 | % of f16 | KL (nats) | top-1 | ppl Δ | ours tok/s | raw tok/s | engine tok/s | ours / raw | "
-        "TTFT ours ms | TTFT raw ms | RSS ours MB | RSS raw MB | threads |"),
-        "|" + " --- |" * 16,
+        "in llama.cpp | TTFT ours ms | TTFT raw ms | RSS ours MB | RSS raw MB | threads |"),
+        "|" + " --- |" * 17,
     ]
     def pct(r: dict[str, Any], ref: float | None) -> str:
         return "-" if not ref else f"{100 * r['size_bytes'] / ref:.1f}%"
@@ -182,7 +195,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
     for r in rows:
         lines.append(
             f"| {r['qtype']} | {r['size_bytes'] / 1e6:.1f} | {pct(r, f32)} | {pct(r, f16)} | {r['kl_mean']:.2e} | {r['top1']:.3f} | {r['ppl_increase']:+.2%} | "
-            f"{r['ours_tps']:.1f} | {r['raw_tps']:.1f} | {r['engine_tps']:.1f} | {r['ours_tps'] / r['raw_tps']:.2f} | {r['ours_ttft_s'] * 1e3:.1f} | "
+            f"{r['ours_tps']:.1f} | {r['raw_tps']:.1f} | {r['engine_tps']:.1f} | {r['ours_tps'] / r['raw_tps']:.2f} | {r['engine_share']:.1%} | {r['ours_ttft_s'] * 1e3:.1f} | "
             f"{r['raw_ttft_s'] * 1e3:.1f} | {r['ours_rss'] / 1e6:.0f} | {r['raw_rss'] / 1e6:.0f} | {r['threads']} |"
         )
     lines += ["", "Tensor types written by llama.cpp's quantizer:", ""]
@@ -190,8 +203,16 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
     if f16 and "q4_k_m" in size:
         lines += ["", f"Goal Q4 ≤ 30% of f16: q4_k_m is {100 * size['q4_k_m'] / f16:.1f}%"
                   + (f", q4_0 {100 * size['q4_0'] / f16:.1f}%" if "q4_0" in size else "") + "."]
-    worst = min(r["ours_tps"] / r["raw_tps"] for r in rows)
-    lines += [f"Goal runtime within 10% of the raw engine: slowest ours/raw ratio {worst:.2f}."]
+    ratios = sorted(r["ours_tps"] / r["raw_tps"] for r in rows)
+    shares = sorted(r["engine_share"] for r in rows)
+    lines += [(f"Goal runtime within 10% of the raw engine: ours/raw decode ratio {ratios[0]:.2f}–{ratios[-1]:.2f} "
+              f"(median {statistics.median(ratios):.2f}) across processes; within one generation llama.cpp's eval is "
+              f"{shares[0]:.0%}–{shares[-1]:.0%} of our decode time.")]
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        lines += ["", (f"Note: the machine was shared (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores), so absolute speeds move by "
+                  "tens of percent between runs; *ours* and *raw* alternate process by process so both see the same load, and the "
+                  "ratio, not the absolute rate, is the comparison. With more runnable threads than cores llama.cpp's OpenMP threads "
+                  "spin against each other (2 threads were 10–20× slower than 1 here), hence `--threads 1`.")]
     return "\n".join(lines) + "\n"
 
 
@@ -206,7 +227,7 @@ def _version(dist: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--home", default=os.environ.get("SLMOPS_BENCH_HOME", ".slmops-bench"), help="Store for the benchmark's artifacts")
+    ap.add_argument("--home", default=os.environ.get("SLMOPS_BENCH_HOME", ".slmops/bench-gguf"), help="Store for the benchmark's artifacts")
     ap.add_argument("--out", default=None, help="Write the Markdown table here")
     ap.add_argument("--qtypes", nargs="+", default=QTYPES)
     ap.add_argument("--tokens", type=int, default=128, help="New tokens per speed run")
@@ -214,7 +235,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="Runs per process (after a warm-up)")
     ap.add_argument("--repeats", type=int, default=2, help="Fresh processes per measurement")
     ap.add_argument("--threads", type=int, default=0, help="Threads for both (default: slmops' choice for the file size)")
-    ap.add_argument("--train-steps", type=int, default=30, help="finetune.full steps (batch 4 × 64 tokens) before measuring; 0 = random weights")
+    ap.add_argument("--train-steps", type=int, default=80, help="finetune.full steps (batch 8 × 128 tokens) before measuring; 0 = random weights")
     ap.add_argument("--parity-texts", type=int, default=32)
     ap.add_argument("--child", choices=["ours", "raw"], help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)

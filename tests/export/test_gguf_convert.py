@@ -173,3 +173,25 @@ def test_special_token_beyond_embedding_cannot_be_dropped(store: Any, hf_copy: A
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     with pytest.raises(DataError, match="cannot be dropped"):
         run_stage("export.gguf", {"model": _commit_folder(store, folder)}, {"qtype": "f32", "drop_extra_tokens": True}, store=store)
+
+
+def test_mistral_exports_as_llama(store: Any, hf_copy: Any) -> None:
+    import torch
+    import transformers
+
+    folder = hf_copy("llama")
+    cfg = json.loads((folder / "config.json").read_text())
+    mcfg = transformers.MistralConfig(vocab_size=cfg["vocab_size"], hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=512, sliding_window=4096, tie_word_embeddings=False,
+                                      bos_token_id=cfg["bos_token_id"], eos_token_id=cfg["eos_token_id"])
+    torch.manual_seed(0)
+    model = transformers.MistralForCausalLM(mcfg).eval()
+    (folder / "model.safetensors").unlink()
+    model.save_pretrained(str(folder))
+    art = run_stage("export.gguf", {"model": _commit_folder(store, folder)}, {"qtype": "f32"}, store=store).artifact
+    assert art.manifest.meta["arch"] == "llama" and art.manifest.meta["hf_architecture"] == "MistralForCausalLM"
+    with open_runtime(art) as g:
+        ids = g.tokenize("the quick brown fox jumps over the lazy dog")
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0].numpy()
+        assert kl(ref, g.sequence_logits(ids)) < 1e-5

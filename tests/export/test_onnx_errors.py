@@ -144,7 +144,7 @@ def test_config_errors_name_the_field(estore: Any, llama: Any) -> None:
     from slmops.pipeline.runner import run_stage
 
     with pytest.raises(ConfigError, match="block_size"):
-        run_stage("export.onnx", {"model": llama}, {"precision": "fp32", "block_size": 64}, store=estore)
+        run_stage("export.onnx", {"model": llama}, {"precision": "fp32", "block_size": 32}, store=estore)
     with pytest.raises(ConfigError, match="precision"):
         run_stage("export.onnx", {"model": llama}, {"precision": "int3"}, store=estore)
     with pytest.raises(ConfigError, match="unknown field"):

@@ -117,13 +117,13 @@ def test_cli_export_onnx(cli: Any, tmp_path: Any) -> None:
     res = cli("models", "init", "--name", "tiny", "--arch", "qwen2", "--json")
     assert res.code == 0, res.err
     out_dir = tmp_path / "copy"
-    res = cli("export", "onnx", "tiny", "--precision", "int4", "--block-size", "64", "--parity-texts", "2", "--name", "tiny-onnx",
+    res = cli("export", "onnx", "tiny", "--precision", "int4", "--block-size", "32", "--parity-texts", "2", "--name", "tiny-onnx",
               "--out", str(out_dir), "--json")
     assert res.code == 0, res.err
     d = res.json
     assert d["kind"] == "onnx" and d["format"] == "ort-genai" and d["name"] == "tiny-onnx:1"
     assert d["metrics"]["tokenizer_match"] == 1.0 and (out_dir / "genai_config.json").is_file()
-    assert json.loads(cli("models", "show", "tiny-onnx", "--json").out)["stage"]["config"]["block_size"] == 64
+    assert json.loads(cli("models", "show", "tiny-onnx", "--json").out)["stage"]["config"]["block_size"] == 32
     res = cli("generate", "tiny-onnx", "Hello", "--max-tokens", "4")
     assert res.code == 0, res.err
     bad = cli("export", "onnx", "tiny", "--precision", "int3")

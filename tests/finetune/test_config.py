@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from slmops.errors import ConfigError
-from slmops.finetune.config import RunOptions, make_config, make_options, run_options, current_options, split_settings
+from slmops.finetune.config import RunOptions, current_options, make_config, make_options, run_options, split_settings
 
 
 def test_rank_must_be_positive_and_the_error_names_the_flag() -> None:

@@ -13,7 +13,7 @@ def test_epoch_order_is_seeded_and_sharded() -> None:
     assert a == epoch_batches(10, 4, seed=1, epoch=0) and a != epoch_batches(10, 4, seed=1, epoch=1)
     assert sorted(i for b in a for i in b) == list(range(10)) and [len(b) for b in a] == [4, 4, 2]
     r0, r1 = (epoch_batches(10, 2, seed=1, epoch=0, rank=r, world=2) for r in (0, 1))
-    assert len(r0) == len(r1) == 2 and not set(sum(r0, [])) & set(sum(r1, []))
+    assert len(r0) == len(r1) == 2 and not {i for b in r0 for i in b} & {i for b in r1 for i in b}
     assert steps_per_epoch(10, 4, 2) == 2
 
 

@@ -47,8 +47,8 @@ def test_qlora_adapter_loads_on_fp32_base(ft_store, base, task) -> None:
     from peft import PeftModel
 
     from slmops.finetune.api import finetune
-    from slmops.finetune.data import build_data
     from slmops.finetune.config import make_config
+    from slmops.finetune.data import build_data
     from slmops.finetune.evaluation import evaluate
     from slmops.models.loading import load_model_and_tokenizer
 

@@ -41,7 +41,7 @@ def _wait_for_checkpoint(home: Path, proc: subprocess.Popen, timeout: float = 18
 def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path: Path) -> None:
     from slmops.finetune.api import finetune
 
-    steps = ["--max-steps", "40", "--save-every", "5"]
+    steps = ["--max-steps", "24", "--save-every", "4"]
     home = tmp_path / "home"
     make_home_with(home).close()
     proc = _start(home, *steps)
@@ -51,13 +51,14 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path: Path)
     assert proc.returncode == -signal.SIGKILL
     assert not list(home.glob("artifacts/*/adapter_model.safetensors"))  # nothing was committed
 
-    resumed = subprocess.run([sys.executable, "-m", "slmops", *ARGS, *steps, "--resume"], env=_env(home), capture_output=True, text=True)
+    resumed = subprocess.run([sys.executable, "-m", "slmops", *ARGS, *steps, "--resume"], env=_env(home), capture_output=True, text=True,
+                             check=False)
     assert resumed.returncode == 0, resumed.stderr
     got = json.loads(resumed.stdout)
-    assert 5 <= got["metrics"]["resumed_from_step"] < 40
+    assert 4 <= got["metrics"]["resumed_from_step"] < 24
 
     ref_store = make_home_with(tmp_path / "reference")  # same base and data digests, its own run dir
-    reference = finetune("tiny", "support", method="lora", config={"max_steps": 40, "learning_rate": 0.005, "eval_every": 10},
+    reference = finetune("tiny", "support", method="lora", config={"max_steps": 24, "learning_rate": 0.005, "eval_every": 10},
                          store=ref_store).artifact
     ref_curves = json.loads((reference.path / "training" / "curves.json").read_text())
     got_curves = json.loads((Path(got["path"]) / "training" / "curves.json").read_text())

@@ -109,3 +109,10 @@ def test_logits_shapes(cpp: LlamaCppRuntime, torch_rt: Any) -> None:
     assert seq.shape == (len(ids), cpp.vocab_size) and seq.dtype == np.float32
     assert np.allclose(seq[-1], cpp.next_token_logits(ids), atol=1e-4)
     assert np.allclose(seq, torch_rt.sequence_logits(ids), atol=1e-3)
+
+
+def test_engine_timings(cpp: LlamaCppRuntime) -> None:
+    cpp.engine_timings(reset=True)
+    cpp.generate("the quick brown fox", GenerationParams(max_tokens=5, ignore_eos=True))
+    t = cpp.engine_timings()
+    assert t["decode_tokens"] == 4 and t["prompt_tokens"] >= 1 and t["decode_ms"] > 0

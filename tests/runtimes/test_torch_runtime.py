@@ -243,7 +243,7 @@ def test_registry_formats_and_hooks(tmp_path: Path, tiny_model_dir: Path) -> Non
     onnx = tmp_path / "o"
     onnx.mkdir()
     (onnx / "genai_config.json").write_text(json.dumps({}))
-    with pytest.raises(ConfigError, match="ort-genai runtime is not available yet"):
+    with pytest.raises(ConfigError, match="ONNX Runtime GenAI cannot load"):  # an empty genai_config.json
         open_runtime(onnx)
     with pytest.raises(ConfigError, match="cannot run a 'gguf'"):
         open_runtime(gguf, runtime="torch")

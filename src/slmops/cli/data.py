@@ -119,3 +119,27 @@ def _print_stats(stats: dict[str, Any]) -> None:
         else:
             t.add_row(key, str(value))
     out.print(t)
+
+
+@app.command("from-logs")
+def from_logs(
+    model: Annotated[str, typer.Option("--model", "-m", help="The served model (name, name:VERSION, name@ALIAS, sha256:…) whose traffic to take.")],
+    name: NameOpt = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only requests newer than this (e.g. 15m, 1h, 2d).")] = None,
+    min_judge_score: Annotated[float | None, typer.Option("--min-judge-score", help="Only requests a judge scored at least this (slmops monitor sample).")] = None,
+    scrub: Annotated[list[str] | None, typer.Option("--scrub", help="Extra regex to redact (repeatable); emails, phones and card numbers always are.")] = None,
+    log_db: Annotated[str | None, typer.Option("--log-db", help="Request log file (default $SLMOPS_HOME/serve/requests.db).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Turn logged traffic (served with --log-content) into a scrubbed prompt dataset whose parent is the model."""
+    from pathlib import Path
+
+    from slmops.monitor.fromlogs import build_from_logs
+    from slmops.serve.config import parse_duration
+
+    since_s = parse_duration(since, flag="--since") if since else None
+    with open_cli_store() as store:
+        art = resolve_input(model, store, kind=("model", "adapter", "gguf", "onnx"))
+        r = build_from_logs(art, store=store, log_path=Path(log_db) if log_db else None, since_s=since_s,
+                            min_judge_score=min_judge_score, scrub=scrub, name=name)
+    emit(result_dict(r, name), as_json, print_result)

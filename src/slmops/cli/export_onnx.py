@@ -24,7 +24,7 @@ from slmops.store.artifact import MANIFEST, Artifact
 Opt = typer.Option
 ModelArg = Annotated[str, typer.Argument(help="The model: name, name:3, name@alias, sha256:…, ./hf-folder or hf:org/name.")]
 PrecisionOpt = Annotated[str, Opt("--precision", "-p", help="fp32, fp16, int8 or int4 (weight-only MatMulNBits).")]
-BlockOpt = Annotated[int | None, Opt("--block-size", help="int4/int8: weights per quantization block (16, 32, 64, 128, 256; default 32).")]
+BlockOpt = Annotated[int | None, Opt("--block-size", help="int4/int8: weights per quantization block (16, 32, 64, 128, 256; default 64).")]
 AsymOpt = Annotated[bool, Opt("--asymmetric", help="int4/int8: asymmetric quantization (uint4/uint8 with zero points).")]
 AccOpt = Annotated[int | None, Opt("--accuracy-level", help="int4/int8: MatMulNBits activation precision (1 fp32, 2 fp16, 3 bf16, 4 int8).")]
 AlgoOpt = Annotated[str | None, Opt("--quant-algo", help="int4/int8: default, rtn or k_quant.")]

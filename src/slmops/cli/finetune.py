@@ -23,7 +23,7 @@ from slmops.cli.render import emit, err, out, progress_bars
 from slmops.errors import ConfigError
 from slmops.finetune.config import ALL_FIELDS, CONFIGS, METHODS, OPTION_FIELDS, RunOptions, flag, split_settings
 
-app = typer.Typer(help="Fine-tune a model: full, LoRA, DoRA or QLoRA; `finetune search` tunes hyper-parameters.")
+app = typer.Typer(help="Fine-tune a model: full, LoRA, DoRA or QLoRA; `finetune search` tunes hyper-parameters.", no_args_is_help=True)
 
 _PANELS = {
     "Data": ("text_template", "max_length", "packing", "train_split", "validation_split", "validation_fraction"),

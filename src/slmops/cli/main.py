@@ -39,6 +39,9 @@ def _root(
         os.environ["SLMOPS_HOME"] = str(home.expanduser().resolve())
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:  # third-party chatter (e.g. bitsandbytes' optional CPU kernels) is not the user's problem
+        for noisy in ("bitsandbytes", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _register() -> None:
@@ -68,6 +71,12 @@ def _register() -> None:
 
     app.add_typer(finetune.app, name="finetune")
     app.add_typer(adapters.app, name="adapters")
+    from slmops.cli import monitor
+
+    monitor.register(app)
+    from slmops.cli import bundle
+
+    bundle.register(app)
 
 
 _register()

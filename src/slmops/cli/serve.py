@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
         no_request_log: Annotated[bool, typer.Option("--no-request-log", help="Do not record requests.")] = False,
         log_content: Annotated[bool, typer.Option("--log-content", help="Also record prompts and completions (off by default: privacy first).")] = False,
         preload: Annotated[bool, typer.Option("--preload", help="Load the listed models now instead of on first request.")] = False,
+        drift_baseline: Annotated[str | None, typer.Option("--drift-baseline", help="Dataset to check logged prompts against periodically (needs --log-content); sets slmops_drift_score.")] = None,
+        drift_every: Annotated[str, typer.Option("--drift-every", help="Time between drift checks (e.g. 5m).")] = "5m",
+        bundle: Annotated[Path | None, typer.Option("--bundle", help="Serve an edge bundle (slmops bundle): checksums verified first, no registry needed.")] = None,
     ) -> None:
         """Serve models over an OpenAI-compatible API (chat, completions, models, metrics, management)."""
         from slmops.serve import ServeConfig, parse_duration
@@ -65,13 +68,32 @@ def register(app: typer.Typer) -> None:
             request_log=log_db,
             log_content=log_content,
             preload=preload,
+            drift_baseline=drift_baseline,
+            drift_every_s=parse_duration(drift_every, flag="--drift-every"),
         )
+        if drift_baseline and not log_content:
+            raise ConfigError("--drift-baseline needs --log-content", why="drift compares the logged prompts, which are only kept with --log-content",
+                              fix="add --log-content (prompts are then stored in the request log)")
+        if drift_baseline and bundle is None:
+            from slmops.pipeline.inputs import resolve_input
+            from slmops.store.registry import Store
+
+            with Store() as check:  # fail now, not inside the periodic task
+                resolve_input(drift_baseline, check, kind="dataset")
         for spec in canary or []:
             cfg.add_canary(spec)
         if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
             err.print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach it can use it (set --api-key-env)")
         served = ", ".join([*cfg.models, *cfg.canary]) or "every model in the store"
         err.print(f"[dim]slmops serve: {served} on http://{host}:{port}/v1 (Ctrl-C stops)[/]")
+        if bundle is not None:
+            from slmops.deploy.bundle import open_bundle
+
+            bstore, spec = open_bundle(bundle)
+            cfg.models = [spec["name"]]
+            err.print(f"[dim]bundle {bundle}: every checksum verified; serving {spec['name']} (sha256:{spec['digest'][:12]})[/]")
+            run_server(cfg, store=bstore)
+            return
         run_server(cfg)
 
     @app.command()

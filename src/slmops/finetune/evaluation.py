@@ -23,16 +23,22 @@ from slmops.data.templates import (
 from slmops.finetune.data import Sequence, collate
 
 
-def token_loss_sum(logits: Any, labels: Any) -> tuple[Any, Any]:
-    """(sum of next-token cross-entropy over labelled positions, number of correct argmax predictions)."""
+def token_loss_sum(logits: Any, labels: Any, *, accuracy: bool = False) -> tuple[Any, Any]:
+    """(summed next-token cross-entropy over labelled positions, correct argmax predictions or None).
+
+    The labels are shifted (not the logits), so the big ``[batch, seq, vocab]`` tensor is never
+    copied; the argmax for ``accuracy`` is only computed when asked (evaluation).
+    """
     torch = require("torch", extra="train")
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), reduction="sum", ignore_index=IGNORE_INDEX
-    )
-    mask = shift_labels != IGNORE_INDEX
-    correct = ((shift_logits.argmax(-1) == shift_labels) & mask).sum()
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    flat = logits.reshape(-1, logits.size(-1))
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    loss = torch.nn.functional.cross_entropy(flat, shifted.reshape(-1), reduction="sum", ignore_index=IGNORE_INDEX)
+    correct = None
+    if accuracy:
+        mask = shifted != IGNORE_INDEX
+        correct = ((logits.argmax(-1) == shifted) & mask).sum()
     return loss, correct
 
 
@@ -68,7 +74,7 @@ def evaluate(
             batch = collate(mine[i : i + batch_size], pad_id)
             with autocast():
                 logits = forward_logits(model, batch, device)
-            loss, correct = token_loss_sum(logits, batch["labels"].to(device))
+            loss, correct = token_loss_sum(logits, batch["labels"].to(device), accuracy=True)
             totals += torch.stack([loss.double(), correct.double(), torch.tensor(batch["label_tokens"], dtype=torch.float64, device=device)])
     totals = reduce(totals)
     if was_training:

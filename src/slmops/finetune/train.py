@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import resource
 import shutil
 import sys
 from pathlib import Path
@@ -27,8 +26,8 @@ from slmops._optional import require
 from slmops.errors import ConfigError
 from slmops.finetune import checkpoint as ckpt
 from slmops.finetune import loop
-from slmops.finetune.config import LoraConfig, TrainConfig, current_options, stage_name
 from slmops.finetune.adapters import normalize_adapter_config
+from slmops.finetune.config import LoraConfig, TrainConfig, current_options, stage_name
 from slmops.finetune.data import build_data
 from slmops.finetune.evaluation import exact_match
 from slmops.finetune.methods import check_method_config, context_length, prepare, set_checkpointing
@@ -43,8 +42,12 @@ MAX_DEFAULT_LENGTH = 2048
 _NOT_TOKENIZER = {"config.json", "generation_config.json", "manifest.json", "README.md"}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB."""
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set size so far, in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 

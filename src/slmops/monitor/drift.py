@@ -35,7 +35,12 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
 
 
 def length_psi(baseline: Sequence[int], live: Sequence[int], *, bins: int = 10) -> float:
-    """PSI of prompt lengths, with bin edges at the baseline's quantiles."""
+    """PSI of prompt lengths, with bin edges at the baseline's quantiles.
+
+    Small live samples get fewer bins (about 15 prompts per bin): with 30 prompts over 10 bins some
+    bins are empty by chance, and PSI reads an empty bin as a large shift.
+    """
+    bins = max(2, min(bins, len(live) // 15))
     edges = np.unique(np.quantile(np.asarray(baseline, dtype=float), np.linspace(0, 1, bins + 1)[1:-1]))
     e = np.bincount(np.searchsorted(edges, baseline, side="right"), minlength=len(edges) + 1)
     a = np.bincount(np.searchsorted(edges, live, side="right"), minlength=len(edges) + 1)

@@ -35,6 +35,8 @@ BUILTIN_STAGE_MODULES = (
     "slmops.export.stages_gguf",
     "slmops.export.stages_eval",
     "slmops.export.stages_onnx",
+    "slmops.monitor.fromlogs",
+    "slmops.monitor.drift_run",
 )
 
 

@@ -114,6 +114,7 @@ class LlamaCppRuntime:
             cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = self._n_ctx, self._n_batch, self._n_batch, 1
             cp.n_threads = cp.n_threads_batch = threads
             cp.type_k = cp.type_v = KV_TYPES[kv_cache_type]
+            cp.no_perf = False  # keep llama.cpp's own timings (llama_perf_context), read by the benchmarks
             self._ctx = L.llama_init_from_model(self._model, cp)
             if not self._ctx:
                 raise ConfigError(f"llama.cpp cannot create a context for {model_path.name}", why=recent_problems(), fix="try a smaller n_ctx")
@@ -203,6 +204,15 @@ class LlamaCppRuntime:
     @property
     def eos_token_ids(self) -> frozenset[int]:
         return self._eos
+
+    def engine_timings(self, reset: bool = False) -> dict[str, float]:
+        """llama.cpp's own timings since the last reset (``llama_perf_context``): prompt and decode ms and token counts."""
+        with self._lock:
+            self._check_open()
+            p = self._L.llama_perf_context(self._ctx)
+            if reset:
+                self._L.llama_perf_context_reset(self._ctx)
+        return {"prompt_ms": p.t_p_eval_ms, "prompt_tokens": p.n_p_eval, "decode_ms": p.t_eval_ms, "decode_tokens": p.n_eval}
 
     def metadata(self, key: str) -> str | None:
         """A GGUF metadata value as text (None when absent)."""
@@ -320,7 +330,9 @@ class LlamaCppRuntime:
             if adapter is not None:
                 self._loras.activate(adapter)
             try:
-                yield from decode_loop(_Stepper(self), ids, params, decode=self.detokenize, eos_token_ids=self._eos, context_length=self._n_ctx)
+                # ids from the sampler are in range: decode straight from the vocabulary (no per-token checks)
+                decode = self._text.detokenize
+                yield from decode_loop(_Stepper(self), ids, params, decode=decode, eos_token_ids=self._eos, context_length=self._n_ctx)
             finally:
                 if adapter is not None and self._ctx is not None:
                     self._loras.activate()

@@ -60,21 +60,23 @@ class LlamaVocab:
         return piece
 
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        if self.spm:
-            if skip_special_tokens:
-                ids = [t for t in ids if not self._L.llama_vocab_is_control(self._vocab, t)]
-            if not ids:
-                return ""
-            arr = (self._L.llama_token * len(ids))(*ids)
-            size = 8 * len(ids) + 64
-            for _ in range(2):
-                buf = ctypes.create_string_buffer(size)
-                n = self._L.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, not skip_special_tokens)
-                if n >= 0:
-                    return buf.raw[:n].decode("utf-8", errors="replace")
-                size = -n
-            raise ConfigError("llama.cpp could not detokenize the ids", why=recent_problems())
-        return b"".join(self._piece(t, not skip_special_tokens) for t in ids).decode("utf-8", errors="replace")
+        """Text of ``ids`` (assumed in range: callers check). The streaming decode loop calls this per token."""
+        if not self.spm:
+            piece = self._piece
+            return b"".join([piece(t, not skip_special_tokens) for t in ids]).decode("utf-8", errors="replace")
+        if skip_special_tokens:
+            ids = [t for t in ids if not self._L.llama_vocab_is_control(self._vocab, t)]
+        if not ids:
+            return ""
+        arr = (self._L.llama_token * len(ids))(*ids)
+        size = 8 * len(ids) + 64
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = self._L.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, not skip_special_tokens)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = -n
+        raise ConfigError("llama.cpp could not detokenize the ids", why=recent_problems())
 
     def text(self, token: int) -> str:
         """The vocabulary entry of a token (e.g. ``<|end|>``)."""

@@ -110,12 +110,12 @@ class OrtGenAIRuntime:
         og = _og()
         t0 = time.perf_counter()
         folder = read_folder(Path(path).expanduser().resolve())
-        config = og.Config(str(folder.path))
-        if provider is not None:
-            config.clear_providers()
-            if provider != "cpu":
-                config.append_provider(provider)
         try:
+            config = og.Config(str(folder.path))
+            if provider is not None:
+                config.clear_providers()
+                if provider != "cpu":
+                    config.append_provider(provider)
             model = og.Model(config)
         except Exception as exc:  # the engine raises plain RuntimeError/OSError for any load failure
             raise ConfigError(

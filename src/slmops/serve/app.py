@@ -52,6 +52,12 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         reaper = asyncio.create_task(pool.reaper())
+        drift = None
+        if config.drift_baseline and rlog is not None:
+            from slmops.monitor.drift_run import drift_loop
+
+            drift = asyncio.create_task(drift_loop(store=store, catalog=catalog, config=config, metrics=metrics,
+                                                   log_path=rlog.path, state=app.state.drift))
         if config.preload:
             for model_id in config.models:
                 await pool.ensure(catalog.resolve(model_id))
@@ -59,6 +65,8 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
             yield
         finally:
             reaper.cancel()
+            if drift is not None:
+                drift.cancel()
             await pool.close()
             if rlog is not None:
                 rlog.close()
@@ -73,6 +81,7 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
     )
     app.state.service = service
     app.state.config = config
+    app.state.drift = {}  # model id -> latest drift report (serve --drift-baseline)
 
     def reject(status: int, kind: str, path: str) -> None:
         metrics.requests.labels("", "", path, str(status)).inc()
@@ -110,6 +119,10 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
 
     for r in (chat.router, completions.router, models.router, manage.router):
         app.include_router(r)
+    from slmops.serve.dashboard import OPEN_PATHS as dashboard_paths
+    from slmops.serve.dashboard import router as dashboard_router
+
+    app.include_router(dashboard_router)
     _document_served_models(app, config)
 
     if config.cors_origins:
@@ -120,7 +133,7 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
     if config.api_key is not None:
         from slmops.serve.auth import BearerAuth
 
-        open_paths = frozenset({"/health"} | (set() if config.metrics_auth else {"/metrics"}))
+        open_paths = frozenset({"/health"} | dashboard_paths | (set() if config.metrics_auth else {"/metrics"}))
         app.add_middleware(BearerAuth, key=config.api_key.get_secret_value(), open_paths=open_paths,
                            on_reject=lambda scope: reject(401, "invalid_api_key", scope.get("path", "")))
     return app

@@ -69,6 +69,9 @@ class ServeConfig(BaseModel):
     request_log: Path | None = Field(None, description="Request log path (default: $SLMOPS_HOME/serve/requests.db)")
     log_content: bool = Field(False, description="Also record prompts and completions (off: privacy first)")
     preload: bool = Field(False, description="Load the listed models at start instead of on their first request")
+    drift_baseline: str | None = Field(None, description="Dataset to compare logged prompts with periodically (needs log_content)")
+    drift_every_s: float = Field(300.0, gt=0, description="Seconds between drift checks (with drift_baseline)")
+    drift_window_s: float = Field(3600.0, gt=0, description="Each drift check compares the requests of this last period")
 
     @field_validator("canary")
     @classmethod

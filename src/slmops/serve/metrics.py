@@ -37,6 +37,7 @@ class Metrics:
         self.adapters = pc.Gauge("slmops_loaded_adapters", "Adapters loaded on top of loaded models", registry=r)
         self.errors = pc.Counter("slmops_errors", "Errors by kind", ["kind"], registry=r)
         self.loads = pc.Counter("slmops_model_loads", "Model loads", registry=r)
+        self.drift = pc.Gauge("slmops_drift_score", "Drift of logged prompts against the baseline (max PSI; >0.25 significant)", ["model"], registry=r)
 
     def observe_pool(self, pool: Any) -> None:
         """Refresh the gauges from the pool (called before every scrape and on pool changes)."""

@@ -1,0 +1,84 @@
+"""``slmops monitor``: drift of live traffic against a baseline dataset (and, later, sampled judge scores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.render import emit, out
+
+app = typer.Typer(help="Watch served models: drift against the training data, sampled judge scores.", no_args_is_help=True)
+_MODEL_KINDS = ("model", "adapter", "gguf", "onnx")
+
+
+@app.command()
+def drift(
+    model: Annotated[str, typer.Option("--model", "-m", help="The served model (name, name:VERSION, name@ALIAS, sha256:…).")],
+    baseline: Annotated[str, typer.Option("--baseline", "-b", help="Dataset the model was trained on (reference or file).")],
+    window: Annotated[str, typer.Option("--window", help="Compare the requests of this last period (e.g. 30m, 1h, 1d).")] = "1h",
+    min_live: Annotated[int, typer.Option("--min-live", help="Fewest logged prompts in the window that make a verdict.")] = 20,
+    log_db: Annotated[Path | None, typer.Option("--log-db", help="Request log file (default $SLMOPS_HOME/serve/requests.db).")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name for the report artifact.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare logged prompts (serve --log-content) in the window with the baseline's prompts: PSI of lengths and tokens."""
+    from slmops.monitor.drift_run import run_drift
+    from slmops.pipeline.inputs import resolve_input
+    from slmops.serve.config import parse_duration
+
+    window_s = parse_duration(window, flag="--window")
+    with open_cli_store() as store:
+        art = resolve_input(model, store, kind=_MODEL_KINDS)
+        base = resolve_input(baseline, store, kind="dataset")
+        r = run_drift(art, base, store=store, log_path=log_db, window_s=window_s, min_live=min_live, name=name)
+    import json
+
+    data = json.loads(r.artifact.file("drift.json").read_text())
+    data["report"] = r.artifact.digest
+    data["cached"] = r.cached
+    emit(data, as_json, _print_drift)
+
+
+def _print_drift(d: dict[str, Any]) -> None:
+    colour = {"stable": "green", "moderate": "yellow", "significant": "red"}[d["verdict"]]
+    out.print(f"drift: [bold {colour}]{d['verdict']}[/] (score {d['score']:.3f}; below 0.1 stable, above 0.25 significant)")
+    out.print(f"  length PSI {d['length_psi']:.3f}  token PSI {d['token_psi']:.3f}  "
+              f"mean length {d['mean_length_baseline']:.1f} → {d['mean_length_live']:.1f} tokens")
+    shift = d.get("embedding_shift")
+    out.print(f"  embedding shift {shift:.3f}" if shift is not None else f"  embedding shift: {d.get('embedding')}")
+    out.print(f"  {d['live_prompts']} live prompts vs {d['baseline_prompts']} baseline prompts; report sha256:{d['report'][:12]}")
+
+
+@app.command()
+def sample(
+    model: Annotated[str, typer.Option("--model", "-m", help="The served model whose logged requests to re-score.")],
+    judge: Annotated[str, typer.Option("--judge", help="OpenAI-compatible base URL of the judge (…/v1).")],
+    rate: Annotated[float, typer.Option("--rate", help="Share of logged requests to score (stable per request).")] = 0.05,
+    judge_model: Annotated[str, typer.Option("--judge-model", help="Model id the judge endpoint serves.")] = "judge",
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the judge's key.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only requests newer than this (e.g. 1h).")] = None,
+    log_db: Annotated[Path | None, typer.Option("--log-db", help="Request log file (default $SLMOPS_HOME/serve/requests.db).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-score a sampled share of logged requests (needs --log-content) with a judge; prints the running quality."""
+    import os
+
+    from slmops.monitor.sample import sample_and_score
+    from slmops.pipeline.inputs import resolve_input
+    from slmops.serve.config import parse_duration
+
+    key = os.environ.get(api_key_env) if api_key_env else None
+    with open_cli_store() as store:
+        art = resolve_input(model, store, kind=_MODEL_KINDS)
+        rep = sample_and_score(art, store=store, judge_url=judge, rate=rate, judge_model=judge_model, log_path=log_db,
+                               since_s=parse_duration(since, flag="--since") if since else None, api_key=key)
+    emit(rep, as_json, lambda d: out.print(
+        f"quality {d['quality'] if d['quality'] is None else round(d['quality'], 3)} over {d['scored']} scored requests "
+        f"({d['newly_scored']} new of {d['logged']} logged); report sha256:{d['report'][:12]}"))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="monitor")
