@@ -12,7 +12,7 @@ Everything runs through the same stages the CLI uses, in a fresh store:
 5. ``distill.report`` teacher vs each student on the test split (each model measured alone in its
    own process, one torch thread each).
 
-Run (about 5–10 minutes on 2 CPU cores)::
+Run (about 8½ minutes of CPU; 20 minutes of wall time on a busy 2-core machine, most of it the teacher's fine-tune)::
 
     .venv/bin/python benchmarks/distill_retention.py [--out benchmarks/distill_results.json]
 """

@@ -38,14 +38,30 @@ MODEL = {"arch": "llama", "size": "small", "hidden_size": 768, "num_layers": 6, 
 
 
 # -- children (one fresh process per measurement, so peak RSS is the model's own) -------------------------------
-def child_ours(path: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
+def child_ours(path: str, prompt_tokens: int, new_tokens: int, runs: int, threads: int) -> dict[str, Any]:
     from slmops.export.measure import measure_runtime
 
-    return measure_runtime(path, runtime="ort-genai", prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs)
+    options = {"threads": threads} if threads else {}
+    return measure_runtime(path, runtime="ort-genai", prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, options=options)
+
+
+def _og_model(path: str, threads: int) -> Any:
+    import onnxruntime_genai as og
+
+    from slmops.runtimes.ortgenai_files import locate_genai_folder
+
+    config = og.Config(str(locate_genai_folder(Path(path))))
+    if threads:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    return og.Model(config)
 
 
 def raw_run(model: Any, ids: Any, new_tokens: int) -> tuple[float, float]:
-    """(TTFT s, decode tokens/s) of one bare ORT GenAI generation: append_tokens, then generate_next_token (engine greedy)."""
+    """(TTFT s, decode tokens/s) of one bare ORT GenAI generation: append_tokens, then generate_next_token (engine greedy).
+
+    Like slmops with ``ignore_eos``, it keeps going past an EOS: the engine holds a chosen EOS back
+    (the sequence is "done"), so the loop appends it with ``append_tokens`` and generates on.
+    """
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
@@ -56,6 +72,8 @@ def raw_run(model: Any, ids: Any, new_tokens: int) -> tuple[float, float]:
     gen.generate_next_token()
     t1 = time.perf_counter()
     for _ in range(new_tokens - 1):
+        if gen.is_done():
+            gen.append_tokens(gen.get_next_tokens())
         gen.generate_next_token()
     t2 = time.perf_counter()
     return t1 - t0, (new_tokens - 1) / (t2 - t1)
@@ -70,15 +88,14 @@ def _prompt(encode: Any, prompt_tokens: int) -> Any:
     return np.asarray((base * (prompt_tokens // len(base) + 1))[:prompt_tokens], dtype=np.int32)
 
 
-def child_raw(path: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
+def child_raw(path: str, prompt_tokens: int, new_tokens: int, runs: int, threads: int) -> dict[str, Any]:
     """ORT GenAI on its own, in a process of its own (for its load time and peak RSS)."""
     import onnxruntime_genai as og
 
     from slmops.export.measure import peak_rss_bytes
-    from slmops.runtimes.ortgenai_files import locate_genai_folder
 
     t0 = time.perf_counter()
-    model = og.Model(str(locate_genai_folder(Path(path))))
+    model = _og_model(path, threads)
     tok = og.Tokenizer(model)
     load_s = time.perf_counter() - t0
     ids = _prompt(tok.encode, prompt_tokens)
@@ -87,11 +104,11 @@ def child_raw(path: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict
             "peak_rss_bytes": peak_rss_bytes()}
 
 
-def child_pair(path: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
+def child_pair(path: str, prompt_tokens: int, new_tokens: int, runs: int, threads: int) -> dict[str, Any]:
     """ours/raw decode ratio from back-to-back runs on one loaded model (alternating which goes first), robust to machine load."""
     from slmops.runtimes import GenerationParams, open_runtime
 
-    rt = open_runtime(Path(path), "ort-genai")
+    rt = open_runtime(Path(path), "ort-genai", **({"threads": threads} if threads else {}))
     ids = _prompt(lambda t: rt.tokenize(t, add_special_tokens=True), prompt_tokens)
     params = GenerationParams(max_tokens=new_tokens, ignore_eos=True)
     ratios = []
@@ -116,7 +133,7 @@ def child_pair(path: str, prompt_tokens: int, new_tokens: int, runs: int) -> dic
 
 def run_child(kind: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", kind, "--path", str(path), "--prompt-tokens", str(args.prompt_tokens),
-           "--tokens", str(args.tokens), "--runs", str(args.runs)]
+           "--tokens", str(args.tokens), "--runs", str(args.runs), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} child failed: {proc.stderr.strip()[-500:]}")
@@ -189,14 +206,16 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         "",
         (f"Model: Llama, hidden 768, 6 layers, {rows[0]['parameters'] / 1e6:.1f}M parameters (models.init + {args.train_steps} steps of "
          f"finetune.full on the built-in corpus; the model of `benchmarks/gguf_formats.py`), exported by `export.onnx` (onnxruntime-genai "
-         f"{_version('onnxruntime-genai')} model builder, CPU, symmetric, block 32 unless the row says `/bN`, int4 embedding quantized). Prompt "
-         f"{args.prompt_tokens} tokens, {args.tokens} new tokens (greedy, EOS ignored), median of {args.runs} runs × {args.repeats} processes. "
+         f"{_version('onnxruntime-genai')} model builder, CPU, symmetric, block 64 unless the row says `/bN`, int4 embedding quantized). Prompt "
+         f"{args.prompt_tokens} tokens, {args.tokens} new tokens (greedy, EOS ignored), median of {args.runs} runs × {args.repeats} processes, "
+         f"{args.threads or 'default'} ORT thread(s). "
          f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, load average at the end "
          f"{os.getloadavg()[0]:.1f}; onnxruntime {_version('onnxruntime')}. Took {elapsed / 60:.1f} min."),
         "",
         ("*ours* = slmops' `ort-genai` runtime (the decode loop shared with torch and llama.cpp: greedy tokens picked by the engine, "
          "incremental detokenization, stop handling, events); *raw* = a bare ORT GenAI loop on the same folder (`append_tokens` + "
-         "`generate_next_token`, nothing decoded), each in fresh processes; *paired* = ours/raw from back-to-back runs on one loaded "
+         "`generate_next_token`, nothing decoded; past an EOS it appends the EOS the engine held back, as ours does with EOS ignored), "
+         "each in fresh processes; *paired* = ours/raw from back-to-back runs on one loaded "
          f"model in one process ({2 * args.runs} pairs, alternating which runs first; median [min–max]), the ratio that survives a busy machine. "
          "KL, top-1 and perplexity are against the fp32 torch model on "
          f"{args.parity_texts} corpus texts (`parity` stage)."),
@@ -219,7 +238,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         )
     int4 = [(k, v) for k, v in size.items() if k.startswith("int4")]
     if fp16 and int4:
-        lines += ["", "Goal int4 ≤ 30% of fp16: " + ", ".join(f"{k} (block {k.partition('/b')[2] or 32}) is {100 * v / fp16:.1f}%" for k, v in int4) + "."]
+        lines += ["", "Goal int4 ≤ 30% of fp16: " + ", ".join(f"{k} (block {k.partition('/b')[2] or 64}) is {100 * v / fp16:.1f}%" for k, v in int4) + "."]
     worst = min(r["paired_ratio"] for r in rows)
     lines += [f"Goal runtime within 10% of the raw engine: slowest paired ours/raw decode ratio {worst:.2f} "
               f"(separate processes: {min(r['ours_tps'] / r['raw_tps'] for r in rows):.2f})."]
@@ -246,12 +265,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="Fresh processes per measurement")
     ap.add_argument("--train-steps", type=int, default=80)
     ap.add_argument("--parity-texts", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads for both (default: the engine's, one per core)")
     ap.add_argument("--child", choices=["ours", "raw", "pair"], help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         fn = {"ours": child_ours, "raw": child_raw, "pair": child_pair}[args.child]
-        print(json.dumps(fn(args.path, args.prompt_tokens, args.tokens, args.runs)))
+        print(json.dumps(fn(args.path, args.prompt_tokens, args.tokens, args.runs, args.threads)))
         return
     t0 = time.time()
     rows = measure(args)

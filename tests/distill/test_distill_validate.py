@@ -97,3 +97,16 @@ def test_generate_drops_bad_answers_and_reports_why(store, prompts, teacher_serv
     assert "Final answer" not in by_prompt[texts[0]].messages[0].content  # the student keeps the plain system prompt
     dropped = [json.loads(x) for x in (r.artifact.path / "dropped.jsonl").read_text().splitlines()]
     assert {d["reason"] for d in dropped} >= {"no_final_answer", "truncated", "empty", "refusal", "duplicate"}
+
+
+def test_run_options_stay_out_of_the_cache_key(prompts):
+    from slmops.pipeline.runner import cache_key
+    from slmops.pipeline.stages import get_stage
+
+    st = get_stage("distill.generate")
+    base = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    a = st.make_config({**base, "concurrency": 1, "rpm": 60, "api_key_env": "A", "timeout_s": 5})
+    b = st.make_config({**base, "concurrency": 16, "max_retries": 0, "api_key_env": "B", "price_prompt_per_1m": 3})
+    c = st.make_config({**base, "temperature": 0.5})
+    assert cache_key(st, a, {"prompts": prompts}) == cache_key(st, b, {"prompts": prompts}) != cache_key(st, c, {"prompts": prompts})
+    assert "api_key_env" not in a.model_dump(mode="json") and a.run_options()["api_key_env"] == "A"

@@ -117,6 +117,7 @@ def test_hot_adapters_per_request(f32: dict[str, Any], lora: Any, gstore: Any, t
         a, b = rt.generate(ids, p, adapter="peft"), rt.generate(ids, p, adapter="gguf")
         assert a.token_ids == b.token_ids and np.allclose(a.logprobs, b.logprobs, atol=1e-4)
         assert a.logprobs != base.logprobs
+        assert a.logprobs[0] == pytest.approx(float(log_softmax(on[-1])[a.token_ids[0]]), abs=1e-3)  # PEFT's distribution
         assert rt.generate(ids, p).logprobs == base.logprobs  # the request's adapter is not left on
         with pytest.raises(ConfigError, match="no adapter named 'nope'"):
             rt.generate(ids, p, adapter="nope")

@@ -121,7 +121,7 @@ def test_engine_greedy_path_equals_logits_path(pairs: dict[str, Any], arch: str)
 
 
 def test_engine_greedy_continues_past_eos(pairs: dict[str, Any], tmp_path: Path) -> None:
-    """With ignore_eos, an EOS chosen by the engine is appended by the stepper and decoding goes on."""
+    """With ignore_eos, an EOS chosen by the engine (which then holds it back) is appended by the stepper and decoding goes on."""
     from slmops.runtimes import GenerationParams
     from slmops.runtimes.ortgenai_rt import OrtGenAIRuntime
 
@@ -176,8 +176,9 @@ def test_open_runtime_and_errors(pairs: dict[str, Any]) -> None:
         o.generate([5] * o.context_length, GenerationParams(max_tokens=2))
     with pytest.raises(ConfigError, match="torch runtime cannot run"):
         open_runtime(o.folder.path, runtime="torch")
-    rt = open_runtime(o.folder.path)  # a folder without a manifest: detected as ort-genai
-    assert rt.name == "ort-genai"
+    rt = open_runtime(o.folder.path, threads=1)
+    assert rt.name == "ort-genai" and rt.info.extra["threads"] == 1
+    assert rt.generate("hi", GenerationParams(max_tokens=3)).token_ids == o.generate("hi", GenerationParams(max_tokens=3)).token_ids
     rt.close()
     with pytest.raises(ConfigError, match="closed"):
         rt.tokenize("x")

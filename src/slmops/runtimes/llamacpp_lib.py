@@ -83,8 +83,10 @@ def check_gguf_file(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-    if len(head) < 8 or head[:4] != GGUF_MAGIC:
+    if head[:4] != GGUF_MAGIC:
         raise DataError(f"{path.name} is not a GGUF file", why="it does not start with the GGUF magic bytes", fix="export the model again (slmops export gguf)")
+    if len(head) < 8:
+        raise DataError(f"{path.name} is truncated", why=f"it has {size} bytes, fewer than a GGUF header", fix="export the model again (slmops export gguf)")
     gguf = require("gguf", extra="gguf", purpose="reading GGUF files")
     try:
         reader = gguf.GGUFReader(str(path), "r")

@@ -21,6 +21,7 @@ switched per request with ``stream(..., adapter=name)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
@@ -105,13 +106,17 @@ class OrtGenAIRuntime:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_path(cls, path: str | Path, *, provider: str | None = None, chat_template: str | None = None) -> OrtGenAIRuntime:
-        """Open an ONNX GenAI folder; ``provider`` overrides the execution provider in ``genai_config.json``."""
+    def from_path(cls, path: str | Path, *, provider: str | None = None, threads: int | None = None,
+                  chat_template: str | None = None) -> OrtGenAIRuntime:
+        """Open an ONNX GenAI folder; ``provider`` overrides the execution provider in ``genai_config.json``,
+        ``threads`` ONNX Runtime's intra-op threads (default: one per physical core)."""
         og = _og()
         t0 = time.perf_counter()
         folder = read_folder(Path(path).expanduser().resolve())
         try:
             config = og.Config(str(folder.path))
+            if threads is not None:
+                config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": int(threads)}}}}))
             if provider is not None:
                 config.clear_providers()
                 if provider != "cpu":
@@ -123,7 +128,7 @@ class OrtGenAIRuntime:
                 why=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                 fix="re-export the model with `slmops export onnx` (the folder may be incomplete or for another execution provider)",
             ) from exc
-        info = LoadInfo(source=str(folder.path), format="ort-genai", load_s=time.perf_counter() - t0, extra={"provider": provider or "config"})
+        info = LoadInfo(source=str(folder.path), format="ort-genai", load_s=time.perf_counter() - t0, extra={"provider": provider or "config", "threads": threads})
         return cls(folder, model, chat_template=chat_template, info=info)
 
     # ------------------------------------------------------------------ facts

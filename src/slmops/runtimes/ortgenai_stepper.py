@@ -33,9 +33,9 @@ class OgStepper:
 
     In ``greedy`` mode the engine picks each token itself (``generate_next_token``, its own argmax)
     and the stepper hands :func:`decode_loop` a one-hot row for it, which the greedy sampler picks
-    again: the same tokens, without copying a vocabulary-sized row to numpy per token. Once the
-    engine has produced an EOS it stops extending the sequence, so (``ignore_eos``) the stepper
-    appends that token itself and continues with explicit logits.
+    again: the same tokens, without copying a vocabulary-sized row to numpy per token. When the
+    engine picks an EOS it does not add it to the sequence (it considers the sequence done), so with
+    ``ignore_eos`` the stepper appends it with ``append_tokens`` and lets the engine go on picking.
     """
 
     def __init__(self, rt: Any, adapter: str | None, *, greedy: bool = False) -> None:
@@ -61,8 +61,9 @@ class OgStepper:
         return self._engine_pick() if self.greedy else self._last()
 
     def step(self, token_id: int) -> np.ndarray:
-        if self.greedy and not self.gen.is_done():
-            return self._engine_pick()  # the engine already holds token_id (its own pick)
-        self.greedy = False
+        if self.greedy:
+            if self.gen.is_done():  # the engine chose EOS and did not add it: add it, and go on
+                self.gen.append_tokens(np.asarray([token_id], dtype=np.int32))
+            return self._engine_pick()  # otherwise the engine already holds token_id (its own pick)
         self.gen.append_tokens(np.asarray([token_id], dtype=np.int32))
         return self._last()
