@@ -175,6 +175,27 @@ def keep_4bit_trainable(model: Any) -> None:
     for m in model.modules():
         if isinstance(m, bnb.nn.Linear4bit):
             m.support_avx512bf16_for_cpu = False
+    release_checkpoint_pages(model, keep=bnb.nn.Params4bit)
+
+
+def release_checkpoint_pages(model: Any, *, keep: type) -> None:
+    """Copy the tensors that still point into the memory-mapped checkpoint, so the mapping closes.
+
+    After a 4-bit load, the embeddings, norms and head are views of the mmapped safetensors file,
+    which keeps every page the quantizer touched resident: the process holds the whole fp32 file
+    and QLoRA saves no memory. Copying those few small tensors (``keep`` = the 4-bit parameter
+    type, already in its own memory) lets the file go.
+    """
+    import gc
+
+    for m in model.modules():
+        for name, p in list(m.named_parameters(recurse=False)):
+            if not isinstance(p, keep):
+                p.data = p.data.clone()
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b is not None:
+                m._buffers[name] = b.clone()
+    gc.collect()
 
 
 def set_checkpointing(model: Any, on: bool) -> None:
