@@ -16,7 +16,18 @@ def current_rss() -> int:
 
 
 def lifetime_peak_rss() -> int | None:
-    """The process's peak RSS since it started (``ru_maxrss``), in bytes; None where unavailable."""
+    """The process's peak RSS since it started, in bytes; None where unavailable.
+
+    Linux: ``VmHWM`` from ``/proc/self/status`` — ``ru_maxrss`` survives ``fork`` + ``exec``, so a
+    child started from a big parent would report the parent's peak. Elsewhere ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows

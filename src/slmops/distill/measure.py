@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -20,25 +19,11 @@ from typing import Any
 from slmops.data.records import Record
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory. Linux: ``VmHWM`` (``ru_maxrss`` would also count the
-    parent's memory, which survives ``fork`` + ``exec``); elsewhere ``ru_maxrss``."""
-    hwm = _status_kib("VmHWM")
-    if hwm is not None:
-        return hwm * 1024
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
+    """This process's peak resident memory (see :func:`slmops.bench.memory.lifetime_peak_rss`)."""
+    from slmops.bench.memory import lifetime_peak_rss
+
+    return lifetime_peak_rss() or 0
 
 
 def score(prediction: str, record: Record, metric: str = "auto") -> float:

@@ -9,7 +9,6 @@ not whatever the calling process loaded before. Used by the optimizer and the be
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -57,15 +56,10 @@ def measure_runtime(path: str | Path, *, runtime: str = "auto", prompt_tokens: i
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size. Linux keeps ``ru_maxrss`` across exec (a child started
-    from a big parent would report the parent's size), so ``VmHWM`` is read first."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set size (see :func:`slmops.bench.memory.lifetime_peak_rss`)."""
+    from slmops.bench.memory import lifetime_peak_rss
+
+    return lifetime_peak_rss() or 0
 
 
 def measure_in_subprocess(path: str | Path, *, timeout_s: float = 900, **kwargs: Any) -> dict[str, Any]:
