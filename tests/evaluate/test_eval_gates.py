@@ -58,7 +58,7 @@ def test_evaluate_gates_for_recipes() -> None:
 
 def test_a_recipe_step_stops_at_an_eval_gate(store: object, tiny_llama: object) -> None:
     """The same stage and gate grammar in a recipe: a passing gate lets the run go on, a failing one stops it."""
-    from slmops.pipeline.execute import GateFailed as RecipeGateFailed
+    from slmops.evaluate.gates import GateFailed as RecipeGateFailed
     from slmops.pipeline.execute import run_recipe
     from slmops.pipeline.recipe import parse_recipe
 
@@ -71,5 +71,6 @@ def test_a_recipe_step_stops_at_an_eval_gate(store: object, tiny_llama: object) 
 
     done = run_recipe(recipe("token_f1>=0"), store=store)  # type: ignore[arg-type]
     assert done[-1].gates[0]["passed"] and done[-1].artifact.kind == "report"  # type: ignore[union-attr]
-    with pytest.raises(RecipeGateFailed):
+    with pytest.raises(RecipeGateFailed) as failed:
         run_recipe(recipe("token_f1>1"), store=store)  # type: ignore[arg-type]
+    assert failed.value.exit_code == 3 and "step 'quality'" in failed.value.message

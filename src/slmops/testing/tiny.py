@@ -6,7 +6,6 @@ same arguments is a cache hit and the artifact has the usual manifest and lineag
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,10 +20,12 @@ def tiny_corpus(n: int = 400, *, seed: int = 0) -> list[str]:
 
 
 def text_dataset(texts: Iterable[str], *, store: Store, name: str | None = None) -> Artifact:
-    """Store ``texts`` as a dataset artifact (``data.jsonl`` of normalised ``{"kind": "text", "text": ...}`` records)."""
+    """Store ``texts`` as a dataset artifact (``data.jsonl`` of normalised text records, as ``data.import`` writes)."""
+    from slmops.data.io import write_jsonl
+    from slmops.data.records import parse_record
+
     with store.staging() as tmp:
-        with open(tmp / "data.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps({"kind": "text", "text": t}, ensure_ascii=False) + "\n" for t in texts)
+        write_jsonl([parse_record({"text": t}) for t in texts], tmp / "data.jsonl")
         return store.commit(tmp, kind="dataset", format="jsonl", meta={"source": "slmops.testing.text_dataset"}, name=name)
 
 
