@@ -186,13 +186,13 @@ def train(
 
     def save(reason: str) -> Path | None:
         state = {"epoch": epoch, "group": group_idx, "total_steps": total, "world_size": world, "history": history.to_state(),
-                 "train_seconds": train_seconds, "reason": reason}
+                 "train_seconds": train_seconds, "reason": reason, "stopped": stopped}
         return ckpt.save_checkpoint(ckpt_root, step, model=unwrapped, optimizer=optimizer, scheduler=scheduler, state=state,
                                     rank=rank, is_main=is_main, barrier=barrier, keep=options.keep_checkpoints)
 
+    stopped = str(found.state.get("stopped") or "completed") if found is not None else "completed"
     if found is None and has_val:
         record_eval(0)
-    stopped = "completed"
     model.train()
     groups: list[list[list[int]]] = []
     tokens_run, run_seconds = 0, 0.0  # this process's share, for tokens/s
@@ -217,6 +217,7 @@ def train(
                     loss = ce / denom
                 accelerator.backward(loss * world)
                 loss_sum += loss.detach()
+                del logits, ce, loss  # the [batch, seq, vocab] logits must not outlive their backward
             grad_norm = None
             if cfg.max_grad_norm > 0:
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
