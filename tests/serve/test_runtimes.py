@@ -65,3 +65,19 @@ def test_gguf_context_overflow_is_400(start_server: Any, gguf_models: dict[str, 
     server = start_server(models=["bot-gguf"])
     r = httpx.post(f"{server.url}/v1/completions", json={"model": "bot-gguf", "prompt": "hi", "max_tokens": 100000}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_onnx_on_ort_genai_through_the_openai_client(start_server: Any, serve_home: Path) -> None:
+    from slmops.pipeline.runner import run_stage
+    from slmops.store import Store
+
+    with Store(serve_home) as store:
+        run_stage("export.onnx", {"model": store.lookup("bot", version=1)}, {"precision": "fp32"}, store=store, output_name="bot-onnx")
+    server = start_server(models=["bot-onnx"])
+    c = server.client()
+    reply = c.chat.completions.create(model="bot-onnx", messages=CHAT, max_tokens=10, temperature=0)
+    assert reply.choices[0].message.content == local(serve_home, "bot-onnx", 10)
+    assert reply.choices[0].message.content == local(serve_home, "bot", 10), "fp32 ONNX answers as the torch model does"
+    assert server.entry("bot-onnx:1").runtime.name == "ort-genai"
+    chunks = list(c.chat.completions.create(model="bot-onnx", messages=CHAT, max_tokens=10, temperature=0, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == reply.choices[0].message.content
