@@ -38,3 +38,19 @@ def test_cli_profiles(cli) -> None:
     assert [p["name"] for p in cli("profile", "ls", "--json").json] == ["pi", "this-machine"]
     assert cli("profile", "rm", "pi", "--json").json == {"removed": True}
     assert cli("profile", "show", "pi").code == 1
+
+
+def test_apply_profile_narrows_an_optimize_config() -> None:
+    from slmops.deploy.profiles import apply_profile
+
+    edge = DeviceProfile(name="edge", max_size_bytes=50_000_000, min_tokens_per_s=20, formats=["gguf"])
+    cfg = apply_profile({"targets": ["onnx:int4", "gguf:q4_k_m", "gguf:q8_0"], "min_tokens_per_s": 5}, edge)
+    assert cfg == {"targets": ["gguf:q4_k_m", "gguf:q8_0"], "max_size_bytes": 50_000_000, "min_tokens_per_s": 5}
+    with pytest.raises(ConfigError, match="allows none of the targets"):
+        apply_profile({"targets": ["onnx:int4"]}, edge)
+
+
+def test_optimize_cli_refuses_targets_outside_the_profile(cli) -> None:
+    assert cli("profile", "create", "ggufonly", "--formats", "gguf").code == 0
+    r = cli("optimize", "nothing", "--data", "nothing", "--targets", "onnx:int4", "--profile", "ggufonly")
+    assert r.code == 1 and "allows none of the targets" in r.err

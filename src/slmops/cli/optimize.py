@@ -32,6 +32,7 @@ def register(parent: typer.Typer) -> None:
         parity_texts: Annotated[int | None, Opt("--parity-texts", help="Records scored per parity check.")] = None,
         no_isolate: Annotated[bool, Opt("--no-isolate", help="Measure in this process (faster; peak RSS is then not per candidate).")] = False,
         name: Annotated[str | None, Opt("--name", "-n", help="Registry name for the report.")] = None,
+        profile: Annotated[str | None, Opt("--profile", help="Device profile (slmops profile ls): its size/speed limits become gates, its formats filter the targets.")] = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Export MODEL to every target, measure size, speed, peak RSS and parity, and mark the best that passes."""
@@ -46,6 +47,10 @@ def register(parent: typer.Typer) -> None:
         if no_isolate:
             cfg["isolate"] = False
         with open_cli_store() as store, progress_bars(not as_json):
+            if profile:
+                from slmops.deploy.profiles import apply_profile, load_profile
+
+                cfg = apply_profile(cfg, load_profile(store, profile))
             inputs = {"model": resolve_input(model, store, kind="model"), "data": resolve_input(data, store, kind="dataset")}
             r = run_stage("optimize", inputs, cfg, store=store, output_name=name)
         d = result_dict(r, name)

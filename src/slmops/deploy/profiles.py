@@ -83,3 +83,24 @@ def check_profile(profile: DeviceProfile, *, format: str, size_bytes: int | None
     if profile.min_tokens_per_s and tokens_per_s is not None and tokens_per_s < profile.min_tokens_per_s:
         reasons.append(f"{tokens_per_s:.1f} tok/s < {profile.min_tokens_per_s:.1f} tok/s")
     return reasons
+
+
+_TARGET_FORMATS = {"onnx": "ort-genai", "gguf": "gguf"}
+
+
+def apply_profile(cfg: dict[str, Any], profile: DeviceProfile) -> dict[str, Any]:
+    """An ``optimize`` config narrowed to ``profile``: its size and speed limits become gates (flags
+    given explicitly win) and targets in formats the profile does not allow are dropped."""
+    out = dict(cfg)
+    if profile.max_size_bytes and "max_size_bytes" not in out:
+        out["max_size_bytes"] = profile.max_size_bytes
+    if profile.min_tokens_per_s and "min_tokens_per_s" not in out:
+        out["min_tokens_per_s"] = profile.min_tokens_per_s
+    targets = out.get("targets") or []
+    kept = [t for t in targets if _TARGET_FORMATS.get(t.split(":", 1)[0]) in profile.formats]
+    if targets and not kept:
+        raise ConfigError(f"profile {profile.name} allows none of the targets {', '.join(targets)}",
+                          why=f"it allows the formats {', '.join(profile.formats)}",
+                          fix="pick targets in an allowed format (onnx:… → ort-genai, gguf:… → gguf)")
+    out["targets"] = kept
+    return out
