@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
+from slmops.data.examples import build_example, build_examples
 from slmops.data.templates import (
     EXAMPLE_TEXT_TEMPLATE,
     IGNORE_INDEX,
-    build_example,
-    build_examples,
     chat_template_of,
     render_chat,
     render_text_template,

@@ -129,8 +129,8 @@ def _ids(entry: dict[str, Any], table: dict[str, int] | None) -> tuple[list[int 
 
 def build_topk_table(tokenizer: Any, data: Artifact, split: str, *, template: str | None, max_length: int) -> TopKTable:
     """Line the stored top-k of ``split`` up with the student's tokenization of each answer."""
+    from slmops.data.examples import build_example
     from slmops.data.io import read_dataset
-    from slmops.data.templates import build_example
 
     path = data.path / "topk" / f"{split}.jsonl"
     if not path.is_file():

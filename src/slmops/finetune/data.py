@@ -1,7 +1,7 @@
 """Training data for fine-tuning: dataset splits → tokenized, loss-masked, optionally packed batches.
 
 Records come from :func:`slmops.data.io.read_dataset` and become examples through
-:func:`slmops.data.templates.build_examples` (the model's chat template or a ``{field}`` text
+:func:`slmops.data.examples.build_examples` (the model's chat template or a ``{field}`` text
 template; labels only on the assistant/output tokens). This module adds what training needs on
 top: the validation split (carved deterministically from the training data when the dataset has
 none), the one-line errors for records without an answer and for data that truncation emptied,
@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slmops._optional import require
+from slmops.data.examples import Example, build_examples
 from slmops.data.io import dataset_splits, read_dataset
 from slmops.data.records import Record
 from slmops.data.split import split_records
-from slmops.data.templates import IGNORE_INDEX, Example, build_examples
+from slmops.data.templates import IGNORE_INDEX
 from slmops.errors import DataError
 from slmops.finetune.config import TrainConfig
 from slmops.store.artifact import Artifact
