@@ -138,7 +138,7 @@ def worker_trainer(a: argparse.Namespace) -> dict[str, Any]:
     import transformers as tf
 
     from slmops.data.io import read_dataset
-    from slmops.data.templates import build_examples
+    from slmops.data.examples import build_examples
     from slmops.finetune.methods import DEFAULT_TARGETS
     from slmops.models.loading import load_model_and_tokenizer
     from slmops.pipeline.inputs import resolve_input

@@ -59,3 +59,25 @@ def test_unsplit_data_gets_a_seeded_validation_split(store, tmp_path) -> None:
     assert (len(train), len(val)) == (30, 10) and where.startswith("0.25")
     again = load_records(art, make_config("lora", {"validation_fraction": 0.25}))
     assert [r.to_json() for r in again[1]] == [r.to_json() for r in val]
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_logits_only_at_answer_positions_give_the_same_loss(arch: str, ft_store, task) -> None:
+    """Projecting only the positions that predict an answer token changes nothing but the cost."""
+    import torch
+
+    from slmops.finetune.config import make_config
+    from slmops.finetune.data import build_data
+    from slmops.finetune.evaluation import answer_loss_sum, can_select_logits
+    from slmops.models.loading import load_model_and_tokenizer
+    from slmops.testing.tiny import tiny_model
+
+    model, tok = load_model_and_tokenizer(tiny_model(arch, store=ft_store))
+    assert can_select_logits(model)
+    rows = build_data(tok, task, make_config("lora", {}), max_length=256).validation[:4]
+    for packed in (False, True):
+        batch = collate(pack(rows, 256) if packed else rows, tok.pad_token_id)
+        with torch.no_grad():
+            full, full_ok = answer_loss_sum(model, batch, "cpu", select=False, accuracy=True)
+            some, some_ok = answer_loss_sum(model, batch, "cpu", select=True, accuracy=True)
+        assert float(some) == pytest.approx(float(full), rel=1e-5) and int(some_ok) == int(full_ok)

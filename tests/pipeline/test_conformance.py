@@ -85,7 +85,7 @@ COVERED_ELSEWHERE: dict[str, str] = {
 
 
 def test_every_registered_stage_is_checked() -> None:
-    registered = set(all_stages())
+    registered = {n for n in all_stages() if not n.startswith("test.")}  # stages tests register for themselves
     unchecked = registered - set(EXAMPLES) - set(COVERED_ELSEWHERE)
     assert not unchecked, f"add a conformance example for: {sorted(unchecked)}"
     assert not (set(EXAMPLES) | set(COVERED_ELSEWHERE)) - registered, "an example names a stage that is no longer registered"

@@ -7,6 +7,7 @@ With several processes each takes every n-th row and the sums are added up acros
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -42,13 +43,45 @@ def token_loss_sum(logits: Any, labels: Any, *, accuracy: bool = False) -> tuple
     return loss, correct
 
 
-def forward_logits(model: Any, batch: dict[str, Any], device: Any) -> Any:
-    kw = {"input_ids": batch["input_ids"].to(device), "use_cache": False}
+def forward_logits(model: Any, batch: dict[str, Any], device: Any, **extra: Any) -> Any:
+    kw = {"input_ids": batch["input_ids"].to(device), "use_cache": False, **extra}
     if "attention_mask" in batch:
         kw["attention_mask"] = batch["attention_mask"].to(device)
     if "position_ids" in batch:
         kw["position_ids"] = batch["position_ids"].to(device)
     return model(**kw).logits
+
+
+def can_select_logits(model: Any) -> bool:
+    """Whether the (PEFT-wrapped) causal LM takes ``logits_to_keep`` (transformers >= 4.50 models do)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def answer_loss_sum(model: Any, batch: dict[str, Any], device: Any, *, select: bool, accuracy: bool = False) -> tuple[Any, Any]:
+    """Like :func:`token_loss_sum` on the model's output, but computing logits only where there is a label.
+
+    With ``select`` the model projects onto the vocabulary only the positions that predict an answer
+    token (``logits_to_keep`` as a boolean mask): prompts usually make up most of an SFT sequence,
+    and the ``hidden x vocab`` head is a large share of a small model's compute.
+    """
+    torch = require("torch", extra="train")
+    labels = batch["labels"].to(device)
+    if not select:
+        return token_loss_sum(forward_logits(model, batch, device), labels, accuracy=accuracy)
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    keep = shifted != IGNORE_INDEX
+    logits = forward_logits(model, batch, device, logits_to_keep=keep)
+    flat = logits.reshape(-1, logits.size(-1))
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    target = shifted[keep]
+    loss = torch.nn.functional.cross_entropy(flat, target, reduction="sum")
+    correct = (flat.argmax(-1) == target).sum() if accuracy else None
+    return loss, correct
 
 
 def evaluate(
@@ -69,12 +102,12 @@ def evaluate(
     model.eval()
     mine = rows[rank::world]
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, label tokens
+    select = can_select_logits(model)
     with torch.no_grad():
         for i in range(0, len(mine), batch_size):
             batch = collate(mine[i : i + batch_size], pad_id)
             with autocast():
-                logits = forward_logits(model, batch, device)
-            loss, correct = token_loss_sum(logits, batch["labels"].to(device), accuracy=True)
+                loss, correct = answer_loss_sum(model, batch, device, select=select, accuracy=True)
             totals += torch.stack([loss.double(), correct.double(), torch.tensor(batch["label_tokens"], dtype=torch.float64, device=device)])
     totals = reduce(totals)
     if was_training:

@@ -29,7 +29,7 @@ from slmops.errors import ConfigError, MissingDependency
 from slmops.finetune import checkpoint as ckpt
 from slmops.finetune.config import RunOptions, TrainConfig
 from slmops.finetune.data import TrainData, collate, epoch_batches, steps_per_epoch
-from slmops.finetune.evaluation import evaluate, forward_logits, token_loss_sum
+from slmops.finetune.evaluation import answer_loss_sum, can_select_logits, evaluate, forward_logits, token_loss_sum
 from slmops.finetune.history import History
 from slmops.finetune.runs import StopSignal, TrainingInterrupted
 
@@ -143,6 +143,7 @@ def train(
     scheduler = make_scheduler(optimizer, cfg, total)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    select = can_select_logits(unwrapped)  # logits only at answer positions
 
     history, step, epoch, group_idx, resumed_from, train_seconds = History(), 0, 0, 0, None, 0.0
     if options.resume == "never":
@@ -210,14 +211,17 @@ def train(
             for i, batch in enumerate(micro):
                 sync = contextlib.nullcontext() if world == 1 or i == len(micro) - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
-                    logits = forward_logits(model, batch, device)
-                    ce, _ = token_loss_sum(logits, batch["labels"].to(device))
-                    if loss_fn is not None:  # e.g. distillation: (logits, batch, summed CE) -> summed loss
+                    if loss_fn is None:
+                        ce, _ = answer_loss_sum(model, batch, device, select=select)
+                    else:  # e.g. distillation: (full logits, batch, summed CE) -> summed loss
+                        logits = forward_logits(model, batch, device)
+                        ce, _ = token_loss_sum(logits, batch["labels"].to(device))
                         ce = loss_fn(logits, batch, ce)
+                        del logits  # the [batch, seq, vocab] logits must not outlive their backward
                     loss = ce / denom
                 accelerator.backward(loss * world)
                 loss_sum += loss.detach()
-                del logits, ce, loss  # the [batch, seq, vocab] logits must not outlive their backward
+                del ce, loss
             grad_norm = None
             if cfg.max_grad_norm > 0:
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
