@@ -20,7 +20,7 @@ Part 2 (``--big``), on a llama big enough for the weights to dominate memory (hi
 
 Runs are interleaved (method order rotates each repeat) and the table shows medians.
 
-Run (about 10 minutes on 2 CPU cores; ~4 without ``--big``)::
+Run (about 15 minutes on 2 CPU cores; ~6 without ``--big``)::
 
     .venv/bin/python benchmarks/finetune_methods.py --repeats 3 --big [--out benchmarks/finetune_methods.json]
 """
@@ -137,8 +137,8 @@ def worker_trainer(a: argparse.Namespace) -> dict[str, Any]:
     import peft
     import transformers as tf
 
-    from slmops.data.io import read_dataset
     from slmops.data.examples import build_examples
+    from slmops.data.io import read_dataset
     from slmops.finetune.methods import DEFAULT_TARGETS
     from slmops.models.loading import load_model_and_tokenizer
     from slmops.pipeline.inputs import resolve_input
