@@ -52,3 +52,57 @@ def test_bundle_fits_profile_verifies_and_serves(store: Any, cli: Any, tmp_path:
     assert res.code == 1 and rel in res.err and "checksum" in res.err
     spec_json = json.loads((out / "serve.json").read_text())
     assert spec_json["profile"] == "pi"
+
+
+def test_serve_bundle_subprocess_uses_serve_json_port_and_cleans_up(store: Any, cli: Any, tmp_path: Path) -> None:
+    """`slmops serve --bundle DIR` as a real process: binds serve.json's port, answers, and leaves no temp store behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import openai
+
+    from slmops.testing.server import free_port
+    from slmops.testing.tiny import tiny_model
+
+    tiny_model("llama", store=store, name="edge")
+    assert cli("profile", "create", "any").code == 0
+    port = free_port()
+    out = tmp_path / "bundle"
+    assert cli("bundle", "edge", "--profile", "any", "--out", str(out), "--name", "bot", "--port", str(port)).code == 0
+    assert json.loads((out / "serve.json").read_text())["serve"]["port"] == port
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "SLMOPS_HOME": str(tmp_path / "device-home"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "slmops", "serve", "--bundle", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the bundle server did not come up on serve.json's port"
+            time.sleep(0.3)
+        assert [p.name for p in tmp.iterdir() if p.name.startswith("slmops-bundle-")]  # the private store lives while serving
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["bot"]
+        r = client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert r.usage.completion_tokens >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith("slmops-bundle-")], "the temporary store was left behind"
+
+    res = cli("serve", "--bundle", str(out), "other-model")
+    assert res.code == 1 and "--bundle serves the bundle's own model" in res.err
+    res = cli("serve", "--bundle", str(tmp_path))
+    assert res.code == 1 and "is not a bundle" in res.err

@@ -181,3 +181,57 @@ def test_sample_scores_with_a_judge_and_feeds_from_logs(traffic: dict[str, Any],
         assert again["newly_scored"] == 0 and again["scored"] == first["scored"]  # the same sample, not re-judged
     d = cli("data", "from-logs", "--model", "bot", "--log-db", str(db), "--min-judge-score", "0.7", "--json").json
     assert d["metrics"]["log_rows"] == first["scored"]
+
+    # the offline scores are live on a server reading that log: /metrics and the dashboard show them
+    import httpx
+
+    from slmops.serve import ServeConfig, create_app
+    from slmops.store import Store
+
+    with Store(home) as store:
+        app = create_app(ServeConfig(models=["bot"], request_log=db), store=store)
+        with running_server(app) as url:
+            text = httpx.get(f"{url}/metrics").text
+            dash = httpx.get(f"{url}/dashboard/data").json()
+    assert _gauge(text, "slmops_quality_score", 'model="bot",version="bot:1"') == pytest.approx(0.8)
+    assert _gauge(text, "slmops_judged_requests", 'model="bot",version="bot:1"') == first["scored"]
+    assert any(m["version"] == "bot:1" and m["quality"] == pytest.approx(0.8) for m in dash["models"])
+
+
+def _gauge(text: str, name: str, labels: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(f"{name}{{{labels}}}"))
+    return float(line.split()[-1])
+
+
+def test_server_judges_sampled_traffic_itself(traffic: dict[str, Any], home: Path, tmp_path: Path) -> None:
+    """`serve --judge URL`: new logged requests are scored by the judge in the background and the gauge follows."""
+    import time
+
+    import httpx
+    from fastapi import FastAPI
+
+    from slmops.serve import ServeConfig, create_app
+    from slmops.store import Store
+    from slmops.testing.server import running_server
+
+    judge = FastAPI()
+
+    @judge.post("/v1/chat/completions")
+    def grade(body: dict[str, Any]) -> dict[str, Any]:
+        assert body["model"] == "grader"
+        return {"choices": [{"message": {"role": "assistant", "content": "Score: 6"}}]}
+
+    db = tmp_path / "requests.db"
+    with running_server(judge) as jurl, Store(home) as store:
+        cfg = ServeConfig(models=["bot"], log_content=True, request_log=db, judge_url=f"{jurl}/v1", judge_model="grader",
+                          judge_rate=1.0, judge_every_s=0.3)
+        app = create_app(cfg, store=store)
+        with running_server(app) as url:
+            _send(url, traffic["support_url_prompts"][:6])
+            app.state.service.requestlog.flush()
+            deadline = time.monotonic() + 60
+            while (app.state.quality.get("bot") or {}).get("scored", 0) < 6 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            text = httpx.get(f"{url}/metrics").text
+    assert app.state.quality["bot"]["scored"] == 6 and app.state.quality["bot"]["quality"] == pytest.approx(0.6)
+    assert _gauge(text, "slmops_quality_score", 'model="bot",version="bot:1"') == pytest.approx(0.6)

@@ -1,4 +1,4 @@
-"""``slmops monitor``: drift of live traffic against a baseline dataset (and, later, sampled judge scores)."""
+"""``slmops monitor``: drift of live traffic against a baseline dataset, and sampled judge scores of logged requests."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
         models: Annotated[list[str] | None, typer.Argument(help="Model ids to serve (bot, bot:3, bot@prod, adapters); none = every model in the store.")] = None,
-        host: Annotated[str, typer.Option("--host", help="Address to bind; keep 127.0.0.1 unless you mean to expose it (then set --api-key-env).")] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+        host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1, or the bundle's serve.json); keep loopback unless you mean to expose it (then set --api-key-env).")] = None,
+        port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8000, or the bundle's serve.json).")] = None,
         api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the API key; every route but /health then needs 'Authorization: Bearer KEY'.")] = None,
         metrics_public: Annotated[bool, typer.Option("--metrics-public", help="Serve /metrics without the API key.")] = False,
         cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Allow this browser origin (repeatable); CORS is off otherwise.")] = None,
@@ -38,19 +38,31 @@ def register(app: typer.Typer) -> None:
         preload: Annotated[bool, typer.Option("--preload", help="Load the listed models now instead of on first request.")] = False,
         drift_baseline: Annotated[str | None, typer.Option("--drift-baseline", help="Dataset to check logged prompts against periodically (needs --log-content); sets slmops_drift_score.")] = None,
         drift_every: Annotated[str, typer.Option("--drift-every", help="Time between drift checks (e.g. 5m).")] = "5m",
+        judge: Annotated[str | None, typer.Option("--judge", help="OpenAI-compatible base URL (…/v1) of a judge that re-scores sampled requests (needs --log-content); sets slmops_quality_score.")] = None,
+        judge_model: Annotated[str, typer.Option("--judge-model", help="Model id the judge endpoint serves.")] = "judge",
+        judge_rate: Annotated[float, typer.Option("--judge-rate", help="Share of logged requests the judge scores (stable per request).")] = 0.05,
+        judge_every: Annotated[str, typer.Option("--judge-every", help="Time between judge rounds (e.g. 5m).")] = "5m",
+        judge_api_key_env: Annotated[str | None, typer.Option("--judge-api-key-env", help="Environment variable holding the judge's API key.")] = None,
         bundle: Annotated[Path | None, typer.Option("--bundle", help="Serve an edge bundle (slmops bundle): checksums verified first, no registry needed.")] = None,
     ) -> None:
         """Serve models over an OpenAI-compatible API (chat, completions, models, metrics, management)."""
         from slmops.serve import ServeConfig, parse_duration
         from slmops.serve import serve as run_server
 
-        api_key = None
-        if api_key_env:
-            api_key = os.environ.get(api_key_env)
-            if not api_key:
-                raise ConfigError(f"--api-key-env {api_key_env}: the variable is not set or empty", fix=f"export {api_key_env}=<a long random key>")
+        api_key = _env_secret(api_key_env, "--api-key-env")
+        spec = None
+        if bundle is not None:
+            from slmops.deploy.bundle import read_spec
+
+            if models:
+                raise ConfigError("--bundle serves the bundle's own model", why=f"model ids were given too: {', '.join(models)}",
+                                  fix="drop the model ids, or serve from the registry without --bundle")
+            spec = read_spec(bundle)  # serve.json gives the defaults; every checksum is verified before serving
+        saved = (spec or {}).get("serve", {})
+        host = host or saved.get("host") or "127.0.0.1"
+        port = port if port is not None else int(saved.get("port", 8000))
         cfg = ServeConfig(
-            models=list(models or []),
+            models=[spec["name"]] if spec else list(models or []),
             host=host,
             port=port,
             api_key=api_key,
@@ -70,29 +82,34 @@ def register(app: typer.Typer) -> None:
             preload=preload,
             drift_baseline=drift_baseline,
             drift_every_s=parse_duration(drift_every, flag="--drift-every"),
+            judge_url=judge,
+            judge_model=judge_model,
+            judge_api_key=_env_secret(judge_api_key_env, "--judge-api-key-env"),
+            judge_rate=judge_rate,
+            judge_every_s=parse_duration(judge_every, flag="--judge-every"),
         )
-        if drift_baseline and not log_content:
-            raise ConfigError("--drift-baseline needs --log-content", why="drift compares the logged prompts, which are only kept with --log-content",
-                              fix="add --log-content (prompts are then stored in the request log)")
+        for flag, used in (("--drift-baseline", drift_baseline), ("--judge", judge)):
+            if used and not log_content:
+                raise ConfigError(f"{flag} needs --log-content", why=f"{flag} works on the logged prompts, which are only kept with --log-content",
+                                  fix="add --log-content (prompts and completions are then stored in the request log)")
         if drift_baseline and bundle is None:
             from slmops.pipeline.inputs import resolve_input
             from slmops.store.registry import Store
 
             with Store() as check:  # fail now, not inside the periodic task
                 resolve_input(drift_baseline, check, kind="dataset")
-        for spec in canary or []:
-            cfg.add_canary(spec)
+        for split in canary or []:
+            cfg.add_canary(split)
         if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
             err.print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach it can use it (set --api-key-env)")
         served = ", ".join([*cfg.models, *cfg.canary]) or "every model in the store"
         err.print(f"[dim]slmops serve: {served} on http://{host}:{port}/v1 (Ctrl-C stops)[/]")
         if bundle is not None:
-            from slmops.deploy.bundle import open_bundle
+            from slmops.deploy.bundle import opened_bundle
 
-            bstore, spec = open_bundle(bundle)
-            cfg.models = [spec["name"]]
-            err.print(f"[dim]bundle {bundle}: every checksum verified; serving {spec['name']} (sha256:{spec['digest'][:12]})[/]")
-            run_server(cfg, store=bstore)
+            with opened_bundle(bundle) as (bstore, spec):
+                err.print(f"[dim]bundle {bundle}: every checksum verified; serving {spec['name']} (sha256:{spec['digest'][:12]})[/]")
+                run_server(cfg, store=bstore)
             return
         run_server(cfg)
 
@@ -113,6 +130,16 @@ def register(app: typer.Typer) -> None:
         since_ts = time.time() - parse_duration(since, flag="--since") if since else None
         rows = query(path, since=since_ts, model=model, limit=limit)
         emit(rows, as_json, lambda r: _table(r, path))
+
+
+def _env_secret(var: str | None, flag: str) -> str | None:
+    """The value of the environment variable ``var`` named by ``flag`` (None when no variable is named)."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigError(f"{flag} {var}: the variable is not set or empty", fix=f"export {var}=<the key>")
+    return value
 
 
 def _table(rows: list[dict], path: Path) -> None:

@@ -9,16 +9,19 @@
     DIR/SHA256SUMS        sha256 of every other file (``sha256sum -c`` format)
 
 ``open_bundle`` verifies every checksum (refusing, naming the file, when one differs) and loads
-the model into a private, temporary store — no registry needed on the device.
+the model into a private store — no registry needed on the device; ``opened_bundle`` does the
+same in a temporary store that is removed when the server stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +75,25 @@ def write_bundle(model: Artifact, profile: DeviceProfile, out: Path, *, name: st
     return {"out": str(out), "name": name, "digest": model.digest, "profile": profile.name, "size_bytes": size, "files": len(lines)}
 
 
+def read_spec(root: Path) -> dict[str, Any]:
+    """The bundle's ``serve.json`` (name, digest, profile, serve settings), not yet verified."""
+    root = Path(root).expanduser().resolve()
+    if not (root / SUMS).is_file() or not (root / "serve.json").is_file():
+        raise StoreError(f"{root} is not a bundle", why=f"it lacks {SUMS} or serve.json", fix="make one with `slmops bundle MODEL --profile P --out DIR`")
+    try:
+        spec = json.loads((root / "serve.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"bundle {root}: serve.json is unreadable", why=str(exc), fix="copy the bundle again, or rebuild it") from exc
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("digest"), str):
+        raise StoreError(f"bundle {root}: serve.json lacks the model's name and digest", fix="rebuild the bundle with `slmops bundle`")
+    return spec
+
+
 def verify_bundle(root: Path) -> dict[str, Any]:
     """Check every file listed in SHA256SUMS (and that nothing listed is missing); returns serve.json."""
     root = Path(root).expanduser().resolve()
     sums = root / SUMS
-    if not sums.is_file():
-        raise StoreError(f"{root} is not a bundle", why=f"it has no {SUMS}", fix="make one with `slmops bundle MODEL --profile P --out DIR`")
+    read_spec(root)
     for line in sums.read_text().splitlines():
         if not line.strip():
             continue
@@ -90,17 +106,17 @@ def verify_bundle(root: Path) -> dict[str, Any]:
         if _sha256(path) != digest:
             raise StoreError(f"bundle {root}: {rel} does not match its checksum", why="the file changed or was corrupted after bundling",
                              fix="copy the bundle again from its source, or rebuild it with `slmops bundle`")
-    return json.loads((root / "serve.json").read_text())
+    return read_spec(root)
 
 
-def open_bundle(root: Path, home: Path | None = None) -> tuple[Any, dict[str, Any]]:
-    """Verify ``root`` and load its model into a private store at ``home`` (default: a temp dir); returns (store, serve.json)."""
+def open_bundle(root: Path, home: Path) -> tuple[Any, dict[str, Any]]:
+    """Verify ``root`` and load its model into a private store at ``home``; returns (store, serve.json)."""
     from slmops.store.registry import Store
 
     spec = verify_bundle(root)
     root = Path(root).expanduser().resolve()
     manifest = read_manifest(root / "model")
-    store = Store(home or Path(tempfile.mkdtemp(prefix="slmops-bundle-")))
+    store = Store(home)
     with store.staging() as tmp:
         for src in (root / "model").rglob("*"):
             if src.is_file() and src.name != "manifest.json":
@@ -115,3 +131,15 @@ def open_bundle(root: Path, home: Path | None = None) -> tuple[Any, dict[str, An
         store.close()
         raise StoreError(f"bundle {root}: the model's content digest is {art.short}, not {spec['digest'][:12]}", fix="rebuild the bundle")
     return store, spec
+
+
+@contextlib.contextmanager
+def opened_bundle(root: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """:func:`open_bundle` into a temporary store that is closed and deleted on exit (``serve --bundle``)."""
+    home = Path(tempfile.mkdtemp(prefix="slmops-bundle-"))
+    try:
+        store, spec = open_bundle(root, home=home)
+        with store:
+            yield store, spec
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

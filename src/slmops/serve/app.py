@@ -58,6 +58,12 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
 
             drift = asyncio.create_task(drift_loop(store=store, catalog=catalog, config=config, metrics=metrics,
                                                    log_path=rlog.path, state=app.state.drift))
+        judge = None
+        if config.judge_url and rlog is not None:
+            from slmops.monitor.sample import judge_loop
+
+            judge = asyncio.create_task(judge_loop(store=store, catalog=catalog, config=config, metrics=metrics,
+                                                   log_path=rlog.path, state=app.state.quality))
         if config.preload:
             for model_id in config.models:
                 await pool.ensure(catalog.resolve(model_id))
@@ -65,8 +71,9 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
             yield
         finally:
             reaper.cancel()
-            if drift is not None:
-                drift.cancel()
+            for task in (drift, judge):
+                if task is not None:
+                    task.cancel()
             await pool.close()
             if rlog is not None:
                 rlog.close()
@@ -82,6 +89,7 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
     app.state.service = service
     app.state.config = config
     app.state.drift = {}  # model id -> latest drift report (serve --drift-baseline)
+    app.state.quality = {}  # model id -> latest judge totals (serve --judge)
 
     def reject(status: int, kind: str, path: str) -> None:
         metrics.requests.labels("", "", path, str(status)).inc()

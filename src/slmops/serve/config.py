@@ -72,6 +72,11 @@ class ServeConfig(BaseModel):
     drift_baseline: str | None = Field(None, description="Dataset to compare logged prompts with periodically (needs log_content)")
     drift_every_s: float = Field(300.0, gt=0, description="Seconds between drift checks (with drift_baseline)")
     drift_window_s: float = Field(3600.0, gt=0, description="Each drift check compares the requests of this last period")
+    judge_url: str | None = Field(None, description="OpenAI-compatible base URL (…/v1) of a judge that re-scores sampled requests (needs log_content)")
+    judge_model: str = Field("judge", description="Model id the judge endpoint serves")
+    judge_api_key: SecretStr | None = Field(None, description="The judge's API key")
+    judge_rate: float = Field(0.05, gt=0, le=1, description="Share of logged requests the judge scores (stable per request)")
+    judge_every_s: float = Field(300.0, gt=0, description="Seconds between judge rounds (with judge_url)")
 
     @field_validator("canary")
     @classmethod

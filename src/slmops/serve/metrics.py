@@ -37,6 +37,9 @@ class Metrics:
         self.adapters = pc.Gauge("slmops_loaded_adapters", "Adapters loaded on top of loaded models", registry=r)
         self.errors = pc.Counter("slmops_errors", "Errors by kind", ["kind"], registry=r)
         self.loads = pc.Counter("slmops_model_loads", "Model loads", registry=r)
+        self.quality = pc.Gauge("slmops_quality_score", "Running mean judge score (0-1) of the sampled requests (monitor sample, serve --judge)",
+                                ["model", "version"], registry=r)
+        self.judged = pc.Gauge("slmops_judged_requests", "Requests scored by the judge so far", ["model", "version"], registry=r)
         self.drift = pc.Gauge("slmops_drift_score", "Drift of logged prompts against the baseline (max PSI; >0.25 significant)", ["model"], registry=r)
 
     def observe_pool(self, pool: Any) -> None:
@@ -49,6 +52,14 @@ class Metrics:
         for e in entries:
             self.queue_depth.labels(e.label).set(e.scheduler.waiting)
             self.running.labels(e.label).set(e.scheduler.running)
+
+    def observe_quality(self, scores: dict[str, tuple[float, int]], served: list[tuple[str, str, str]]) -> None:
+        """Set the quality gauges of each served ``(model id, version, digest)`` that the judge has scored."""
+        for model_id, version, digest in served:
+            if digest in scores:
+                mean, n = scores[digest]
+                self.quality.labels(model_id, version).set(mean)
+                self.judged.labels(model_id, version).set(n)
 
     def render(self) -> tuple[bytes, str]:
         return self._pc.generate_latest(self.registry), self._pc.CONTENT_TYPE_LATEST

@@ -78,6 +78,25 @@ class Service:
         self.metrics = metrics
         self.requestlog = requestlog
 
+    def refresh_gauges(self) -> None:
+        """Update the scrape-time gauges: the pool's, and the judge's running quality per served model/version."""
+        self.metrics.observe_pool(self.pool)
+        if self.requestlog is None:
+            return
+        from slmops.monitor.sample import quality_by_digest, served_ids
+
+        scores = quality_by_digest(self.requestlog.path)
+        if not scores:
+            return
+        served = []
+        for model_id in served_ids(self.config):
+            try:
+                t = self.catalog.resolve(model_id)
+            except APIError:
+                continue
+            served.append((model_id, t.version, t.digest))
+        self.metrics.observe_quality(scores, served)
+
     # ------------------------------------------------------------------ start
 
     async def start(self, route: str, model_id: str, request: Any, *, stream: bool, user: str | None = None) -> Job:

@@ -60,6 +60,7 @@ def _prometheus(registry: Any) -> dict[str, Any]:
     totals: dict[tuple[str, str], dict[str, float]] = {}
     gauges: dict[str, dict[str, float]] = {}
     drift: dict[str, float] = {}
+    quality: dict[str, float] = {}  # by version: a canary's versions are scored apart
     for fam in registry.collect():
         for s in fam.samples:
             lb = s.labels
@@ -72,14 +73,16 @@ def _prometheus(registry: Any) -> dict[str, Any]:
                 gauges.setdefault(lb["model"], {})[s.name.removeprefix("slmops_")] = s.value
             elif s.name == "slmops_drift_score":
                 drift[lb["model"]] = s.value
-    return {"totals": totals, "gauges": gauges, "drift": drift}
+            elif s.name == "slmops_quality_score":
+                quality[lb["version"]] = s.value
+    return {"totals": totals, "gauges": gauges, "drift": drift, "quality": quality}
 
 
 def dashboard_data(app: Any, *, now: float | None = None, window_s: float = WINDOW_S) -> dict[str, Any]:
     """Everything the page shows, as one JSON-ready dict."""
     now = now or time.time()
     svc = app.state.service
-    svc.metrics.observe_pool(svc.pool)
+    svc.refresh_gauges()
     prom = _prometheus(svc.metrics.registry)
     rows = query(svc.requestlog.path, since=now - window_s, limit=5000) if svc.requestlog is not None else []
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -103,6 +106,7 @@ def dashboard_data(app: Any, *, now: float | None = None, window_s: float = WIND
             "latency_p50": _pct(lat, 0.5), "latency_p95": _pct(lat, 0.95), "latency_p99": _pct(lat, 0.99),
             "ttft_p50": _pct(ttft, 0.5), "ttft_p95": _pct(ttft, 0.95),
             "queue_depth": g.get("queue_depth", 0), "running": g.get("running_requests", 0), "drift": prom["drift"].get(model),
+            "quality": prom["quality"].get(version),
         })
     # a per-10s timeline of requests and latency for the charts
     buckets = 30

@@ -45,6 +45,6 @@ async def health(request: Request) -> dict[str, Any]:
 @router.get("/metrics", tags=["ops"], response_class=Response)
 async def metrics(request: Request) -> Response:
     svc: Service = request.app.state.service
-    svc.metrics.observe_pool(svc.pool)
+    svc.refresh_gauges()
     body, ctype = svc.metrics.render()
     return Response(body, media_type=ctype)

@@ -53,7 +53,7 @@ function render(d) {
   barChart("chart-tokens", d.timeline.map((b) => b.tokens), "tok");
   const mt = document.querySelector("#models tbody"); mt.replaceChildren();
   for (const m of d.models) row(mt, [m.model, m.version, fmt(m.requests_per_s), fmt(m.tokens_per_s, 1), fmt(m.latency_p50, 3), fmt(m.latency_p95, 3),
-    fmt(m.latency_p99, 3), fmt(m.ttft_p50, 3), fmt(m.ttft_p95, 3), String(m.errors_total), String(m.queue_depth), String(m.running), fmt(m.drift, 3)]);
+    fmt(m.latency_p99, 3), fmt(m.ttft_p50, 3), fmt(m.ttft_p95, 3), String(m.errors_total), String(m.queue_depth), String(m.running), fmt(m.drift, 3), fmt(m.quality, 2)]);
   const lt = document.querySelector("#loaded tbody"); lt.replaceChildren();
   for (const e of d.loaded) row(lt, [e.label, e.runtime, bytes(e.memory_bytes), e.adapters.join(", ") || "-", String(e.active)]);
   const rt = document.querySelector("#latest tbody"); rt.replaceChildren();
