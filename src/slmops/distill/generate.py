@@ -37,6 +37,7 @@ from slmops.distill.validate import ValidationReport, Validator
 from slmops.errors import ConfigError, DataError, SlmopsError
 from slmops.pipeline.stages import StageOutput
 from slmops.store.artifact import Artifact
+from slmops.store.locks import run_lock
 
 log = logging.getLogger(__name__)
 WORK_FILE = "answers.jsonl"
@@ -113,33 +114,6 @@ class WorkFile:
                 os.fsync(f.fileno())
 
             yield append
-
-
-@contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[None]:
-    """One generating process per run; the OS drops the lock when its holder dies (even by SIGKILL)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - no advisory locks on Windows
-        yield
-        return
-    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ConfigError(
-                f"another process (pid {holder}) is generating this exact run",
-                why=f"{folder} is locked",
-                fix="wait for it to finish or stop it; running the command again then continues where it stopped",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 def make_teacher(cfg: GenerateConfig, teacher: Artifact | None, cache_root: Path) -> Teacher:
@@ -302,7 +276,8 @@ def generate(
     plan = plan_requests(prompts, cfg)
     if cfg.samples > 1 and cfg.temperature == 0:
         log.warning("--samples %d with --temperature 0: greedy answers repeat, and duplicates are dropped", cfg.samples)
-    with run_lock(work_dir):
+    with run_lock(work_dir, activity="generating this exact run",
+                  fix="wait for it to finish or stop it; running the command again then continues where it stopped"):
         done, failures, stats = ask_teacher(plan, cfg, work_dir, teacher=teacher, cache_root=cache_root)
         answered = sum(1 for p in plan if p.key in done)
         ratio = answered / len(plan)

@@ -1,4 +1,4 @@
-"""The stable per-run directory, its lock, and the SIGTERM → checkpoint hand-off.
+"""The stable per-run directory and the SIGTERM → checkpoint hand-off (the run lock is :mod:`slmops.store.locks`).
 
 The runner builds a stage's output in a temp dir that vanishes if the stage fails, so whatever
 must survive a crash lives in ``$SLMOPS_HOME/runs/<cache key>/`` instead: ``checkpoints/``,
@@ -11,7 +11,6 @@ same run at once; the OS drops the lock when its holder dies, even by SIGKILL.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from slmops.errors import ConfigError, SlmopsError
+from slmops.errors import SlmopsError
 from slmops.settings import slmops_home
 from slmops.store.artifact import Artifact
 
@@ -57,36 +56,6 @@ def run_key(stage: str, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:
 
 def run_dir(home: Path, key: str) -> Path:
     return Path(home) / "runs" / key
-
-
-@contextmanager
-def run_lock(folder: Path, *, enabled: bool = True) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (one trainer per run); released when the process dies."""
-    if not enabled:
-        yield
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
-        yield
-        return
-    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ConfigError(
-                f"another process (pid {holder}) is training this exact run",
-                why=f"{folder} is locked",
-                fix="wait for it to finish (or stop it); its checkpoints are then picked up with --resume",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing drops the flock
 
 
 class StopSignal:

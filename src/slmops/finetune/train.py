@@ -31,10 +31,11 @@ from slmops.finetune.config import LoraConfig, TrainConfig, current_options, sta
 from slmops.finetune.data import build_data
 from slmops.finetune.evaluation import exact_match
 from slmops.finetune.methods import check_method_config, context_length, prepare, set_checkpointing
-from slmops.finetune.runs import StopSignal, run_dir, run_key, run_lock, store_home_of
+from slmops.finetune.runs import StopSignal, run_dir, run_key, store_home_of
 from slmops.models.loading import load_tokenizer, model_folder, quiet_progress
 from slmops.pipeline.stages import StageOutput
 from slmops.store.artifact import Artifact
+from slmops.store.locks import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ def run_finetune(method: str, inputs: dict[str, Artifact], cfg: TrainConfig, out
     folder = run_dir(store_home_of(out), key)
     accelerator = make_accelerator(cfg)
     stop = StopSignal()
-    with run_lock(folder, enabled=accelerator.is_local_main_process), stop.installed():
+    with run_lock(folder, activity="training this exact run", enabled=accelerator.is_local_main_process,
+                  fix="wait for it to finish (or stop it); its checkpoints are then picked up with --resume"), stop.installed():
         seed_everything(cfg.seed)
         tokenizer = load_tokenizer(base)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
