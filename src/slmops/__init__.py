@@ -8,6 +8,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from slmops.errors import SlmopsError  # noqa: E402
+from slmops.errors import SlmopsError
 
 __all__ = ["SlmopsError", "__version__"]

@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 log = logging.getLogger("slmops.progress")
 
@@ -33,7 +33,7 @@ class _LogSink:
         log.debug("finished task %d", task_id)
 
 
-_sink: contextvars.ContextVar[ProgressSink] = contextvars.ContextVar("slmops_progress", default=_LogSink())
+_sink: contextvars.ContextVar[ProgressSink] = contextvars.ContextVar("slmops_progress", default=_LogSink())  # noqa: B039 - stateless
 _counter = iter(range(1, 1 << 62))
 
 
@@ -57,7 +57,7 @@ class Task:
     def close(self) -> None:
         self.sink.finish(self.id)
 
-    def __enter__(self) -> Task:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

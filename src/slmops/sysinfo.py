@@ -48,7 +48,7 @@ def cpu_features() -> dict[str, Any]:
                 model = value.strip()
     elif sys.platform == "darwin":
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5, check=False)
             model = out.stdout.strip() or model
         except OSError:
             pass
@@ -70,7 +70,7 @@ def accelerators() -> list[str]:
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
+                                 capture_output=True, text=True, timeout=10, check=False)
             found += [f"cuda: {line.strip()}" for line in out.stdout.splitlines() if line.strip()]
         except (OSError, subprocess.TimeoutExpired):
             pass

@@ -13,7 +13,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_size(text: str | int | float, *, flag: str = "size") -> int:
+def parse_size(text: str | float, *, flag: str = "size") -> int:
     """``500MB`` → 500000000, ``2GiB`` → 2147483648; a bare number is bytes."""
     if isinstance(text, int | float):
         return int(text)
@@ -24,7 +24,7 @@ def parse_size(text: str | int | float, *, flag: str = "size") -> int:
     return int(float(m.group(1)) * _SIZE_FACTORS[unit])
 
 
-def parse_duration(text: str | int | float, *, flag: str = "duration") -> float:
+def parse_duration(text: str | float, *, flag: str = "duration") -> float:
     """``10m`` → 600.0 seconds, ``500ms`` → 0.5; a bare number is seconds."""
     if isinstance(text, int | float):
         return float(text)

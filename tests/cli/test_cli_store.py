@@ -18,9 +18,9 @@ def test_doctor_json(cli) -> None:
 
 
 def test_python_dash_m_and_help() -> None:
-    out = subprocess.run([sys.executable, "-m", "slmops", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "slmops", "--help"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and "models" in out.stdout and "doctor" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "slmops", "models", "rm", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "slmops", "models", "rm", "--help"], capture_output=True, text=True, check=False)
     assert "--force" in out.stdout
 
 

@@ -14,7 +14,7 @@ def data_stages(monkeypatch: pytest.MonkeyPatch) -> None:
     ``slmops.pipeline.stages`` imports every built-in stage module on first lookup; while a sibling
     module (``slmops.models.stages``) is not written yet, register ours and mark the built-ins loaded.
     """
-    import slmops.pipeline.stages as stages
+    from slmops.pipeline import stages
 
     importlib.import_module("slmops.data.stages")
     for module in stages.BUILTIN_STAGE_MODULES:

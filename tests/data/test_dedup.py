@@ -55,7 +55,7 @@ def test_near_duplicates_removed_distinct_kept() -> None:
 
 
 def test_near_dedup_many_records_is_verified() -> None:
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma"]
     import random
 
     rng = random.Random(0)

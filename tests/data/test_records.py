@@ -79,7 +79,7 @@ def test_data_package_exports_and_stays_light() -> None:
     import subprocess
     import sys
 
-    import slmops.data as data
+    from slmops import data
 
     assert data.read_dataset.__module__ == "slmops.data.io" and data.Record is Record
     code = (

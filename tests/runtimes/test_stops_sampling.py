@@ -201,3 +201,17 @@ def test_generation_params_validation() -> None:
         GenerationParams(max_tokens=0)
     with pytest.raises(ValueError):
         GenerationParams(unknown=1)
+
+
+def test_extreme_temperature_and_penalty_stay_finite_without_warnings() -> None:
+    import warnings
+
+    logits = np.array([1.0, 3.0, 2.0, -1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow RuntimeWarning leaks to the server log
+        p = probabilities(logits, temperature=1e-310)
+        assert p.tolist() == [0.0, 1.0, 0.0, 0.0]  # the limit of a vanishing temperature is the argmax
+        x = apply_penalties(logits, prompt_ids=[1, 3], repetition_penalty=1e308)
+        assert x[3] == -np.inf or x[3] < -1e300  # a seen negative logit is pushed out, not NaN
+        q = probabilities(x, temperature=0.7)
+    assert np.isfinite(q).all() and q.sum() == pytest.approx(1.0) and q[3] == 0.0 and np.argmax(q) == 2

@@ -32,7 +32,24 @@ _EXPORTS = {
     "inspect_dataset": "slmops.data.inspect",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # noqa: RUF022 - one name per line, sorted
+    "KINDS",
+    "LoadResult",
+    "Message",
+    "Record",
+    "RecordError",
+    "SCHEMA",
+    "dataset_splits",
+    "dedup_records",
+    "detect_kind",
+    "inspect_dataset",
+    "iter_rows",
+    "load_records",
+    "parse_record",
+    "read_dataset",
+    "split_records",
+    "write_jsonl",
+]
 
 
 def __getattr__(name: str) -> Any:

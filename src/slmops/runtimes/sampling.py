@@ -55,7 +55,8 @@ def apply_penalties(
         seen = seen[(seen >= 0) & (seen < vocab)]
         if seen.size:
             v = x[seen]
-            x[seen] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
+            with np.errstate(over="ignore"):  # an extreme penalty pushes a logit to ±inf: excluded or certain, as asked
+                x[seen] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
     if (presence_penalty or frequency_penalty) and len(output_ids):
         counts = np.bincount(np.asarray(output_ids, dtype=np.int64), minlength=vocab)[:vocab]
         x -= frequency_penalty * counts + presence_penalty * (counts > 0)
@@ -66,7 +67,11 @@ def probabilities(logits: np.ndarray, *, temperature: float, top_k: int = 0, top
     """The sampling distribution after temperature, top-k and top-p (float64, sums to 1)."""
     if temperature <= 0:
         raise ValueError("temperature must be > 0 for sampling; 0 means greedy")
-    z = np.asarray(logits, dtype=np.float64) / temperature
+    raw = np.asarray(logits, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        z = raw / temperature
+    if np.max(z) == np.inf:  # a temperature so small that logits overflow: the limit puts all mass on the best token(s)
+        z = np.where(raw == np.max(raw), 0.0, -np.inf)
     vocab = z.shape[-1]
     if 0 < top_k < vocab:
         kth = np.partition(z, vocab - top_k)[vocab - top_k]

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from slmops import __version__
 from slmops._optional import installed_version
@@ -88,7 +88,7 @@ class Store:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -391,7 +391,7 @@ class Store:
                 keep.add(d)
                 stack += [p for p, _ in self.parents(d)]
             for d in sorted(indexed - keep):
-                if self.exists(d) and not (set(c for c, _ in self.children(d)) & keep):
+                if self.exists(d) and not ({c for c, _ in self.children(d)} & keep):
                     report["pruned"].append(d)
                     if not dry_run:
                         self.remove(d, force=True)
