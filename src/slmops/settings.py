@@ -1,4 +1,4 @@
-"""Process-wide settings read from the environment (``SLMOPS_HOME``, offline flags)."""
+"""Process-wide settings read from the environment (``SLMOPS_HOME``, offline flags, keys named by ``--…-env`` flags)."""
 
 from __future__ import annotations
 
@@ -19,3 +19,15 @@ def hub_offline() -> bool:
         os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
         for v in ("HF_HUB_OFFLINE", "SLMOPS_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
+
+
+def api_key_from_env(name: str | None, flag: str = "--api-key-env") -> str | None:
+    """The secret in environment variable ``name`` (None when no name was given); keys never come from flags."""
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        from slmops.errors import ConfigError
+
+        raise ConfigError(f"{flag} {name}: the environment variable {name} is not set or empty", fix=f"export {name}=<key>, or drop {flag}")
+    return value

@@ -183,7 +183,7 @@ def ollama(
 
 # --------------------------------------------------------------------------- ONNX
 # (``export onnx`` and ``export foundry`` are registered on ``app`` here by the ONNX export module.)
-from slmops.cli import export_onnx  # noqa: E402 - needs _emit above
+from slmops.cli import export_onnx
 
 export_onnx.register(app)
 

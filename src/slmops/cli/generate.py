@@ -95,11 +95,10 @@ def register(app: typer.Typer) -> None:
 
         rt = None
         if url is not None:
-            import os
-
             from slmops.serve.client import list_models, stream_chat
+            from slmops.settings import api_key_from_env
 
-            key = os.environ.get(api_key_env) if api_key_env else None
+            key = api_key_from_env(api_key_env)
             name = model_id or model or next(iter(list_models(url, api_key=key)), None)
             if name is None:
                 raise ConfigError(f"{url} lists no models", fix="pass --model ID")

@@ -9,6 +9,7 @@ import typer
 
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, out
+from slmops.settings import api_key_from_env
 
 app = typer.Typer(help="Watch served models: drift against the training data, sampled judge scores.", no_args_is_help=True)
 _MODEL_KINDS = ("model", "adapter", "gguf", "onnx")
@@ -64,13 +65,11 @@ def sample(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-score a sampled share of logged requests (needs --log-content) with a judge; prints the running quality."""
-    import os
-
     from slmops.monitor.sample import sample_and_score
     from slmops.pipeline.inputs import resolve_input
     from slmops.serve.config import parse_duration
 
-    key = os.environ.get(api_key_env) if api_key_env else None
+    key = api_key_from_env(api_key_env)
     with open_cli_store() as store:
         art = resolve_input(model, store, kind=_MODEL_KINDS)
         rep = sample_and_score(art, store=store, judge_url=judge, rate=rate, judge_model=judge_model, log_path=log_db,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +11,7 @@ import typer
 from slmops.cli.common import JsonOpt
 from slmops.cli.render import emit, err, out
 from slmops.errors import ConfigError
+from slmops.settings import api_key_from_env
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         from slmops.serve import ServeConfig, parse_duration
         from slmops.serve import serve as run_server
 
-        api_key = _env_secret(api_key_env, "--api-key-env")
+        api_key = api_key_from_env(api_key_env, "--api-key-env")
         spec = None
         if bundle is not None:
             from slmops.deploy.bundle import read_spec
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
             drift_every_s=parse_duration(drift_every, flag="--drift-every"),
             judge_url=judge,
             judge_model=judge_model,
-            judge_api_key=_env_secret(judge_api_key_env, "--judge-api-key-env"),
+            judge_api_key=api_key_from_env(judge_api_key_env, "--judge-api-key-env"),
             judge_rate=judge_rate,
             judge_every_s=parse_duration(judge_every, flag="--judge-every"),
         )
@@ -130,16 +130,6 @@ def register(app: typer.Typer) -> None:
         since_ts = time.time() - parse_duration(since, flag="--since") if since else None
         rows = query(path, since=since_ts, model=model, limit=limit)
         emit(rows, as_json, lambda r: _table(r, path))
-
-
-def _env_secret(var: str | None, flag: str) -> str | None:
-    """The value of the environment variable ``var`` named by ``flag`` (None when no variable is named)."""
-    if not var:
-        return None
-    value = os.environ.get(var)
-    if not value:
-        raise ConfigError(f"{flag} {var}: the variable is not set or empty", fix=f"export {var}=<the key>")
-    return value
 
 
 def _table(rows: list[dict], path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from slmops._optional import require
 from slmops.errors import ConfigError, SlmopsError
+from slmops.settings import api_key_from_env
 
 if TYPE_CHECKING:
     from slmops.runtimes.base import Runtime
@@ -133,16 +133,6 @@ def normalize_base_url(url: str) -> str:
     if not path.endswith("/v1") and "/v1" not in path and "/openai" not in path:
         path += "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
-def api_key_from_env(name: str | None, flag: str = "--api-key-env") -> str | None:
-    """The API key in environment variable ``name`` (None when no name was given)."""
-    if not name:
-        return None
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(f"{flag} {name}: the environment variable {name} is not set", fix=f"export {name}=<key>, or drop {flag}")
-    return value
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}
