@@ -145,7 +145,8 @@ class ModelPool:
             try:
                 await asyncio.to_thread(entry.engine.load_adapter, target.adapter, target.adapter_path)
             except SlmopsError as exc:
-                raise APIError(400, f"cannot serve {target.requested!r}: {exc.message}", param="model", code="model_not_servable") from exc
+                raise APIError(400, f"cannot load the adapter of {target.requested!r} onto {entry.label}: {exc.message}",
+                               param="model", code="invalid_lora") from exc
             entry.adapters[target.adapter] = target.ref
             self._on_change()
 

@@ -132,7 +132,11 @@ class CompletionRequest(_Sampling):
 
 class LoadLoraRequest(_Req):
     lora_name: str = Field(min_length=1, max_length=128)
-    lora_path: str = Field(min_length=1, description="A store reference (name, name:3, sha256:…) or a PEFT adapter folder")
+    lora_path: str = Field(
+        min_length=1,
+        description="A store reference (name, name:3, sha256:…), an adapter id (MODEL/NAME), a PEFT adapter folder, "
+        "a GGUF LoRA (.gguf or an export.gguf_lora folder) or an .onnx_adapter file",
+    )
     base_model: str | None = Field(None, description="Extension: the served model the adapter goes on (default: its recorded base)")
 
 

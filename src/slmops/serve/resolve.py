@@ -5,9 +5,12 @@ moves new requests without a restart while requests in flight finish on the vers
 with. Lookups are cached for :data:`CACHE_S` seconds to keep the registry off the hot path.
 
 A canary group (``--canary bot@prod=90,bot@canary=10``) is served under its first ref; each request
-draws one of the refs by weight. An adapter artifact (kind ``adapter``) resolves to its ``model``
-parent plus the adapter, and so does an adapter loaded at run time under a name of its own.
-Filesystem paths and hub ids are never model ids.
+draws one of the refs by weight. An adapter artifact (kind ``adapter``) resolves to a base plus the
+adapter: a PEFT adapter to its ``model`` parent, a GGUF LoRA (``export.gguf_lora``) to the one GGUF
+export of that parent it can go on. An adapter packaged in an ONNX export is the id ``MODEL/NAME``
+(``bot-onnx/tuned``) on top of ``MODEL``. An adapter loaded at run time (``/v1/load_lora_adapter``)
+is an id of its own on the base it was loaded for; :mod:`slmops.serve.adapters` says which adapter
+formats go on which base. Filesystem paths and hub ids are never model ids.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.errors import SlmopsError
+from slmops.serve import adapters as ad
 from slmops.serve.config import ServeConfig
 from slmops.serve.protocol import APIError, bad_request, not_found
 from slmops.store.artifact import Artifact
@@ -49,8 +53,7 @@ class Target:
 @dataclass(frozen=True)
 class _Lora:
     name: str
-    path: Path
-    digest: str
+    source: ad.AdapterSource
     base_ref: str
 
 
@@ -86,6 +89,9 @@ class Catalog:
             ref = self._rng.choices(list(refs), weights=list(refs.values()))[0]
             t = self._lookup(ref)
             return Target(model_id, ref, t.digest, t.version, t.base, t.adapter, t.adapter_path)
+        packaged = self._packaged_target(model_id)
+        if packaged is not None:
+            return packaged
         if self.restricted() and model_id not in self.allowed():
             raise not_found(model_id, sorted(self.allowed() | set(self.loras)))
         t = self._lookup(model_id)
@@ -106,7 +112,8 @@ class Catalog:
             self._cache[ref] = (now, target)
         return target
 
-    def _resolve_ref(self, text: str) -> Target:
+    def _artifact(self, text: str) -> tuple[Artifact, str]:
+        """The artifact a name or digest ref means and its version label; 404 when there is none."""
         try:
             ref = ModelRef.parse(text)
         except SlmopsError:
@@ -119,13 +126,21 @@ class Catalog:
                     art = self.store.find_prefix(ref.value)
                 else:
                     art = self.store.lookup(ref.value, version=ref.version, alias=ref.alias)
-                version = self._version_label(ref, art)
+                return art, self._version_label(ref, art)
             except SlmopsError:
                 raise not_found(text) from None
-            if art.kind in BASE_KINDS:
-                return Target(text, text, art.digest, version, art)
-            if art.kind != "adapter":
-                raise bad_request(f"{text!r} is a {art.kind} artifact, not a model", param="model", code="model_not_servable")
+
+    def _resolve_ref(self, text: str) -> Target:
+        art, version = self._artifact(text)
+        if art.kind in BASE_KINDS:
+            return Target(text, text, art.digest, version, art)
+        if art.kind != "adapter":
+            raise bad_request(f"{text!r} is a {art.kind} artifact, not a model", param="model", code="model_not_servable")
+        if art.manifest.format == ad.GGUF_LORA:
+            src = ad.AdapterSource(ad.GGUF_LORA, art.path, art.digest, text, self._trained_on(art))
+            base_ref = self._choose_base(src, None, param="model")
+            base = self._lookup(base_ref).base
+        else:
             base = self._adapter_base(art, text)
         return Target(text, text, art.digest, version, base, adapter=f"adapter-{art.short}", adapter_path=art.path)
 
@@ -139,66 +154,167 @@ class Catalog:
         names = self.store.names_of(art.digest)
         return names[-1] if names else f"sha256:{art.short}"
 
+    def _trained_on(self, art: Artifact) -> str | None:
+        with self._lock:
+            parents = [d for d, role in self.store.parents(art.digest) if role == "model"]
+        return parents[0] if parents else None
+
     def _adapter_base(self, art: Artifact, text: str) -> Artifact:
-        parents = [d for d, role in self.store.parents(art.digest) if role == "model"]
-        if not parents:
+        parent = self._trained_on(art)
+        if parent is None:
             raise bad_request(
                 f"adapter {text!r} has no recorded base model (no 'model' parent)",
                 param="model",
                 code="model_not_servable",
             )
-        return self.store.get(parents[0])
+        with self._lock:
+            return self.store.get(parent)
+
+    def _packaged_target(self, model_id: str) -> Target | None:
+        """``MODEL/NAME``: the adapter ``NAME`` packaged in the ONNX export ``MODEL`` (None: not that form)."""
+        base_id, sep, name = model_id.rpartition("/")
+        if not sep or not base_id or not name or model_id.startswith((".", "/", "~")):
+            return None
+        try:
+            base = self.resolve(base_id)
+        except APIError as exc:
+            if exc.status == 404:
+                raise not_found(model_id, sorted(self.allowed() | set(self.loras)) if self.restricted() else None) from None
+            raise
+        file = ad.packaged(base.base).get(name) if base.adapter is None else None
+        if file is None:
+            raise not_found(model_id)
+        return Target(model_id, f"{base.ref}/{name}", base.digest, f"{base.version}/{name}", base.base, adapter=name, adapter_path=file)
 
     # ------------------------------------------------------------------ run-time adapters
 
     def add_lora(self, name: str, lora_path: str, base_model: str | None) -> Target:
-        """Register an adapter under ``name`` (vLLM's ``/v1/load_lora_adapter``); returns its target."""
+        """Register an adapter under ``name`` (vLLM's ``/v1/load_lora_adapter``); returns its target.
+
+        ``lora_path`` is a store reference to an adapter, an adapter id (``bot-onnx/tuned``), or a
+        path (PEFT folder, GGUF LoRA, ``.onnx_adapter``); ``base_model`` a served base id (default:
+        the one base served here the adapter fits, else the model it was trained on).
+        """
         if name in self.loras or name in self.config.canary or name in self.config.models:
             raise bad_request(f"the model id {name!r} is already served", param="lora_name", code="lora_exists")
-        path_like = lora_path.startswith((".", "/", "~")) or "/" in lora_path
-        if path_like:
-            path = Path(lora_path).expanduser().resolve()
-            if not (path / "adapter_config.json").is_file() or not (path / "adapter_model.safetensors").is_file():
-                raise bad_request(
-                    f"{lora_path} is not a PEFT adapter folder with safetensors weights",
-                    param="lora_path",
-                    code="invalid_lora",
-                )
-            if base_model is None:
-                bases = [m for m in self.config.models if self._try_base(m)]
-                if len(bases) != 1:
-                    raise bad_request("say which served model the adapter goes on with base_model", param="base_model")
-                base_model = bases[0]
-            lora = _Lora(name, path, f"path:{path}", base_model)
-        else:
-            t = self._lookup(lora_path)
-            if t.adapter is None or t.adapter_path is None:
-                raise bad_request(f"{lora_path!r} is not an adapter artifact", param="lora_path", code="invalid_lora")
-            lora = _Lora(name, t.adapter_path, t.digest, base_model or f"sha256:{t.base.digest}")
+        src = self._adapter_source(lora_path)
+        lora = _Lora(name, src, self._choose_base(src, base_model, param="base_model"))
         target = self._lora_target(lora, name)
         self.loras[name] = lora
         return target
 
-    def _try_base(self, model_id: str) -> bool:
+    def _adapter_source(self, text: str) -> ad.AdapterSource:
+        """What ``lora_path`` names, checked; 400 ``invalid_lora`` when it is not a usable adapter."""
         try:
-            return self._lookup(model_id).adapter is None
-        except APIError:
-            return False
+            try:
+                t = self._packaged_target(text)
+            except APIError:
+                t = None
+            if t is not None and t.adapter_path is not None:
+                with self._lock:
+                    made_from = ad.source_model(self.store, t.base)
+                return ad.AdapterSource(ad.ONNX_ADAPTER, t.adapter_path, t.digest, repr(text), made_from,
+                                        default_base=t.ref.rpartition("/")[0])
+            if text.startswith((".", "/", "~")) or "/" in text or "\\" in text:
+                with self._lock:
+                    return ad.from_path(self.store, text)
+            try:
+                art, _ = self._artifact(text)
+            except APIError:
+                raise bad_request(f"no adapter {text!r} in the store", param="lora_path", code="invalid_lora") from None
+            with self._lock:
+                return ad.from_artifact(self.store, art, repr(text))
+        except SlmopsError as exc:
+            raise bad_request(exc.message, param="lora_path", code="invalid_lora") from exc
+
+    def _served_ids(self) -> list[str]:
+        ids = [*self.config.models, *sorted(self.extra)]
+        for refs in self.config.canary.values():
+            ids += list(refs)
+        return list(dict.fromkeys(ids))
+
+    def _fits(self, src: ad.AdapterSource, base: Artifact, base_id: str, *, param: str) -> None:
+        try:
+            with self._lock:
+                ad.check_fits(src, base, base_id, self.store)
+        except ad.AdapterMismatch as exc:
+            raise bad_request(exc.message, param=param, code="lora_base_mismatch") from exc
+
+    def _candidates(self, src: ad.AdapterSource) -> dict[str, str]:
+        """Bases ``src`` fits, as ``{digest: id}``: the ids served here, or (serving the whole store) the adapter's base and its exports."""
+        ids = self._served_ids()
+        if not self.restricted() and src.trained_on is not None:
+            with self._lock:
+                exports = [d for d, role in self.store.children(src.trained_on) if role == "model"]
+            ids += [f"sha256:{src.trained_on}", *(f"sha256:{d}" for d in exports)]
+        out: dict[str, str] = {}
+        for ref in ids:
+            try:
+                art, _ = self._artifact(ref)  # not _lookup: an adapter id among them would come back here
+                if art.kind in ad.RUNS_ON:
+                    self._fits(src, art, ref, param="base_model")
+                    out.setdefault(art.digest, ref)
+            except APIError:
+                continue
+        return out
+
+    def _choose_base(self, src: ad.AdapterSource, base_model: str | None, *, param: str) -> str:
+        """The served base ``src`` goes on (checked: format and lineage); 400 when it cannot be told."""
+        if base_model is not None:
+            try:
+                t = self._lookup(base_model)
+            except APIError as exc:
+                if exc.status != 404:
+                    raise
+                raise APIError(404, f"base_model {base_model!r} is not a model in the store; list them with GET /v1/models",
+                               param=param, code="model_not_found") from None
+            if t.adapter is not None:
+                raise bad_request(f"base_model {base_model!r} is itself an adapter; name the model it goes on (a model, GGUF or ONNX id)",
+                                  param=param, code="lora_base_mismatch")
+            self._fits(src, t.base, base_model, param=param)
+            return base_model
+        found = self._candidates(src)
+        if src.default_base is not None:
+            try:
+                default = self._lookup(src.default_base)
+            except APIError:
+                default = None
+            if default is not None and default.base.digest in found:
+                return found[default.base.digest]
+            if default is not None and not found and default.adapter is None:
+                self._fits(src, default.base, src.default_base, param=param)
+                return src.default_base
+        if len(found) == 1:
+            return next(iter(found.values()))
+        kinds = {ad.GGUF_LORA: "GGUF ", ad.ONNX_ADAPTER: "ONNX "}.get(src.fmt, "")
+        raise bad_request(
+            f"{src.label} fits {'none' if not found else 'several'} of the {kinds}models served here"
+            + (f" ({', '.join(sorted(found.values()))})" if found else "")
+            + "; say which one it goes on with base_model (in /v1/load_lora_adapter)",
+            param=param,
+            code="lora_base_mismatch" if not found else "base_model_required",
+        )
 
     def _lora_target(self, lora: _Lora, requested: str) -> Target:
         base = self._lookup(lora.base_ref)
         if base.adapter is not None:
             raise bad_request(f"base_model {lora.base_ref!r} is itself an adapter", param="base_model")
-        return Target(requested, lora.name, lora.digest, lora.name, base.base, adapter=f"lora-{lora.name}", adapter_path=lora.path)
+        try:
+            ad.check_fits(lora.source, base.base, lora.base_ref)  # an alias may have moved to another format
+        except ad.AdapterMismatch as exc:
+            raise bad_request(exc.message, param="model", code="lora_base_mismatch") from exc
+        return Target(requested, lora.name, lora.source.digest, lora.name, base.base,
+                      adapter=f"lora-{lora.name}", adapter_path=lora.source.path)
 
     # ------------------------------------------------------------------ listing
 
     def list_ids(self) -> list[str]:
-        """The ids GET /v1/models shows."""
+        """The ids GET /v1/models shows (adapters packaged in an ONNX export follow their model as ``MODEL/NAME``)."""
         if self.restricted():
             ids = [*self.config.models, *self.config.canary, *sorted(self.extra - set(self.config.models))]
+            bases = list(ids)
         else:
-            ids = []
+            ids, bases = [], []
             with self._lock:
                 rows = self.store.artifacts_list()
             for r in rows:
@@ -206,5 +322,14 @@ class Catalog:
                     continue
                 if r["name"] not in ids:
                     ids.append(r["name"])
+                    if r["kind"] == "onnx":
+                        bases.append(r["name"])
                 ids += [f"{r['name']}@{a}" for a in r["aliases"]]
+        for b in bases:
+            try:
+                t = self._lookup(next(iter(self.config.canary[b])) if b in self.config.canary else b)
+            except APIError:
+                continue
+            if t.adapter is None:
+                ids += [f"{b}/{n}" for n in ad.packaged(t.base)]
         return list(dict.fromkeys([*ids, *self.loras]))

@@ -3,8 +3,9 @@
 ``GET|POST /openai/load/{name}?ttl=SECONDS`` loads a model (and adds it to what is served),
 ``GET|POST /openai/unload/{name}?force=true`` unloads it (``force`` cancels its running requests),
 ``GET /openai/loadedmodels`` lists the ids of loaded models and adapters.
-``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` serves an adapter under a new id on top of
-its (loaded on demand) base; ``POST /v1/unload_lora_adapter {"lora_name"}`` removes it.
+``POST /v1/load_lora_adapter {"lora_name", "lora_path", "base_model"?}`` serves an adapter (PEFT, GGUF LoRA
+or ONNX Runtime adapter; see :mod:`slmops.serve.adapters`) under a new id on top of its base, loaded on
+demand; ``POST /v1/unload_lora_adapter {"lora_name"}`` removes it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from slmops.serve.service import Service
 router = APIRouter(tags=["management"])
 
 
-@router.api_route("/openai/load/{name:path}", methods=["GET", "POST"])
+@router.get("/openai/load/{name:path}", operation_id="load_model_get")
+@router.post("/openai/load/{name:path}", operation_id="load_model")
 async def load(name: str, request: Request, ttl: float | None = Query(None, ge=0, description="Idle seconds before unloading")) -> dict[str, Any]:
     svc: Service = request.app.state.service
     if svc.catalog.restricted() and name not in svc.catalog.allowed():
@@ -38,7 +40,8 @@ async def load(name: str, request: Request, ttl: float | None = Query(None, ge=0
     return {"model": name, "version": target.version, "loaded": True, "load_s": round(entry.load_s, 3), "ttl_s": entry.ttl_s}
 
 
-@router.api_route("/openai/unload/{name:path}", methods=["GET", "POST"])
+@router.get("/openai/unload/{name:path}", operation_id="unload_model_get")
+@router.post("/openai/unload/{name:path}", operation_id="unload_model")
 async def unload(name: str, request: Request, force: bool = Query(False, description="Cancel running requests")) -> dict[str, Any]:
     svc: Service = request.app.state.service
     entry = svc.pool.find(name)
@@ -62,13 +65,19 @@ async def loaded_models(request: Request) -> list[str]:
 async def load_lora_adapter(body: LoadLoraRequest, request: Request) -> dict[str, Any]:
     svc: Service = request.app.state.service
     target = svc.catalog.add_lora(body.lora_name, body.lora_path, body.base_model)
+    fmt = svc.catalog.loras[body.lora_name].source.fmt
     try:
         entry = await svc.pool.acquire(target)
+    except APIError as exc:
+        svc.catalog.loras.pop(body.lora_name, None)
+        if exc.code == "invalid_lora":  # the runtime refused the adapter itself
+            raise APIError(exc.status, exc.message, param="lora_path", code=exc.code) from exc
+        raise
     except BaseException:
         svc.catalog.loras.pop(body.lora_name, None)
         raise
     svc.pool.release(entry)
-    return {"lora_name": body.lora_name, "loaded": True, "base": entry.label}
+    return {"lora_name": body.lora_name, "loaded": True, "base": entry.label, "format": fmt}
 
 
 @router.post("/v1/unload_lora_adapter")
