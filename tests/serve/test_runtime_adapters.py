@@ -125,8 +125,10 @@ def test_onnx_adapters_as_model_ids_and_at_run_time(server: Any, arts: dict[str,
     assert want != base
     assert want == local(arts["gguf"], ("t", arts["lora_gguf"].path)), "ONNX and GGUF apply the same LoRA alike"
     assert "ra-onnx-lora/tuned" in [m.id for m in server.client().models.list().data]
-    assert greedy(server, "ra-onnx-lora") == base, "an ONNX export answers as its base; its packaged adapter is an id of its own"
     assert greedy(server, "ra-onnx-lora/tuned") == want
+    labels = [m["label"] for m in httpx.get(f"{server.url}/dashboard/data").json()["loaded"]]
+    assert any(x.startswith("ra-onnx-lora:") for x in labels), f"a base loaded through its adapter is named, not hashed: {labels}"
+    assert greedy(server, "ra-onnx-lora") == base, "an ONNX export answers as its base; its packaged adapter is an id of its own"
     card = httpx.get(f"{server.url}/v1/models/ra-onnx-lora/tuned").json()
     assert card["adapter"] is True and card["version"].endswith("/tuned")
     with pytest.raises(openai.NotFoundError):

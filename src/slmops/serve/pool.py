@@ -120,7 +120,7 @@ class ModelPool:
             engine = await asyncio.to_thread(lambda: make_engine(runtime, self.config.parallel, threads=self.config.threads))
         except SlmopsError as exc:
             raise APIError(400, f"cannot serve {target.requested!r}: {exc.message}", param="model", code="model_not_servable") from exc
-        label = target.version if target.adapter is None else f"sha256:{target.base.short}"
+        label = target.version if target.adapter is None else (target.base_label or f"sha256:{target.base.short}")
         entry = Entry(
             key=target.base_digest,
             label=label,

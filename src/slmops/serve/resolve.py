@@ -44,6 +44,7 @@ class Target:
     base: Artifact  # what the runtime opens
     adapter: str | None = None  # the adapter's name inside the runtime
     adapter_path: Path | None = None
+    base_label: str | None = None  # how the pool names the base when an adapter loads it ("bot:3")
 
     @property
     def base_digest(self) -> str:
@@ -142,7 +143,10 @@ class Catalog:
             base = self._lookup(base_ref).base
         else:
             base = self._adapter_base(art, text)
-        return Target(text, text, art.digest, version, base, adapter=f"adapter-{art.short}", adapter_path=art.path)
+        with self._lock:
+            names = self.store.names_of(base.digest)
+        return Target(text, text, art.digest, version, base, adapter=f"adapter-{art.short}", adapter_path=art.path,
+                      base_label=names[-1] if names else None)
 
     def _version_label(self, ref: ModelRef, art: Artifact) -> str:
         if ref.scheme == "name":
@@ -184,7 +188,8 @@ class Catalog:
         file = ad.packaged(base.base).get(name) if base.adapter is None else None
         if file is None:
             raise not_found(model_id)
-        return Target(model_id, f"{base.ref}/{name}", base.digest, f"{base.version}/{name}", base.base, adapter=name, adapter_path=file)
+        return Target(model_id, f"{base.ref}/{name}", base.digest, f"{base.version}/{name}", base.base, adapter=name, adapter_path=file,
+                      base_label=base.version)
 
     # ------------------------------------------------------------------ run-time adapters
 
@@ -304,7 +309,7 @@ class Catalog:
         except ad.AdapterMismatch as exc:
             raise bad_request(exc.message, param="model", code="lora_base_mismatch") from exc
         return Target(requested, lora.name, lora.source.digest, lora.name, base.base,
-                      adapter=f"lora-{lora.name}", adapter_path=lora.source.path)
+                      adapter=f"lora-{lora.name}", adapter_path=lora.source.path, base_label=base.version)
 
     # ------------------------------------------------------------------ listing
 
