@@ -41,6 +41,9 @@ def test_order_follows_inputs_not_file_order() -> None:
         ({"steps": {"x": {"stage": "data.synth", "action": "alias"}}}, "exactly one of"),
         ({"steps": {"x": {"stage": "data.synth", "config": {"n": "${vars.missing}"}}}}, "${vars.missing} is not defined"),
         ({"steps": {"a": {"stage": "data.dedup", "inputs": {"data": "${b}"}}, "b": {"stage": "data.dedup", "inputs": {"data": "${a}"}}}}, "cycle"),
+        ({"steps": {"x": {"stage": "data.synth", "gates": ["records>>3"]}}}, "step 'x', gates: --gate 'records>>3' is not a gate"),
+        ({"vars": {"t": "x"}, "steps": {"x": {"stage": "data.synth", "gates": ["records>=${vars.t}"]}}}, "step 'x', gates"),
+        ({"steps": {"x": {"action": "alias", "target": "${nope.chosen}", "alias": "a@b"}}}, "names no step"),
     ],
 )
 def test_errors_name_step_and_field(patch: dict, message: str) -> None:
@@ -96,3 +99,21 @@ def test_cli_run_dry_run_json_and_quickstart_parses(cli, tmp_path: Path) -> None
     for recipe_file in sorted(examples.glob("*.yaml")):
         load_recipe(recipe_file)  # every shipped recipe validates
     assert cli("stages", "--json").code == 0
+
+
+def test_step_field_reference_resolves_a_reported_digest(store: Store) -> None:
+    """``${step.FIELD}`` is the artifact whose digest the step reports as metric FIELD_digest; a missing one is named."""
+    recipe = {
+        "name": "refs",
+        "vars": {"n": 30},
+        "steps": {
+            "data": {"stage": "data.synth", "config": {"task": "arithmetic", "n": "${vars.n}"}},
+            "first": {"stage": "data.dedup", "inputs": {"data": "${data.output}"}},
+            "prod": {"action": "alias", "target": "${data.chosen}", "alias": "refs@prod"},
+        },
+    }
+    assert parse_recipe(recipe).order() == ["data", "first", "prod"]
+    assert [r.status for r in run_recipe(parse_recipe(recipe), store=store, dry_run=True)] == ["planned", "planned", "planned"]
+    with pytest.raises(ConfigError, match=r"step 'prod', target: \$\{data.chosen\} names no artifact") as exc:
+        run_recipe(parse_recipe(recipe), store=store)
+    assert "reports no metric chosen_digest" in exc.value.why

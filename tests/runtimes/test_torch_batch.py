@@ -54,3 +54,49 @@ def test_closing_a_stream_early_leaves_the_batch(torch_rt: Any, batcher: TorchBa
 def test_unknown_adapter_is_refused(batcher: TorchBatcher) -> None:
     with pytest.raises(ConfigError, match="not loaded"):
         batcher.stream("hello", GenerationParams(max_tokens=2), adapter="nope")
+
+
+def _random_adapter(model_dir: Any, out: Any, *, dora: bool, seed: int) -> Any:
+    """A PEFT LoRA (or DoRA) adapter with random non-zero weights, saved as a folder."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=dora, init_lora_weights=False)
+    peft.get_peft_model(model, cfg).save_pretrained(out)
+    return out
+
+
+def test_dora_adapter_rows_batch_with_other_adapters(tiny_models: dict[str, Any], tmp_path: Any) -> None:
+    """PEFT cannot mix DoRA rows with others in one pass: the batcher steps them per adapter, same tokens as alone."""
+    from slmops.runtimes import open_runtime
+
+    rt = open_runtime(tiny_models["llama"])
+    b = TorchBatcher(rt, max_batch=4)
+    try:
+        rt.load_adapter("lora", _random_adapter(tiny_models["llama"].path, tmp_path / "lora", dora=False, seed=1))
+        rt.load_adapter("dora", _random_adapter(tiny_models["llama"].path, tmp_path / "dora", dora=True, seed=2))
+        assert not rt.mixable(["dora", None]) and rt.mixable(["lora", None]) and rt.mixable(["dora", "dora"])
+        jobs = [(PROMPTS[0], None), (PROMPTS[1], "lora"), (PROMPTS[2], "dora"), (PROMPTS[3], "dora")]
+        params = GenerationParams(max_tokens=12, ignore_eos=True)
+        alone = [[ev.token_id for ev in b.stream(p, params, adapter=a)] for p, a in jobs]
+        assert alone[2] != [ev.token_id for ev in b.stream(PROMPTS[2], params)], "the DoRA adapter should change the output"
+        got: dict[int, list[int]] = {}
+        start = threading.Barrier(len(jobs))
+
+        def run(i: int) -> None:
+            start.wait()
+            got[i] = [ev.token_id for ev in b.stream(jobs[i][0], params, adapter=jobs[i][1])]
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert [got.get(i) for i in range(len(jobs))] == alone
+        assert b.rows_stepped > b.steps, "the sequences should have shared steps"
+    finally:
+        b.close()
+        rt.close()

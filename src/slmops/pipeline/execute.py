@@ -17,7 +17,7 @@ from typing import Any
 from slmops import progress
 from slmops.errors import ConfigError, SlmopsError
 from slmops.pipeline.inputs import resolve_input
-from slmops.pipeline.recipe import REF, Recipe, StepSpec, substitute_vars
+from slmops.pipeline.recipe import REF, Recipe, StepSpec, split_ref, substitute_vars
 from slmops.pipeline.runner import cache_key, run_stage
 from slmops.pipeline.stages import get_stage
 from slmops.store.artifact import Artifact
@@ -66,14 +66,23 @@ def _serve_smoke(spec: StepSpec, target: Artifact, store: Store) -> str:
 ACTIONS: dict[str, ActionFn] = {"alias": _alias, "serve-smoke": _serve_smoke}
 
 
-def _input(ref: str, done: dict[str, StepResult], store: Store, where: str) -> Artifact | None:
+def _input(ref: str, done: dict[str, StepResult], store: Store, where: str, steps: dict[str, StepSpec], *, strict: bool = True) -> Artifact | None:
     m = REF.fullmatch(ref.strip())
     if m:
-        step = m.group(1).removesuffix(".output")
+        step, field = split_ref(m.group(1), steps)
         res = done.get(step)
         if res is None or res.artifact is None:
             return None
-        return res.artifact
+        if field is None:
+            return res.artifact
+        digest = res.artifact.manifest.metrics.get(f"{field}_digest")
+        if not digest:
+            if not strict:
+                return None
+            has = f"its {field}_digest is empty" if f"{field}_digest" in res.artifact.manifest.metrics else f"its output reports no metric {field}_digest"
+            raise ConfigError(f"{where}: {ref} names no artifact", why=f"step {step!r}: {has}",
+                              fix=f"see that step's report (slmops models show sha256:{res.artifact.short}); a gate on it stops the run earlier")
+        return store.get(digest)
     try:
         return resolve_input(ref, store)
     except SlmopsError as exc:
@@ -114,8 +123,8 @@ def run_recipe(
             where = f"step {step!r}"
             bar.advance(0, step=step)
             started = time.perf_counter()
-            inputs = {role: _input(ref, done, store, f"{where}, input {role}") for role, ref in spec.inputs.items()}
-            target = _input(spec.target, done, store, f"{where}, target") if spec.target else None
+            inputs = {role: _input(ref, done, store, f"{where}, input {role}", recipe.steps, strict=not dry_run) for role, ref in spec.inputs.items()}
+            target = _input(spec.target, done, store, f"{where}, target", recipe.steps, strict=not dry_run) if spec.target else None
             if spec.stage is not None:
                 cfg = substitute_vars(spec.config, recipe.vars, f"{where}, config")
                 if dry_run:
@@ -129,7 +138,8 @@ def run_recipe(
                     m = run.artifact.manifest
                     res = StepResult(step, spec.stage, "cached" if run.cached else "ran", time.perf_counter() - started, run.artifact,
                                      f"{spec.name}:{run.version}" if spec.name else None, m.metrics)
-                    res.gates = check_gates(spec.gates, m.metrics, where) if spec.gates else []
+                    gates = substitute_vars(spec.gates, recipe.vars, f"{where}, gates")
+                    res.gates = check_gates(gates, m.metrics, where) if gates else []
             else:
                 assert spec.action is not None
                 if dry_run or target is None:

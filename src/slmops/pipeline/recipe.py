@@ -7,8 +7,10 @@
       teacher: {stage: models.init, inputs: {data: "${data}"}, config: {arch: llama}}
       prod:    {action: alias, target: "${teacher}", alias: qs-teacher@prod}
 
-An input is ``${step}`` (that step's output artifact) or any reference ``resolve_input`` accepts.
-Config strings may use ``${vars.NAME}``; a value that is exactly one ``${vars.NAME}`` keeps its type.
+An input is ``${step}`` (that step's output artifact), ``${step.FIELD}`` (the artifact whose digest
+that step's output reports as the metric ``FIELD_digest``, e.g. ``${sweep.chosen}`` for the winner of
+an ``optimize`` step) or any reference ``resolve_input`` accepts. Config strings and gates may use
+``${vars.NAME}``; a config value that is exactly one ``${vars.NAME}`` keeps its type.
 This module parses and checks a recipe (strict schema, errors naming the step and field) and orders
 its steps; :mod:`slmops.pipeline.execute` runs them.
 """
@@ -16,6 +18,7 @@ its steps; :mod:`slmops.pipeline.execute` runs them.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,7 +73,7 @@ class Recipe(BaseModel):
         for ref in refs:
             m = REF.fullmatch(ref.strip())
             if m:
-                found.append(m.group(1).removesuffix(".output"))
+                found.append(split_ref(m.group(1), self.steps)[0])
         return found
 
     def order(self, until: str | None = None) -> list[str]:
@@ -106,6 +109,16 @@ class Recipe(BaseModel):
                 seen.add(s)
                 stack += self.deps(s)
         return seen
+
+
+def split_ref(name: str, steps: Iterable[str]) -> tuple[str, str | None]:
+    """``step`` or ``step.output`` -> ``(step, None)``; ``step.FIELD`` -> ``(step, FIELD)`` (see the module docstring)."""
+    if name in steps:
+        return name, None
+    step, dot, field = name.rpartition(".")
+    if not dot or not step:
+        return name, None
+    return step, None if field == "output" else field
 
 
 def substitute_vars(value: Any, variables: dict[str, Any], where: str) -> Any:
@@ -175,10 +188,17 @@ def check_recipe(recipe: Recipe) -> None:
         where = f"step {name!r}"
         for role, ref in [*spec.inputs.items(), *([("target", spec.target)] if spec.target else [])]:
             m = REF.fullmatch(ref.strip())
-            if m and m.group(1).removesuffix(".output") not in recipe.steps:
+            if m and split_ref(m.group(1), recipe.steps)[0] not in recipe.steps:
                 raise ConfigError(f"{where}, input {role}: {ref} names no step", fix=f"steps are: {', '.join(recipe.steps)}")
             if not m and "${" in ref:
                 raise ConfigError(f"{where}, input {role}: {ref!r} is not ${{step}} or a reference")
+        if spec.gates:
+            from slmops.evaluate.gates import parse_gates
+
+            try:
+                parse_gates(substitute_vars(spec.gates, recipe.vars, f"{where}, gates"))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}, gates: {exc.what}", why=exc.why, fix=exc.fix) from exc
         if spec.stage is None:
             continue
         if spec.stage not in stages:

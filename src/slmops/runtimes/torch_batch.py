@@ -12,7 +12,9 @@ padded (or pads the batch) to the longest, an attention mask hides the padding, 
 ``position_ids`` keep each row's positions its own, so a row decodes the same tokens as it would
 alone (up to float rounding). A finished or cancelled sequence leaves at once; its row is dropped
 and all-padding columns are trimmed. Rows may use different PEFT adapters (see
-:meth:`TorchRuntime.forward`). With ``max_batch=1`` this is the single-sequence loop.
+:meth:`TorchRuntime.forward`); PEFT cannot mix a DoRA adapter's rows with others, so such a step
+runs one forward per adapter on its rows of the batch. With ``max_batch=1`` this is the
+single-sequence loop.
 
 The lockstep needs every member to ask for its next step promptly; it is made for a server whose
 workers drain the stream as it comes.
@@ -212,7 +214,6 @@ class TorchBatcher:
 
     def _step(self, members: list[_BatchSeq]) -> None:
         torch = _torch()
-        from transformers.cache_utils import DynamicCache
 
         with self._cond:
             members = [m for m in members if m in self._members]
@@ -230,11 +231,10 @@ class TorchBatcher:
         x = torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.rt.device)
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=mask.device)], dim=1)
         pos = torch.tensor([[p] for p in positions], dtype=torch.long, device=self.rt.device)
-        cache = DynamicCache(ddp_cache_data=kv)
-        extra: dict[str, Any] = {self.rt._cache_arg: cache}
-        if not bool(mask.all()):  # no padding: the model's own mask and positions are the same and cheaper
-            extra.update(attention_mask=mask, position_ids=pos)
-        logits, new_kv = self._forward(x, adapters, **extra)
+        if self.rt.mixable(adapters):
+            logits, new_kv = self._step_rows(x, mask, pos, kv, adapters)
+        else:
+            logits, new_kv = self._step_by_adapter(x, mask, pos, kv, adapters)
         self.steps += 1
         self.rows_stepped += len(rows)
         with self._cond:
@@ -252,6 +252,32 @@ class TorchBatcher:
             for i in sorted(gone, reverse=True):
                 self._remove_index(i)
             self._trim()
+
+    def _step_rows(self, x: Any, mask: Any, pos: Any, kv: list[tuple[Any, Any]], adapters: list[str | None]) -> tuple[Any, list[tuple[Any, Any]]]:
+        from transformers.cache_utils import DynamicCache
+
+        extra: dict[str, Any] = {self.rt._cache_arg: DynamicCache(ddp_cache_data=kv)}
+        if not bool(mask.all()):  # no padding: the model's own mask and positions are the same and cheaper
+            extra.update(attention_mask=mask, position_ids=pos)
+        return self._forward(x, adapters, **extra)
+
+    def _step_by_adapter(self, x: Any, mask: Any, pos: Any, kv: list[tuple[Any, Any]], adapters: list[str | None]) -> tuple[Any, list[tuple[Any, Any]]]:
+        """One forward per adapter (PEFT cannot mix a DoRA adapter's rows with others); results back in row order."""
+        import numpy as np
+
+        torch = _torch()
+        parts = []
+        for name in dict.fromkeys(adapters):
+            idx = [i for i, a in enumerate(adapters) if a == name]
+            t = torch.tensor(idx, dtype=torch.long, device=x.device)
+            parts.append((idx, *self._step_rows(x[t], mask[t], pos[t], [(k[t], v[t]) for k, v in kv], [name] * len(idx))))
+        back = torch.tensor(np.argsort([i for idx, _, _ in parts for i in idx]), dtype=torch.long, device=x.device)
+        logits = np.concatenate([lg for _, lg, _ in parts])[back.cpu().numpy()]
+        new_kv = [
+            (torch.cat([p[2][layer][0] for p in parts])[back], torch.cat([p[2][layer][1] for p in parts])[back])
+            for layer in range(len(parts[0][2]))
+        ]
+        return logits, new_kv
 
     # ------------------------------------------------------------------ batch tensors (hold _cond)
 

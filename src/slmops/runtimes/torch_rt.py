@@ -309,14 +309,33 @@ class TorchRuntime:
     # ------------------------------------------------------------------ adapters
 
     def forward(self, *, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
-        """The model's forward pass; with adapters loaded, each batch row runs its own (None = the base model)."""
+        """The model's forward pass; with adapters loaded, each batch row runs its own (None = the base model).
+
+        PEFT cannot mix a DoRA adapter with other rows in one pass: a batch whose rows all use one DoRA
+        adapter runs with that adapter active; a mix with one is refused (see :meth:`mixable`).
+        """
         if self._peft is None:
             if adapter_names and any(adapter_names):
                 raise ConfigError(f"adapter {next(a for a in adapter_names if a)!r} is not loaded", fix="load it with load_adapter()")
             return self.model(**kwargs)
         rows = int(kwargs["input_ids"].shape[0])
         names = [n or "__base__" for n in adapter_names] if adapter_names else ["__base__"] * rows
-        return self._peft(**kwargs, adapter_names=names)
+        dora = [n for n in dict.fromkeys(names) if self._is_dora(n)]
+        if not dora:
+            return self._peft(**kwargs, adapter_names=names)
+        if len(set(names)) > 1:
+            raise ConfigError(f"DoRA adapter {dora[0]!r} cannot share a forward pass with other adapters", fix="run its rows on their own")
+        self._peft.set_adapter(dora[0])
+        return self._peft(**kwargs)
+
+    def _is_dora(self, name: str) -> bool:
+        cfg = self._peft.peft_config.get(name) if self._peft is not None else None
+        return bool(getattr(cfg, "use_dora", False))
+
+    def mixable(self, adapter_names: Sequence[str | None]) -> bool:
+        """Whether rows using these adapters (None = the base) can share one :meth:`forward` (no DoRA among several)."""
+        distinct = {n or "__base__" for n in adapter_names}
+        return len(distinct) <= 1 or not any(self._is_dora(n) for n in distinct)
 
     @property
     def adapters(self) -> tuple[str, ...]:
