@@ -216,7 +216,7 @@ class HttpTeacher:
                     raise TeacherFatal(
                         f"{FATAL_STATUS[status]} (HTTP {status})",
                         why=_detail(resp),
-                        fix="check --api-key-env (the variable must hold a valid key)"
+                        fix="check the key in the environment variable named by api_key_env (--api-key-env): it must hold a valid key"
                         if status in (401, 403)
                         else f"check --base-url and --model (GET {self.base_url}/models lists the endpoint's models)",
                     )

@@ -32,7 +32,8 @@ def smoke_check(
     with running_server(app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="smoke-check", max_retries=0, timeout=120)
         try:
-            reply = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens)
+            reply = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": prompt}],
+                                                   max_tokens=max_tokens, temperature=0)  # greedy: the same answer every run
         except openai.APIError as exc:
             raise SlmopsError(f"serve smoke check of {model_id} failed", why=str(exc), fix="run `slmops serve` by hand and check its log") from exc
     text = reply.choices[0].message.content or ""
