@@ -1,17 +1,25 @@
 """ONNX Runtime GenAI precisions side by side on one ≥30M-parameter model, next to the bare engine's own numbers.
 
-For each precision (fp32, fp16, int8, and int4 at block sizes 32, 64 and 128, as built by ``export.onnx``): size on disk (% of the fp32
-and fp16 exports), KL divergence / top-1 agreement / perplexity change against the fp32 torch model
-(the ``parity`` stage, same texts as ``benchmarks/gguf_formats.py``), and decode tokens/s, TTFT and
-peak RSS of slmops' ``ort-genai`` runtime — each measured in a fresh process — next to a bare ORT
-GenAI loop on the same folder (``append_tokens`` + ``generate_next_token`` with the engine's own
-greedy search, no Python sampling or detokenization).
+For each precision (fp32, fp16, int8, and int4 — the default mixed-precision setting, the other
+mixed-precision choices and the plain all-int4 export of before — as built by ``export.onnx``): size
+on disk (% of the fp32 and fp16 exports), KL divergence / top-1 agreement / perplexity change against
+the fp32 torch model (the ``parity`` stage, same texts as ``benchmarks/gguf_formats.py``), and decode
+tokens/s, TTFT and peak RSS of slmops' ``ort-genai`` runtime — each measured in a fresh process —
+next to a bare ORT GenAI loop on the same folder (``append_tokens`` + ``generate_next_token`` with the
+engine's own greedy search, no Python sampling or detokenization). A ``gguf:q4_k_m`` row (llama.cpp's
+Q4_K_M of the same model, through ``export.gguf`` and the same ``parity`` stage) puts the int4 goal
+— KL no worse than Q4_K_M — side by side in the same run (its speed is in ``gguf_formats.md``).
 
 The model is the one ``benchmarks/gguf_formats.py`` uses (Llama, hidden 768, 6 layers, ~40M
 parameters, ``models.init`` + a short ``finetune.full`` on the built-in corpus, so its distributions
 are peaked enough for KL to mean something); with the same ``--home`` both benchmarks share it.
 
     .venv/bin/python benchmarks/onnx_precisions.py --out benchmarks/onnx_precisions.md
+
+Rows are ``PRECISION[/OPTION...]``: ``bN`` (block size), ``none``/``last``/``first_last``/``mixed``
+(``mixed_precision``), ``k_quant``/``rtn``/``default`` (``quant_algo``), ``plain`` (the int4 export
+before mixed precision: ``quant_algo`` default, block 64, every MatMul int4); ``gguf:QTYPE`` is a
+llama.cpp row (size and fidelity only).
 
 Everything goes through the store in ``--home`` (default ``./.slmops-bench``): rerunning reuses the
 model, the exports and the parity reports (cached), and re-measures speed.
@@ -32,15 +40,43 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+LEGEND = (
+    "Rows: `int4` = the `export.onnx` default (mixed precision `first_last`: LM head + tied embedding and the first layer's attention "
+    "q/k/v and output projections at int8, the rest int4 with the builder's `k_quant` rounding, block 128); `int4/last` = only the LM head "
+    "(and the tied embedding) at int8; `int4/mixed` = the builder's `k_quant_mixed` placement (LM head + q/k/v and down projections of the "
+    "first/last eighth and every third layer, llama.cpp's Q4_K_M rule, here layers 0 and 3); `int4/plain` = the int4 export before this "
+    "change (builder default RTN, symmetric, block 64, every MatMul and the embedding int4); `gguf:q4_k_m` = llama.cpp Q4_K_M of the same "
+    "model (`export.gguf`: Q4_K, with Q6_K for the tied embedding/output and some attn_v/ffn_down), fidelity and size only."
+)
 NOTES = (
-    "Notes: the machine is shared (2 cores, other jobs running: load average 3–9 during the run), so the separate-process "
+    "Notes: the machine is shared (2 cores, other jobs may run: see the load average above), so the separate-process "
     "tok/s swing by ±30% from run to run; the *paired* column compares the two loops back to back on one loaded model and is the "
     "one to read for the 10% goal. Both loops use 1 ORT thread here; with the engine default (a thread per core) the paired ratios "
     "of an earlier run on the same exports were 0.85–1.01. `greedy =` is the share of 8 greedy continuations identical to the fp32 "
     "torch model token for token (a 40M model trained for 80 steps has close second choices, so int4 departs after a few tokens "
-    "even at top-1 0.95). int8 keeps the embedding in float (the builder quantizes Gather only to 4 bits), hence 61% of fp16."
+    "even at top-1 0.95). int8 keeps the embedding in float (the builder quantizes Gather only to 4 bits), hence 61% of fp16. "
+    "`export s` is 0 for exports the store already held; a fresh `int4` export takes ~6 s here (k_quant's scale search runs in numpy) "
+    "against ~1 s for `int4/plain`. The int8 parts of `int4` cost no decode speed measurable on this machine."
 )
-PRECISIONS = ["fp32", "fp16", "int8", "int4", "int4/b32", "int4/b128"]  # PRECISION[/bBLOCK]; int4/int8 default block: 64
+
+
+def row_config(spec: str) -> dict[str, Any]:
+    """The ``export.onnx`` config of an ONNX row spec (``int4/last/b64`` …; see the module docstring)."""
+    precision, *opts = spec.split("/")
+    cfg: dict[str, Any] = {"precision": precision, "parity_texts": 0}
+    for opt in opts:
+        if opt == "plain":
+            cfg.update(quant_algo="default", block_size=64, mixed_precision="none")
+        elif opt.startswith("b") and opt[1:].isdigit():
+            cfg["block_size"] = int(opt[1:])
+        elif opt in ("none", "last", "first_last", "mixed"):
+            cfg["mixed_precision"] = opt
+        elif opt in ("default", "rtn", "k_quant"):
+            cfg["quant_algo"] = opt
+        else:
+            raise SystemExit(f"unknown row option {opt!r} in {spec!r}")
+    return cfg
+PRECISIONS = ["fp32", "fp16", "int8", "int4", "int4/last", "int4/mixed", "int4/plain", "gguf:q4_k_m"]
 MODEL = {"arch": "llama", "size": "small", "hidden_size": 768, "num_layers": 6, "num_heads": 12, "intermediate_size": 2048,
          "vocab_size": 8000, "context_length": 1024, "seed": 0}
 
@@ -181,24 +217,27 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"model sha256:{model.short}: {params} parameters", file=sys.stderr)
         pcfg = {"max_texts": args.parity_texts, "max_tokens": 128, "greedy_prompts": 8, "max_kl": None}
         for p in args.precisions:
-            precision, _, block = p.partition("/b")
-            cfg: dict[str, Any] = {"precision": precision, "parity_texts": 0, **({"block_size": int(block)} if block else {})}
             t0 = time.perf_counter()
-            art = run_stage("export.onnx", {"model": model}, cfg, store=store).artifact
+            if p.startswith("gguf:"):
+                art = run_stage("export.gguf", {"model": model}, {"qtype": p.partition(":")[2]}, store=store).artifact
+            else:
+                art = run_stage("export.onnx", {"model": model}, row_config(p), store=store).artifact
             export_s = time.perf_counter() - t0
             par = run_stage("parity", {"candidate": art, "reference": model, "data": data}, pcfg, store=store).artifact.manifest.metrics
-            ours, raw = [], []
-            for _ in range(args.repeats):  # interleaved, so load changes hit both alike
-                ours.append(run_child("ours", art.path, args))
-                raw.append(run_child("raw", art.path, args))
-            pair = run_child("pair", art.path, args)
-            med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
             row = {"precision": p, "size_bytes": art.manifest.metrics["size_bytes"], "export_s": export_s,
                    "kl_mean": par["kl_mean"], "top1": par["top1_agreement"], "ppl_increase": par["ppl_increase"], "greedy_match": par["greedy_match"],
-                   "ours_tps": med(ours, "decode_tokens_per_s"), "raw_tps": med(raw, "decode_tokens_per_s"),
-                   "paired_ratio": pair["ratio"], "paired_min": pair["ratio_min"], "paired_max": pair["ratio_max"],
-                   "ours_ttft_s": med(ours, "ttft_s"), "raw_ttft_s": med(raw, "ttft_s"), "ours_load_s": med(ours, "load_s"),
-                   "ours_rss": med(ours, "peak_rss_bytes"), "raw_rss": med(raw, "peak_rss_bytes"), "parameters": params}
+                   "parameters": params, "quantization": art.manifest.meta.get("quantization")}
+            if not p.startswith("gguf:"):
+                ours, raw = [], []
+                for _ in range(args.repeats):  # interleaved, so load changes hit both alike
+                    ours.append(run_child("ours", art.path, args))
+                    raw.append(run_child("raw", art.path, args))
+                pair = run_child("pair", art.path, args)
+                med = lambda xs, k: statistics.median(x[k] for x in xs)
+                row.update({"ours_tps": med(ours, "decode_tokens_per_s"), "raw_tps": med(raw, "decode_tokens_per_s"),
+                            "paired_ratio": pair["ratio"], "paired_min": pair["ratio_min"], "paired_max": pair["ratio_max"],
+                            "ours_ttft_s": med(ours, "ttft_s"), "raw_ttft_s": med(raw, "ttft_s"), "ours_load_s": med(ours, "load_s"),
+                            "ours_rss": med(ours, "peak_rss_bytes"), "raw_rss": med(raw, "peak_rss_bytes")})
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
     return rows
@@ -214,7 +253,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         "",
         (f"Model: Llama, hidden 768, 6 layers, {rows[0]['parameters'] / 1e6:.1f}M parameters (models.init + {args.train_steps} steps of "
          f"finetune.full on the built-in corpus; the model of `benchmarks/gguf_formats.py`), exported by `export.onnx` (onnxruntime-genai "
-         f"{_version('onnxruntime-genai')} model builder, CPU, symmetric, block 64 unless the row says `/bN`, int4 embedding quantized). Prompt "
+         f"{_version('onnxruntime-genai')} model builder, CPU, symmetric; int8 at block 64; int4 rows below). Prompt "
          f"{args.prompt_tokens} tokens, {args.tokens} new tokens (greedy, EOS ignored), median of {args.runs} runs × {args.repeats} processes, "
          f"{args.threads or 'default'} ORT thread(s). "
          f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, load average at the end "
@@ -228,8 +267,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
          "KL, top-1 and perplexity are against the fp32 torch model on "
          f"{args.parity_texts} corpus texts (`parity` stage)."),
         "",
-        "| precision | size MB | % of fp32 | % of fp16 | KL (nats) | top-1 | ppl Δ | greedy = | ours tok/s | raw tok/s | ours / raw | "
-        "paired ours / raw | TTFT ours ms | TTFT raw ms | RSS ours MB | RSS raw MB | load ours s | export s |",
+        ("| precision | size MB | % of fp32 | % of fp16 | KL (nats) | top-1 | ppl Δ | greedy = | ours tok/s | raw tok/s | ours / raw | "
+        "paired ours / raw | TTFT ours ms | TTFT raw ms | RSS ours MB | RSS raw MB | load ours s | export s |"),
         "|" + " --- |" * 18,
     ]
 
@@ -237,6 +276,10 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         return "-" if not ref else f"{100 * r['size_bytes'] / ref:.1f}%"
 
     for r in rows:
+        if "ours_tps" not in r:  # a llama.cpp row: fidelity and size only
+            lines.append(f"| {r['precision']} | {r['size_bytes'] / 1e6:.1f} | {pct(r, fp32)} | {pct(r, fp16)} | {r['kl_mean']:.2e} | {r['top1']:.3f} | "
+                         f"{r['ppl_increase']:+.2%} | {r['greedy_match']:.2f} |" + " - |" * 9 + f" {r['export_s']:.0f} |")
+            continue
         lines.append(
             f"| {r['precision']} | {r['size_bytes'] / 1e6:.1f} | {pct(r, fp32)} | {pct(r, fp16)} | {r['kl_mean']:.2e} | {r['top1']:.3f} | "
             f"{r['ppl_increase']:+.2%} | {r['greedy_match']:.2f} | {r['ours_tps']:.1f} | {r['raw_tps']:.1f} | {r['ours_tps'] / r['raw_tps']:.2f} | "
@@ -244,12 +287,27 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
             f"{r['ours_ttft_s'] * 1e3:.1f} | {r['raw_ttft_s'] * 1e3:.1f} | {r['ours_rss'] / 1e6:.0f} | {r['raw_rss'] / 1e6:.0f} | "
             f"{r['ours_load_s']:.2f} | {r['export_s']:.0f} |"
         )
-    int4 = [(k, v) for k, v in size.items() if k.startswith("int4")]
+    lines += ["", LEGEND, ""]
+    for r in rows:
+        q = r.get("quantization")
+        if q:
+            lines.append(f"- {r['precision']}: {q['algo']} rounding, block {q['block_size']}, embedding {q.get('embedding')}, int8 MatMuls: "
+                         + (", ".join(f"`{n}`" for n in q.get("int8_matmuls") or []) or "none"))
+    int4 = [r for r in rows if r["precision"].startswith("int4")]
+    q4km = next((r for r in rows if r["precision"] == "gguf:q4_k_m"), None)
     if fp16 and int4:
-        lines += ["", "Goal int4 ≤ 30% of fp16: " + ", ".join(f"{k} (block {k.partition('/b')[2] or 64}) is {100 * v / fp16:.1f}%" for k, v in int4) + "."]
-    worst = min(r["paired_ratio"] for r in rows)
-    lines += [f"Goal runtime within 10% of the raw engine: slowest paired ours/raw decode ratio {worst:.2f} "
-              f"(separate processes: {min(r['ours_tps'] / r['raw_tps'] for r in rows):.2f})."]
+        lines += ["", "Goal int4 ≤ 30% of fp16: " + ", ".join(f"{r['precision']} {100 * r['size_bytes'] / fp16:.1f}%" for r in int4)
+                  + (f" (gguf:q4_k_m {100 * q4km['size_bytes'] / fp16:.1f}%)." if q4km else ".")]
+    if q4km and int4:
+        default = next((r for r in int4 if r["precision"] == "int4"), int4[0])
+        met = default["kl_mean"] <= q4km["kl_mean"] and bool(fp16) and default["size_bytes"] <= 0.3 * (fp16 or 0)
+        lines += [(f"Goal int4 KL no worse than llama.cpp Q4_K_M on the same model: {default['precision']} {default['kl_mean']:.2e} vs "
+                  f"q4_k_m {q4km['kl_mean']:.2e} ({default['kl_mean'] / q4km['kl_mean']:.2f}×) at {100 * default['size_bytes'] / (fp16 or 1):.1f}% "
+                  f"of fp16 — {'met' if met else 'missed'}.")]
+    timed = [r for r in rows if "ours_tps" in r]
+    worst = min(r["paired_ratio"] for r in timed)
+    lines += [(f"Goal runtime within 10% of the raw engine: slowest paired ours/raw decode ratio {worst:.2f} "
+              f"(separate processes: {min(r['ours_tps'] / r['raw_tps'] for r in timed):.2f}).")]
     lines += ["", NOTES]
     return "\n".join(lines) + "\n"
 

@@ -149,3 +149,40 @@ def test_config_errors_name_the_field(estore: Any, llama: Any) -> None:
         run_stage("export.onnx", {"model": llama}, {"precision": "int3"}, store=estore)
     with pytest.raises(ConfigError, match="unknown field"):
         run_stage("export.onnx", {"model": llama}, {"bits": 4}, store=estore)
+
+
+def test_int4_plan_works_around_the_builder_limits() -> None:
+    """Block size, rounding and mixed precision are settled before the builder runs (no graph that does not load)."""
+    from slmops.errors import ConfigError
+    from slmops.export.onnx import OnnxExportConfig, plan_quantization
+
+    def plan(model: dict[str, Any], *, tied: bool = True, adapter: bool = False, **cfg: Any) -> dict[str, Any]:
+        return plan_quantization(OnnxExportConfig(**cfg), model, tied=tied, runtime_adapter=adapter)
+
+    big = {"hidden_size": 768, "intermediate_size": 2048, "num_attention_heads": 12}
+    assert plan(big) == {"algo": "k_quant", "block_size": 128, "symmetric": True, "mixed_precision": "first_last", "embedding": "tied"}
+    # untied: the builder's default rounding can mix precisions there, and the embedding is made int8 after it ran
+    assert plan(big, tied=False) == {"algo": "default", "block_size": 128, "symmetric": True, "mixed_precision": "first_last", "embedding": "int8"}
+    assert plan(big, tied=False, mixed_precision="none")["embedding"] == "int4"
+    assert plan(big, tied=False, quantize_embeddings=False)["embedding"] == "float"
+    assert plan(big, adapter=True)["mixed_precision"] == "last" == plan(big, execution_provider="dml")["mixed_precision"]
+    assert plan(big, precision="int8") == {"algo": "default", "block_size": 64, "symmetric": True, "mixed_precision": "none", "embedding": "float"}
+    assert plan(big, precision="fp16") == {}
+    # 896 = 7 blocks of 128: k_quant packs zero points in pairs, so the default block drops to 64; an explicit 128 rounds with
+    # symmetric rtn (no zero points) instead, and with an explicit k_quant it is refused
+    qwen = {"hidden_size": 896, "intermediate_size": 4864, "num_attention_heads": 14}
+    assert plan(qwen) == {"algo": "k_quant", "block_size": 64, "symmetric": True, "mixed_precision": "first_last", "embedding": "tied"}
+    assert plan(qwen, block_size=128) == {"algo": "rtn", "block_size": 128, "symmetric": True, "mixed_precision": "first_last", "embedding": "tied"}
+    with pytest.raises(ConfigError, match="odd number of 128-weight blocks"):
+        plan(qwen, block_size=128, quant_algo="k_quant")
+    with pytest.raises(ConfigError, match="odd number of 128-weight blocks"):
+        plan(qwen, block_size=128, symmetric=False)
+    assert plan({"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4})["block_size"] == 32  # ≤ hidden, even count
+    with pytest.raises(ConfigError, match="tied to its LM head"):
+        plan(big, quant_algo="default", mixed_precision="last")
+    with pytest.raises(ConfigError, match="tied to its LM head"):
+        plan(big, quant_algo="default", symmetric=False)
+    assert plan(big, quant_algo="default")["mixed_precision"] == "none"
+    assert plan(big, tied=False, quant_algo="default", mixed_precision="last")["mixed_precision"] == "last"
+    with pytest.raises(ValueError, match="mixed_precision"):
+        OnnxExportConfig(precision="int8", mixed_precision="first_last")

@@ -105,6 +105,65 @@ def test_quantized_exports_load_generate_and_stay_close(ostore: Any, models: dic
         assert b"MatMulNBits" in graph and b"GatherBlockQuantized" in graph  # the embedding is quantized too
 
 
+def _matmul_bits(art: Any) -> dict[str, int]:
+    import onnx
+
+    graph = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
+    return {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"}
+
+
+@pytest.mark.parametrize(("arch", "algo"), [("llama", "k_quant"), ("phi3", "default")])  # tied embedding / untied
+def test_int4_default_keeps_head_and_first_attention_at_int8(ostore: Any, models: dict[str, Any], arch: str, algo: str) -> None:
+    """The int4 default (mixed precision first_last) reaches the builder, loads, generates, and is closer than plain int4."""
+    from slmops.runtimes import GenerationParams, open_runtime
+    from slmops.testing.onnx import tiny_onnx
+
+    new = tiny_onnx(arch, store=ostore, model=models[arch], precision="int4", parity_texts=4)
+    plain = tiny_onnx(arch, store=ostore, model=models[arch], precision="int4", parity_texts=4, quant_algo="default", block_size=64,
+                      mixed_precision="none")
+    if arch == "llama":  # the optimizer's onnx:int4 candidate is this export
+        from slmops.export.optimize import build_candidate
+
+        assert build_candidate("onnx:int4", models[arch], ostore).digest == new.digest
+    q = new.manifest.meta["quantization"]
+    assert (q["algo"], q["mixed_precision"]) == (algo, "first_last") and q["block_size"] <= 64  # capped at the tiny hidden size (64)
+    int8 = {"/lm_head/MatMul_Q8", "/model/layers.0/attn/qkv_proj/MatMul_Q8", "/model/layers.0/attn/o_proj/MatMul_Q8"}
+    bits = _matmul_bits(new)
+    assert {n for n, b in bits.items() if b == 8} == int8 == set(q["int8_matmuls"]) and len(bits) > len(int8)
+    assert all(b == 4 for n, b in bits.items() if n not in int8)
+    assert q["embedding"] == "int8"  # tied: read from the int8 LM head; untied: quantized to int8 after the builder
+    assert set(_matmul_bits(plain).values()) == {4} and plain.manifest.meta["quantization"]["int8_matmuls"] == []
+    # KL against the fp32 torch model on the same texts: several times lower on these models (8x tied, 2x untied)
+    assert 0 < new.manifest.metrics["kl_mean"] < 0.75 * plain.manifest.metrics["kl_mean"]
+    assert new.manifest.metrics["top1_agreement"] >= plain.manifest.metrics["top1_agreement"]
+    with open_runtime(new) as rt, open_runtime(models[arch]) as ref:
+        res = rt.generate("The fox", GenerationParams(max_tokens=8))
+        assert len(res.token_ids) == 8 and res.finish_reason == "length" and res.text.strip()
+        if arch == "llama":  # top-1 agrees everywhere on this model, so greedy follows fp32 torch token for token
+            assert res.token_ids == ref.generate("The fox", GenerationParams(max_tokens=8)).token_ids
+
+
+def test_mixed_precision_presets_reach_the_builder(ostore: Any, models: dict[str, Any]) -> None:
+    from slmops.testing.onnx import tiny_onnx
+
+    last = tiny_onnx("qwen2", store=ostore, model=models["qwen2"], precision="int4", parity_texts=2, mixed_precision="last", quant_algo="rtn")
+    assert {n for n, b in _matmul_bits(last).items() if b == 8} == {"/lm_head/MatMul_Q8"}
+    assert last.manifest.meta["quantization"]["algo"] == "rtn" and last.manifest.metrics["tokenizer_match"] == 1.0
+    mixed = tiny_onnx("qwen2", store=ostore, model=models["qwen2"], precision="int4", parity_texts=0, mixed_precision="mixed")
+    assert {"/lm_head/MatMul_Q8", "/model/layers.0/mlp/down_proj/MatMul_Q8"} <= set(mixed.manifest.meta["quantization"]["int8_matmuls"])
+
+
+def test_first_last_falls_back_to_last_when_the_names_differ(ostore: Any, models: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An architecture whose graph names its attention differently still exports, with only the LM head at int8."""
+    import slmops.export.onnx as onnx_mod
+    from slmops.testing.onnx import tiny_onnx
+
+    monkeypatch.setattr(onnx_mod, "int8_node_names", lambda n: ["/model/layers.0/attn/not_there/MatMul"])
+    art = tiny_onnx("llama", store=ostore, model=models["llama"], precision="int4", parity_texts=0, block_size=16)
+    q = art.manifest.meta["quantization"]
+    assert q["mixed_precision"] == "last" and q["int8_matmuls"] == ["/lm_head/MatMul_Q8"] and q["block_size"] == 16
+
+
 def test_int4_is_a_fraction_of_fp32(ostore: Any, models: dict[str, Any], fp32: dict[str, Any]) -> None:
     from slmops.testing.onnx import tiny_onnx
 
@@ -130,6 +189,14 @@ def test_cli_export_onnx(cli: Any, tmp_path: Any) -> None:
     assert bad.code == 1 and "--precision int3 is not supported" in bad.err
     bad = cli("export", "onnx", "tiny", "--precision", "fp16", "--block-size", "64")
     assert bad.code == 1 and "--block-size only apply to --precision int4 or int8" in bad.err
+    bad = cli("export", "onnx", "tiny", "--precision", "fp16", "--mixed-precision", "last")
+    assert bad.code == 1 and "--mixed-precision only apply to --precision int4 or int8" in bad.err
+    res = cli("export", "onnx", "tiny", "--mixed-precision", "last", "--quant-algo", "rtn", "--parity-texts", "0", "--json")
+    assert res.code == 0, res.err
+    assert res.json["meta"]["quantization"]["int8_matmuls"] == ["/lm_head/MatMul_Q8"]
+    assert any("mixed precision last" in h for h in res.json["hints"])
+    shown = json.loads(cli("models", "show", f"sha256:{res.json['digest']}", "--json").out)
+    assert shown["stage"]["config"]["mixed_precision"] == "last" and shown["meta"]["quantization"]["algo"] == "rtn"
 
 
 def test_parity_numbers_are_real(fp32: dict[str, Any], models: dict[str, Any]) -> None:

@@ -24,10 +24,14 @@ from slmops.store.artifact import MANIFEST, Artifact
 Opt = typer.Option
 ModelArg = Annotated[str, typer.Argument(help="The model: name, name:3, name@alias, sha256:…, ./hf-folder or hf:org/name.")]
 PrecisionOpt = Annotated[str, Opt("--precision", "-p", help="fp32, fp16, int8 or int4 (weight-only MatMulNBits).")]
-BlockOpt = Annotated[int | None, Opt("--block-size", help="int4/int8: weights per quantization block (16, 32, 64, 128, 256; default 64).")]
+BlockOpt = Annotated[int | None, Opt("--block-size", help="int4/int8: weights per quantization block (16, 32, 64, 128, 256; default 128 for int4, 64 for int8).")]
 AsymOpt = Annotated[bool, Opt("--asymmetric", help="int4/int8: asymmetric quantization (uint4/uint8 with zero points).")]
 AccOpt = Annotated[int | None, Opt("--accuracy-level", help="int4/int8: MatMulNBits activation precision (1 fp32, 2 fp16, 3 bf16, 4 int8).")]
-AlgoOpt = Annotated[str | None, Opt("--quant-algo", help="int4/int8: default, rtn or k_quant.")]
+AlgoOpt = Annotated[str | None, Opt("--quant-algo", help="int4/int8: weight rounding: k_quant (llama.cpp-style scale search; the int4 default "
+                                                         "when the embedding is tied to the LM head), rtn, or default (the builder's MLAS "
+                                                         "RTN; the default otherwise).")]
+MixedOpt = Annotated[str | None, Opt("--mixed-precision", help="int4: MatMuls kept at int8: first_last (default: LM head + first eighth of the "
+                                                               "layers' attention), last (LM head), mixed (llama.cpp Q4_K_M's layers) or none.")]
 EmbOpt = Annotated[bool, Opt("--quantize-embeddings/--float-embeddings", help="int4: quantize the token embedding too.")]
 EpOpt = Annotated[str, Opt("--execution-provider", "-e", help="cpu (default), cuda, dml or webgpu.")]
 AdapterOpt = Annotated[str | None, Opt("--adapter", help="A LoRA adapter of MODEL to merge in or to export as a run-time adapter.")]
@@ -39,7 +43,7 @@ OutOpt = Annotated[Path | None, Opt("--out", "-o", help="Also copy the exported 
 
 
 def onnx_config(precision: str, *, block_size: int | None = None, asymmetric: bool = False, accuracy_level: int | None = None,
-                quant_algo: str | None = None, quantize_embeddings: bool = True, execution_provider: str = "cpu",
+                quant_algo: str | None = None, mixed_precision: str | None = None, quantize_embeddings: bool = True, execution_provider: str = "cpu",
                 adapter_mode: str = "merge", adapter_name: str = "default", parity_texts: int = 4) -> dict[str, Any]:
     """The ``export.onnx`` config for the CLI flags (only what differs from the defaults, so cache keys stay stable)."""
     from slmops.export.onnx import PRECISIONS
@@ -50,12 +54,12 @@ def onnx_config(precision: str, *, block_size: int | None = None, asymmetric: bo
         raise ConfigError(f"--adapter-mode {adapter_mode} is not a mode", fix="use merge or runtime")
     if precision in ("fp32", "fp16"):
         given = [flag for flag, v in (("--block-size", block_size), ("--asymmetric", asymmetric or None), ("--accuracy-level", accuracy_level),
-                                      ("--quant-algo", quant_algo)) if v is not None]
+                                      ("--quant-algo", quant_algo), ("--mixed-precision", mixed_precision)) if v is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} only apply to --precision int4 or int8", fix=f"drop them, or use --precision int4 (not {precision})")
     cfg: dict[str, Any] = {"precision": precision}
     for key, value, default in (("block_size", block_size, None), ("symmetric", not asymmetric, True), ("accuracy_level", accuracy_level, None),
-                                ("quant_algo", quant_algo, None), ("quantize_embeddings", quantize_embeddings, True),
+                                ("quant_algo", quant_algo, None), ("mixed_precision", mixed_precision, None), ("quantize_embeddings", quantize_embeddings, True),
                                 ("execution_provider", execution_provider, "cpu"), ("adapter_mode", adapter_mode, "merge"),
                                 ("adapter_name", adapter_name, "default"), ("parity_texts", parity_texts, 4)):
         if value != default:
@@ -98,6 +102,7 @@ def register(app: typer.Typer) -> None:
         asymmetric: AsymOpt = False,
         accuracy_level: AccOpt = None,
         quant_algo: AlgoOpt = None,
+        mixed_precision: MixedOpt = None,
         quantize_embeddings: EmbOpt = True,
         execution_provider: EpOpt = "cpu",
         adapter: AdapterOpt = None,
@@ -110,11 +115,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export a model to ONNX Runtime GenAI (genai_config.json, tokenizer, chat template) with onnxruntime-genai's model builder."""
         cfg = onnx_config(precision, block_size=block_size, asymmetric=asymmetric, accuracy_level=accuracy_level, quant_algo=quant_algo,
-                          quantize_embeddings=quantize_embeddings, execution_provider=execution_provider, adapter_mode=adapter_mode,
+                          mixed_precision=mixed_precision, quantize_embeddings=quantize_embeddings, execution_provider=execution_provider, adapter_mode=adapter_mode,
                           adapter_name=adapter_name, parity_texts=parity_texts)
         with open_cli_store() as store, progress_bars(not as_json):
             r = run_stage("export.onnx", _onnx_inputs(store, model, adapter), cfg, store=store, output_name=name)
         hints = [f"slmops generate {name or 'sha256:' + r.digest[:12]} 'Hello' (runs on ort-genai)"]
+        q = r.artifact.manifest.meta.get("quantization")
+        if q:
+            hints.insert(0, f"{precision}: {q['algo']} rounding, block {q['block_size']}, mixed precision {q['mixed_precision']}"
+                            + (f" ({len(q['int8_matmuls'])} MatMuls at int8)" if q.get("int8_matmuls") else ""))
         _emit(r, name, as_json, copy_tree(r.artifact, out_dir), {"hints": hints})
 
     @app.command("foundry")

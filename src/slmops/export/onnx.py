@@ -13,7 +13,14 @@ pay seconds of torch/transformers imports per export), and finishes the folder:
   transformers-only ``{% generation %}`` tags, so plain Jinja renderers accept it.
 
 Precisions: ``fp32``, ``fp16``, ``int8`` and ``int4`` (weight-only ``MatMulNBits`` with a block size,
-symmetric or not, an accuracy level, and for int4 the embedding quantized too). fp16 for the CPU
+symmetric or not, an accuracy level, a rounding algorithm, and for int4 the embedding quantized too).
+int4 defaults to *mixed precision* ``first_last`` at block 128: the LM head (and the embedding
+tied to it) and the attention projections of the first eighth of the layers stay at int8, the rest
+is int4, rounded by the builder's ``k_quant`` when the embedding is tied (its default quantizer
+otherwise) — the one setting found that is no worse than llama.cpp's Q4_K_M in KL while staying
+under 30% of fp16 (plain RTN int4 had 4× Q4_K_M's KL; see :func:`plan_quantization` and
+``benchmarks/onnx_precisions.md``). ``first_last`` goes to the builder as per-node overrides
+(its structured ``target_options``); ``last`` and ``mixed`` are its own presets. fp16 for the CPU
 is laid out like the builder's CUDA fp16 graph (see :func:`build_provider`). A failing builder,
 a full disk or an interruption raise :class:`ExportError`; the stage runner then drops the
 half-written output, so no artifact appears.
@@ -26,6 +33,7 @@ import errno
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import warnings
@@ -37,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slmops._optional import require
 from slmops.errors import ConfigError, SlmopsError
+from slmops.export.onnx_embedding import int8_embedding, quantized_layout
 from slmops.progress import task
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,10 @@ class ExportError(SlmopsError):
     """An export could not be completed (the builder failed, the disk filled up, it was interrupted)."""
 
 
+#: int4 block sizes tried, largest first, when none is given (128: the size/accuracy optimum on the benchmark model).
+INT4_BLOCKS: tuple[int, ...] = (128, 64, 32, 16)
+
+
 class OnnxExportConfig(BaseModel):
     """Config of ``export.onnx``: precision and quantization, LoRA adapter handling, and the parity check."""
 
@@ -68,14 +81,25 @@ class OnnxExportConfig(BaseModel):
 
     precision: Precision = Field("int4", description="Weights: fp32, fp16, int8 or int4 (weight-only MatMulNBits)")
     execution_provider: Literal["cpu", "cuda", "dml", "webgpu"] = Field("cpu", description="Execution provider the graph is built for")
-    block_size: Literal[16, 32, 64, 128, 256] = Field(
-        64, description="int4/int8: weights per quantization block (64 keeps int4 under 30% of fp16; 32 is a little closer to fp32 and bigger)"
+    block_size: Literal[16, 32, 64, 128, 256] | None = Field(
+        None, description="int4/int8: weights per quantization block (default: 64 for int8; 128 for int4, or the largest of 64/32/16 that "
+                          "k_quant can pack for the model; smaller is closer to fp32 and bigger)"
     )
     symmetric: bool = Field(True, description="int4/int8: symmetric quantization (int4/int8); false = asymmetric (uint4/uint8 with zero points)")
     accuracy_level: Literal[1, 2, 3, 4] | None = Field(
         None, description="int4/int8: minimum precision of the activations in MatMulNBits (1 fp32, 2 fp16, 3 bf16, 4 int8; builder default 4 on CPU)"
     )
-    quant_algo: Literal["default", "rtn", "k_quant"] = Field("default", description="int4/int8: weight quantization algorithm")
+    quant_algo: Literal["default", "rtn", "k_quant"] | None = Field(
+        None, description="int4/int8: how weights are rounded: default (the builder's MLAS RTN), rtn, or k_quant (llama.cpp-style scale and "
+                          "zero-point search, always with zero points; leaves an untied embedding in float); default: k_quant for int4 "
+                          "models whose embedding is tied to the LM head, default otherwise"
+    )
+    mixed_precision: Literal["none", "last", "first_last", "mixed"] | None = Field(
+        None, description="int4: MatMuls kept at int8: none; last (the LM head, and a tied embedding with it); first_last (that plus the "
+                          "attention projections of the first eighth of the layers); mixed (the LM head plus q/k/v and down projections of "
+                          "the first and last eighth and every third layer, llama.cpp's Q4_K_M choice); default: first_last for int4 "
+                          "(none with quant_algo default on a tied model, which the builder cannot mix)"
+    )
     quantize_embeddings: bool = Field(True, description="int4: quantize the token embedding too (untied models keep it in float otherwise)")
     adapter_mode: Literal["merge", "runtime"] = Field(
         "merge", description="With an adapter input: merge it into the weights (merge) or export it as a switchable ORT GenAI adapter (runtime)"
@@ -87,9 +111,12 @@ class OnnxExportConfig(BaseModel):
     @model_validator(mode="after")
     def _quant_options_need_quant(self) -> OnnxExportConfig:
         if self.precision in ("fp32", "fp16"):
-            changed = [f for f in ("block_size", "symmetric", "accuracy_level", "quant_algo") if getattr(self, f) != type(self).model_fields[f].default]
+            changed = [f for f in ("block_size", "symmetric", "accuracy_level", "quant_algo", "mixed_precision")
+                       if getattr(self, f) != type(self).model_fields[f].default]
             if changed:
                 raise ValueError(f"{', '.join(changed)} only apply to precision int4 or int8, not {self.precision} (drop them or quantize)")
+        if self.precision == "int8" and self.mixed_precision not in (None, "none"):
+            raise ValueError(f"mixed_precision {self.mixed_precision} only applies to precision int4 (int8 keeps every MatMul at int8)")
         return self
 
 
@@ -147,23 +174,146 @@ def check_disk(out: Path, params: int, precision: str, *, extra_bytes: int = 0) 
     return need
 
 
-def builder_options(cfg: OnnxExportConfig, *, adapter_path: Path | None = None, exclude_nodes: list[str] | None = None) -> dict[str, str]:
-    """The builder's ``--extra_options`` for ``cfg`` (authentication and remote code always off)."""
+def matmul_input_sizes(model_cfg: dict[str, Any]) -> list[int]:
+    """The input widths (K) of a decoder's MatMuls: hidden size, attention output width, MLP width."""
+    hidden, inter, heads = (int(model_cfg.get(k) or 0) for k in ("hidden_size", "intermediate_size", "num_attention_heads"))
+    head_dim = int(model_cfg.get("head_dim") or (hidden // heads if heads else 0))
+    return sorted({k for k in (hidden, inter, heads * head_dim) if k > 0})
+
+
+def _odd_block_counts(sizes: list[int], block: int) -> list[int]:
+    return [k for k in sizes if math.ceil(k / block) % 2]
+
+
+def tied_embeddings(src: Path, model_cfg: dict[str, Any]) -> bool:
+    """Whether the model ties its token embedding to its LM head (``config.json``, else transformers' default for the class)."""
+    if "tie_word_embeddings" in model_cfg:
+        return bool(model_cfg["tie_word_embeddings"])
+    transformers = require("transformers", extra="onnx", purpose="reading the model config")
+    return bool(getattr(transformers.AutoConfig.from_pretrained(str(src)), "tie_word_embeddings", False))
+
+
+def plan_quantization(cfg: OnnxExportConfig, model_cfg: dict[str, Any], *, tied: bool, runtime_adapter: bool = False) -> dict[str, Any]:
+    """The quantization ``export.onnx`` builds: ``algo``, ``block_size``, ``symmetric``, ``mixed_precision``, ``embedding``; ``{}`` for fp32/fp16.
+
+    The int4 defaults are the setting that is no worse than llama.cpp's Q4_K_M in KL while under
+    30% of fp16 on the benchmark model (``benchmarks/onnx_precisions.md``): ``first_last`` mixed
+    precision, block 128, ``k_quant`` rounding for a model with a tied embedding (the builder's
+    default quantizer cannot keep a tied LM head at int8) and the builder's default rounding
+    otherwise (the same KL as ``k_quant`` on an untied model, with no zero points to store).
+    Four builder limits (onnxruntime-genai 0.18, onnxruntime 1.32) are worked around or refused
+    up front rather than ending in a graph that does not load:
+
+    * ``k_quant`` (and asymmetric ``rtn``) packs two 4-bit zero points per byte across rows, so it
+      breaks on a MatMul whose input width spans an odd number of blocks: with the default block
+      size the largest of 128/64/32/16 that avoids that (and is no wider than the narrowest
+      MatMul) is taken — or, if none does, symmetric ``rtn`` (no zero points) —, an explicit one
+      is refused;
+    * the default quantizer cannot keep the LM head at int8 when the embedding is tied to it, nor
+      quantize a tied embedding asymmetrically;
+    * ``first_last`` needs the builder's per-node overrides on the packed q/k/v projection, which
+      drop a run-time adapter's exclusions and do not exist on DirectML (no packing there), so with
+      a run-time adapter or ``dml`` only the LM head stays at int8;
+    * the builder quantizes an untied embedding to 4 bits at most (and ``k_quant``/``rtn`` not at
+      all), so with mixed precision it is left in float and made int8 afterwards
+      (:func:`slmops.export.onnx_embedding.int8_embedding`; ``embedding`` in the plan: ``tied``
+      follows the LM head, ``int8`` is that rewrite, ``int4`` the builder's, ``float`` none).
+    """
+    if cfg.precision not in ("int4", "int8"):
+        return {}
+    int4 = cfg.precision == "int4"
+    algo = cfg.quant_algo or ("k_quant" if int4 and (tied or not cfg.quantize_embeddings) else "default")
+    block = cfg.block_size or (INT4_BLOCKS[0] if int4 else 64)
+    mixed = cfg.mixed_precision or ("none" if not int4 or (tied and algo == "default") else "first_last")
+    if int4 and tied and algo == "default" and (mixed != "none" or not cfg.symmetric):
+        what = f"mixed_precision {mixed}" if mixed != "none" else "asymmetric int4"
+        raise ConfigError(
+            f"{what} with quant_algo default cannot export a model whose embedding is tied to its LM head",
+            why="the model builder's default quantizer writes the shared embedding without the weights or scales it names "
+                "(the graph does not load)",
+            fix="use --quant-algo k_quant (the default for this model) or rtn" + (", or --mixed-precision none" if mixed != "none" else ""),
+        )
+    sizes = matmul_input_sizes(model_cfg)
+    if int4 and cfg.block_size is None and sizes:  # no block wider than the narrowest MatMul (it would be mostly padding)
+        block = next((b for b in INT4_BLOCKS if b <= sizes[0]), INT4_BLOCKS[-1])
+    if int4 and (algo == "k_quant" or (algo == "rtn" and not cfg.symmetric)):
+        fits = [b for b in (INT4_BLOCKS if cfg.block_size is None else (block,)) if b <= block and not _odd_block_counts(sizes, b)]
+        if not fits and cfg.quant_algo is None and cfg.symmetric:
+            log.warning("export.onnx: k_quant cannot pack this model's zero points at block size %s; rounding with symmetric rtn instead", block)
+            algo, fits = "rtn", [block]
+        if not fits:
+            odd = _odd_block_counts(sizes, block)
+            raise ConfigError(
+                f"{algo} int4 at block size {block} cannot quantize this model",
+                why=f"MatMul input width {odd[0]} is an odd number of {block}-weight blocks, and onnxruntime's {algo} packs zero points "
+                    "in pairs across rows (its output would not load)",
+                fix="pick a --block-size that divides the hidden and MLP widths an even number of times, or use --quant-algo default",
+            )
+        block = fits[0]
+    if mixed == "first_last" and (runtime_adapter or cfg.execution_provider == "dml"):
+        log.info("export.onnx: with a run-time adapter or for DirectML only the LM head stays at int8 (mixed_precision last)")
+        mixed = "last"
+    embedding = "float"
+    if int4 and tied:
+        embedding = "tied"
+    elif int4 and cfg.quantize_embeddings and mixed != "none":
+        embedding = "int8"
+    elif int4 and cfg.quantize_embeddings and algo == "default":
+        embedding = "int4"
+    elif int4 and cfg.quantize_embeddings:
+        log.warning("export.onnx: quant_algo %s with mixed_precision none leaves this model's (untied) token embedding in float", algo)
+    return {"algo": algo, "block_size": block, "symmetric": cfg.symmetric, "mixed_precision": mixed, "embedding": embedding}
+
+
+def first_layers(num_layers: int) -> range:
+    """The first eighth of the layers, at least one (llama.cpp's ``i < n_layers / 8`` rule for the layers that get more bits)."""
+    return range(max(1, math.ceil(num_layers / 8)))
+
+
+def int8_node_names(num_layers: int) -> list[str]:
+    """Builder node names ``first_last`` keeps at int8 besides the LM head: the first layers' packed q/k/v and output projections."""
+    return [f"/model/layers.{i}/attn/{proj}/MatMul" for i in first_layers(num_layers) for proj in ("qkv_proj", "o_proj")]
+
+
+def builder_options(cfg: OnnxExportConfig, *, adapter_path: Path | None = None, exclude_nodes: list[str] | None = None,
+                    plan: dict[str, Any] | None = None) -> dict[str, str]:
+    """The builder's ``--extra_options`` for ``cfg`` (authentication and remote code always off).
+
+    ``plan`` is :func:`plan_quantization`'s (default: ``cfg``'s values as they are). Mixed precision
+    ``last`` and ``mixed`` are the builder's own ``matmul_mixed_precision`` presets; ``first_last``
+    goes through :func:`target_options`.
+    """
     opts = {"hf_token": "false", "hf_remote": "false"}
     if cfg.precision in ("int4", "int8"):
-        opts["block_size"] = str(cfg.block_size)
+        plan = plan or plan_quantization(cfg, {}, tied=False)
+        opts["block_size"] = str(plan["block_size"])
         opts["is_symmetric"] = "true" if cfg.symmetric else "false"
         if cfg.accuracy_level is not None:
             opts["accuracy_level"] = str(cfg.accuracy_level)
-        if cfg.quant_algo != "default":
-            opts["algo_config"] = cfg.quant_algo
-        if cfg.precision == "int4" and cfg.quantize_embeddings:
+        if plan["algo"] != "default":
+            opts["algo_config"] = plan["algo"]
+        if cfg.precision == "int4" and plan.get("embedding") in ("tied", "int4"):
             opts["op_types_to_quantize"] = "MatMul/Gather"
+        if plan["mixed_precision"] in ("last", "mixed"):
+            opts["matmul_mixed_precision"] = "last_matmul:int8" + (",mixed_layers:int8" if plan["mixed_precision"] == "mixed" else "")
     if adapter_path is not None:
         opts["adapter_path"] = str(adapter_path)
     if exclude_nodes:
         opts["nodes_to_exclude"] = ",".join(exclude_nodes)
     return opts
+
+
+def target_options(mixed_precision: str | None, num_layers: int) -> dict[str, Any] | None:
+    """The builder's structured ``target_options`` for ``first_last`` (per-node int8 overrides), else ``None``.
+
+    The overrides replace the builder's list, so they repeat the ``last_matmul`` preset; they also
+    drop ``nodes_to_exclude`` (hence no ``first_last`` with run-time adapters, see :func:`export_onnx`).
+    """
+    if mixed_precision != "first_last":
+        return None
+    overrides: list[dict[str, Any]] = [{"match": {"preset": "last_matmul"}, "type": "int8"}]
+    overrides += [{"match": {"name": name}, "type": "int8"} for name in int8_node_names(num_layers)]
+    return {"quant_config": {"weights": {"overrides": overrides}}}
 
 
 class _LineSink(io.TextIOBase):
@@ -191,11 +341,13 @@ class _LineSink(io.TextIOBase):
         return len(text)
 
 
-def _create_model(src: Path, out: Path, cache: Path, precision: str, ep: str, options: dict[str, str]) -> None:
-    """onnxruntime-genai's ``builder.create_model`` (the same call its command line makes)."""
+def _create_model(src: Path, out: Path, cache: Path, precision: str, ep: str, options: dict[str, str],
+                  target: dict[str, Any] | None = None) -> None:
+    """onnxruntime-genai's ``builder.create_model`` (the same call its command line makes; ``target`` = its ``--target_options``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     builder = require("onnxruntime_genai.models.builder", extra="onnx", purpose="exporting to ONNX")
-    opts = builder.parse_extra_options(None, str(src), str(out), precision, ep, str(cache), [f"{k}={v}" for k, v in options.items()])
+    extra = {"target_options": target} if target else {}
+    opts = builder.parse_extra_options(None, str(src), str(out), precision, ep, str(cache), [f"{k}={v}" for k, v in options.items()], **extra)
     builder.create_model(None, str(src), str(out), precision, ep, str(cache), **opts)
 
 
@@ -231,7 +383,8 @@ def _use_cpu_provider(out: Path) -> None:
     path.write_text(json.dumps(genai, indent=4) + "\n", encoding="utf-8")
 
 
-def run_builder(src: Path, out: Path, cache: Path, cfg: OnnxExportConfig, options: dict[str, str], *, total_layers: int) -> None:
+def run_builder(src: Path, out: Path, cache: Path, cfg: OnnxExportConfig, options: dict[str, str], *, total_layers: int,
+                target: dict[str, Any] | None = None) -> None:
     """Run the model builder on ``src`` into ``out`` (offline; its prints go to the debug log); failures become :class:`ExportError`."""
     with task(f"export.onnx {cfg.precision}", total=total_layers + 3) as bar:
         sink = _LineSink(bar)
@@ -239,7 +392,10 @@ def run_builder(src: Path, out: Path, cache: Path, cfg: OnnxExportConfig, option
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _quiet_ort_logging(), warnings.catch_warnings():
                 # the quantizer divides by zero scales of all-zero blocks (padding), and says so
                 warnings.filterwarnings("ignore", category=RuntimeWarning, module="onnxruntime.quantization")
-                _create_model(src, out, cache, cfg.precision, build_provider(cfg), options)
+                if target:
+                    _create_model(src, out, cache, cfg.precision, build_provider(cfg), options, target)
+                else:
+                    _create_model(src, out, cache, cfg.precision, build_provider(cfg), options)
             if build_provider(cfg) != cfg.execution_provider:
                 _use_cpu_provider(out)
         except OSError as exc:
@@ -307,19 +463,35 @@ def export_onnx(src: Path, out: Path, cfg: OnnxExportConfig, *, adapter_path: Pa
     turns them into run-time adapter inputs (``adapter_mode=runtime``).
     """
     facts = check_source(src)
+    model_cfg = _read_json(src / "config.json")
+    plan = plan_quantization(cfg, model_cfg, tied=tied_embeddings(src, model_cfg), runtime_adapter=bool(exclude_nodes))
     facts["estimated_bytes"] = check_disk(out, facts["parameters_estimate"], cfg.precision)
     cache = out / ".builder-cache"
     cache.mkdir(parents=True, exist_ok=True)
+    layers = facts["num_layers"]
     try:
-        options = builder_options(cfg, adapter_path=adapter_path, exclude_nodes=exclude_nodes)
-        run_builder(src, out, cache, cfg, options, total_layers=facts["num_layers"])
+        options = builder_options(cfg, adapter_path=adapter_path, exclude_nodes=exclude_nodes, plan=plan)
+        try:
+            run_builder(src, out, cache, cfg, options, total_layers=layers, target=target_options(plan.get("mixed_precision"), layers))
+        except ExportError as exc:
+            if plan.get("mixed_precision") != "first_last" or "did not match an emitted node" not in str(exc.__cause__):
+                raise
+            log.warning("export.onnx: the model builder names this model's attention differently (%s); only the LM head stays at int8",
+                        str(exc.__cause__).strip())
+            plan["mixed_precision"] = "last"
+            run_builder(src, out, cache, cfg, builder_options(cfg, adapter_path=adapter_path, exclude_nodes=exclude_nodes, plan=plan),
+                        total_layers=layers)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     try:
         facts.update(finish_folder(src, out))
+        if plan.get("embedding") == "int8" and not int8_embedding(out, plan["block_size"]):
+            log.warning("export.onnx: found no float token-embedding Gather to quantize to int8; the embedding stays in float")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise ExportError("export.onnx ran out of disk space", why=str(exc), fix="free some space or point SLMOPS_HOME (--home) at a bigger disk") from exc
         raise
+    if plan:
+        facts["quantization"] = {**plan, **(quantized_layout(out) if cfg.precision == "int4" else {})}
     facts.update(precision=cfg.precision, execution_provider=cfg.execution_provider, builder_layout=build_provider(cfg), size_bytes=folder_size(out))
     return facts

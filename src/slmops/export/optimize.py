@@ -2,7 +2,8 @@
 
 For each target (``gguf:q4_k_m``, ``gguf:q8_0``, ``onnx:int4`` …) :func:`optimize` runs the export
 stage through the cached runner (``export.gguf``; ``export.onnx`` when that stage is registered,
-otherwise the target is skipped with the reason), then the ``parity`` stage against the model
+otherwise the target is skipped with the reason; ``onnx:int4`` is that stage's int4 default, the
+mixed-precision export that is no worse than ``gguf:q4_k_m`` in KL — see docs/export.md), then the ``parity`` stage against the model
 (KL, top-1 agreement, perplexity, greedy match — each a report artifact linked to both), then
 measures size on disk, decode speed, TTFT and peak RSS (in a fresh process by default). A
 candidate *passes* when its parity gates pass and it fits ``max_size_bytes`` /
