@@ -53,10 +53,10 @@ def foundry_python() -> str:
         return os.environ["SLMOPS_FOUNDRY_PYTHON"]
     exe = FOUNDRY_VENV / "bin" / "python"
     probe = [str(exe), "-c", "import foundry_local_sdk"]
-    if not exe.is_file() or subprocess.run(probe, capture_output=True).returncode != 0:
+    if not exe.is_file() or subprocess.run(probe, capture_output=True, check=False).returncode != 0:
         steps = [[sys.executable, "-m", "venv", str(FOUNDRY_VENV)], [str(exe), "-m", "pip", "install", "-q", "foundry-local-sdk"]]
         for cmd in steps:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
             if res.returncode != 0:
                 pytest.skip(f"cannot install foundry-local-sdk into {FOUNDRY_VENV} (no package index reachable?): "
                             f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}")

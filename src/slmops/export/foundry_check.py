@@ -60,7 +60,7 @@ def check_in_foundry(package: Path, messages: list[dict[str, str]], *, python: s
                "--messages", json.dumps(messages), "--max-tokens", str(max_tokens)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOME": work}
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, errors="replace")
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, errors="replace", check=False)
         except subprocess.TimeoutExpired as exc:
             raise FoundryCheckFailed(f"Foundry Local did not answer within {timeout_s:.0f}s", fix="try a smaller model") from exc
     line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(foundry_probe.MARKER)), None)
