@@ -154,7 +154,8 @@ def test_config_errors_name_the_field(estore: Any, llama: Any) -> None:
 def test_int4_plan_works_around_the_builder_limits() -> None:
     """Block size, rounding and mixed precision are settled before the builder runs (no graph that does not load)."""
     from slmops.errors import ConfigError
-    from slmops.export.onnx import OnnxExportConfig, plan_quantization
+    from slmops.export.onnx import OnnxExportConfig
+    from slmops.export.onnx_quant import plan_quantization
 
     def plan(model: dict[str, Any], *, tied: bool = True, adapter: bool = False, **cfg: Any) -> dict[str, Any]:
         return plan_quantization(OnnxExportConfig(**cfg), model, tied=tied, runtime_adapter=adapter)

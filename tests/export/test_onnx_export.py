@@ -155,10 +155,10 @@ def test_mixed_precision_presets_reach_the_builder(ostore: Any, models: dict[str
 
 def test_first_last_falls_back_to_last_when_the_names_differ(ostore: Any, models: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """An architecture whose graph names its attention differently still exports, with only the LM head at int8."""
-    import slmops.export.onnx as onnx_mod
+    import slmops.export.onnx_quant as quant
     from slmops.testing.onnx import tiny_onnx
 
-    monkeypatch.setattr(onnx_mod, "int8_node_names", lambda n: ["/model/layers.0/attn/not_there/MatMul"])
+    monkeypatch.setattr(quant, "int8_node_names", lambda n: ["/model/layers.0/attn/not_there/MatMul"])
     art = tiny_onnx("llama", store=ostore, model=models["llama"], precision="int4", parity_texts=0, block_size=16)
     q = art.manifest.meta["quantization"]
     assert q["mixed_precision"] == "last" and q["int8_matmuls"] == ["/lm_head/MatMul_Q8"] and q["block_size"] == 16
