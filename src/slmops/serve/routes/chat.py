@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from slmops.runtimes.base import GenerationParams, TokenEvent
 from slmops.serve.protocol import APIError, ChatCompletionRequest, bad_request, chat_logprobs, new_id, now, usage
-from slmops.serve.routes.common import DONE, JobStream, settle, sse, version_headers
+from slmops.serve.routes.common import DONE, JobStream, completed, fingerprint, settle, sse
 from slmops.serve.service import ClientGone, Job, Service
 
 router = APIRouter(tags=["openai"])
@@ -113,26 +113,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     except BaseException as exc:
         settle(svc, job, exc, route=ROUTE, model=body.model)
         raise
-    svc.finish(job, 200, route=ROUTE, model=body.model)
-    return JSONResponse(
-        {
-            "id": job.request_id,
-            "object": "chat.completion",
-            "created": now(),
-            "model": body.model,
-            "system_fingerprint": f"slmops-{job.target.digest[:12]}",
-            "choices": choices,
-            "usage": usage(job.prompt_tokens, job.completion_tokens),
-        },
-        headers=version_headers(job),
-    )
+    return completed(svc, job, route=ROUTE, model=body.model, obj="chat.completion", choices=choices)
 
 
 async def _stream(svc: Service, job: Job, body: ChatCompletionRequest, ids: list[int], params: list[GenerationParams]) -> AsyncIterator[str]:
     created = now()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     base: dict[str, Any] = {"id": job.request_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                            "system_fingerprint": f"slmops-{job.target.digest[:12]}"}
+                            "system_fingerprint": fingerprint(job)}
 
     def chunk(i: int, delta: dict[str, Any], *, logprobs: Any = None, finish: str | None = None) -> str:
         c = {**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}

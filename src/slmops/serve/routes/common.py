@@ -6,10 +6,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from slmops.serve.protocol import APIError
+from slmops.serve.protocol import APIError, now, usage
 from slmops.serve.service import ClientGone, Job, Service
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -20,6 +20,19 @@ def sse(data: dict[str, Any]) -> str:
 
 
 DONE = "data: [DONE]\n\n"
+
+
+def fingerprint(job: Job) -> str:
+    """``system_fingerprint``: which artifact answered (a canary's versions differ)."""
+    return f"slmops-{job.target.digest[:12]}"
+
+
+def completed(svc: Service, job: Job, *, route: str, model: str, obj: str, choices: list[dict[str, Any]]) -> JSONResponse:
+    """Finish ``job`` as a success and answer with the whole (non-streamed) completion object."""
+    svc.finish(job, 200, route=route, model=model)
+    body = {"id": job.request_id, "object": obj, "created": now(), "model": model, "system_fingerprint": fingerprint(job),
+            "choices": choices, "usage": usage(job.prompt_tokens, job.completion_tokens)}
+    return JSONResponse(body, headers=version_headers(job))
 
 
 def version_headers(job: Job) -> dict[str, str]:

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from slmops.runtimes.base import GenerationParams, TokenEvent
 from slmops.serve.protocol import CompletionRequest, bad_request, completion_logprobs, new_id, now, usage
 from slmops.serve.routes.chat import sampling
-from slmops.serve.routes.common import DONE, JobStream, settle, sse, version_headers
+from slmops.serve.routes.common import DONE, JobStream, completed, fingerprint, settle, sse
 from slmops.serve.service import ClientGone, Job, Service
 
 router = APIRouter(tags=["openai"])
@@ -103,19 +103,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     except BaseException as exc:
         settle(svc, job, exc, route=ROUTE, model=body.model)
         raise
-    svc.finish(job, 200, route=ROUTE, model=body.model)
-    return JSONResponse(
-        {
-            "id": job.request_id,
-            "object": "text_completion",
-            "created": now(),
-            "model": body.model,
-            "system_fingerprint": f"slmops-{job.target.digest[:12]}",
-            "choices": choices,
-            "usage": usage(job.prompt_tokens, job.completion_tokens),
-        },
-        headers=version_headers(job),
-    )
+    return completed(svc, job, route=ROUTE, model=body.model, obj="text_completion", choices=choices)
 
 
 async def _stream(
@@ -123,7 +111,7 @@ async def _stream(
 ) -> AsyncIterator[str]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     base: dict[str, Any] = {"id": job.request_id, "object": "text_completion", "created": now(), "model": body.model,
-                            "system_fingerprint": f"slmops-{job.target.digest[:12]}"}
+                            "system_fingerprint": fingerprint(job)}
 
     def chunk(i: int, text: str, *, logprobs: Any = None, finish: str | None = None) -> str:
         c = {**base, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
