@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pairing import decode_rate, paired_ratio  # benchmarks/pairing.py (this script's folder is on sys.path)
+
 QTYPES = ["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]
 MODEL = {"arch": "llama", "size": "small", "hidden_size": 768, "num_layers": 6, "num_heads": 12, "intermediate_size": 2048,
          "vocab_size": 8000, "context_length": 1024, "seed": 0}
@@ -86,26 +88,14 @@ def child_pair(path: str, threads: int, prompt_tokens: int, new_tokens: int, run
     L.llama_sampler_chain_add(smpl, L.llama_sampler_init_greedy())
     params = GenerationParams(max_tokens=new_tokens, ignore_eos=True)
 
-    def ours() -> float:
-        res = rt.generate(ids, params)
-        return (res.completion_tokens - 1) / ((res.total_s or 0.0) - (res.ttft_s or 0.0))
-
     def raw() -> float:
         with rt._lock:
             return raw_decode(L, rt._ctx, smpl, ids, new_tokens)[1]
 
-    ratios = []
-    for i in range(2 * runs + 1):  # the first pair warms up
-        if i % 2:
-            a, b = ours(), raw()
-        else:
-            b = raw()
-            a = ours()
-        if i:
-            ratios.append(a / b)
+    result = paired_ratio(lambda: decode_rate(rt.generate(ids, params)), raw, runs)
     L.llama_sampler_free(smpl)
     rt.close()
-    return {"ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios), "pairs": len(ratios)}
+    return result
 
 
 def child_raw(path: str, threads: int, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
@@ -287,7 +277,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3, help="Runs per process (after a warm-up)")
     ap.add_argument("--repeats", type=int, default=2, help="Fresh processes per measurement")
-    ap.add_argument("--pairs", type=int, default=10, help="Back-to-back ours/raw pairs for the paired ratio")
+    ap.add_argument("--pairs", type=int, default=20, help="Back-to-back ours/raw pairs for the paired ratio")
     ap.add_argument("--threads", type=int, default=0, help="Threads for both (default: slmops' choice for the file size)")
     ap.add_argument("--train-steps", type=int, default=80, help="finetune.full steps (batch 8 × 128 tokens) before measuring; 0 = random weights")
     ap.add_argument("--parity-texts", type=int, default=32)

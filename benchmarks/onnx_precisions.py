@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pairing import decode_rate, paired_ratio  # benchmarks/pairing.py (this script's folder is on sys.path)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LEGEND = (
@@ -155,24 +157,10 @@ def child_pair(path: str, prompt_tokens: int, new_tokens: int, runs: int, thread
     rt = open_runtime(Path(path), "ort-genai", **({"threads": threads} if threads else {}))
     ids = _prompt(lambda t: rt.tokenize(t, add_special_tokens=True), prompt_tokens)
     params = GenerationParams(max_tokens=new_tokens, ignore_eos=True)
-    ratios = []
-    for i in range(2 * runs + 1):
-        def ours() -> float:
-            res = rt.generate([int(t) for t in ids], params)
-            return (res.completion_tokens - 1) / ((res.total_s or 0.0) - (res.ttft_s or 0.0))
-
-        def raw() -> float:
-            return raw_run(rt.model, ids, new_tokens)[1]
-
-        if i % 2:
-            a, b = ours(), raw()
-        else:
-            b = raw()
-            a = ours()
-        if i:
-            ratios.append(a / b)
+    result = paired_ratio(lambda: decode_rate(rt.generate([int(t) for t in ids], params)),
+                          lambda: raw_run(rt.model, ids, new_tokens)[1], 2 * runs)
     rt.close()
-    return {"ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    return result
 
 
 def run_child(kind: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def from_logs(
     from pathlib import Path
 
     from slmops.monitor.fromlogs import build_from_logs
-    from slmops.serve.config import parse_duration
+    from slmops.units import parse_duration
 
     since_s = parse_duration(since, flag="--since") if since else None
     with open_cli_store() as store:

@@ -46,8 +46,9 @@ def register(app: typer.Typer) -> None:
         bundle: Annotated[Path | None, typer.Option("--bundle", help="Serve an edge bundle (slmops bundle): checksums verified first, no registry needed.")] = None,
     ) -> None:
         """Serve models over an OpenAI-compatible API (chat, completions, models, metrics, management)."""
-        from slmops.serve import ServeConfig, parse_duration
+        from slmops.serve import ServeConfig
         from slmops.serve import serve as run_server
+        from slmops.units import parse_duration
 
         api_key = api_key_from_env(api_key_env, "--api-key-env")
         spec = None
@@ -122,9 +123,9 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Show the server's request log (metadata; prompts and completions only if served with --log-content)."""
-        from slmops.serve import parse_duration
         from slmops.serve.requestlog import default_path, query
         from slmops.settings import slmops_home
+        from slmops.units import parse_duration
 
         path = log_db or default_path(slmops_home())
         since_ts = time.time() - parse_duration(since, flag="--since") if since else None

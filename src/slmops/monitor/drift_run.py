@@ -11,7 +11,6 @@ artifact (``drift.json``) whose parents are the model (role ``model``) and the b
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import importlib.util
@@ -188,20 +187,15 @@ async def drift_loop(*, store: Any, catalog: Any, config: Any, metrics: Any, log
     except Exception:  # the server keeps serving without its drift check
         log.exception("--drift-baseline %s cannot be resolved: no drift checks", config.drift_baseline)
         return
-    while True:
-        for model_id in list(config.models):
-            try:
-                target = catalog.resolve(model_id)
-                art = store.get(target.digest)
-                cfg = DriftConfig(log_path=str(log_path), model_digest=art.digest, window_s=config.drift_window_s)
-                rep = await asyncio.to_thread(compute_drift, art, baseline, cfg)
-            except DataError as exc:
-                log.info("drift for %s skipped: %s", model_id, exc.message)
-                continue
-            except Exception:
-                log.exception("drift check for %s failed", model_id)
-                continue
-            metrics.drift.labels(model_id).set(rep["score"])
-            state[model_id] = rep
-            log.info("drift for %s: %s (score %.3f)", model_id, rep["verdict"], rep["score"])
-        await asyncio.sleep(config.drift_every_s)
+    from slmops.monitor.periodic import every_served_model
+
+    def check(model_id: str) -> dict[str, Any]:
+        art = store.get(catalog.resolve(model_id).digest)
+        return compute_drift(art, baseline, DriftConfig(log_path=str(log_path), model_digest=art.digest, window_s=config.drift_window_s))
+
+    def publish(model_id: str, rep: dict[str, Any]) -> None:
+        metrics.drift.labels(model_id).set(rep["score"])
+        state[model_id] = rep
+        log.info("drift for %s: %s (score %.3f)", model_id, rep["verdict"], rep["score"])
+
+    await every_served_model(lambda: list(config.models), config.drift_every_s, check, publish, what="drift check")

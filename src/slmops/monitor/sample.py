@@ -143,27 +143,24 @@ async def judge_loop(*, store: Any, catalog: Any, config: Any, metrics: Any, log
     each version behind a canary) with the judge and sets ``slmops_quality_score{model,version}``;
     the latest totals per id are kept in ``state``. A failing judge is logged and retried next round.
     """
-    import asyncio
+    from slmops.monitor.periodic import every_served_model
 
     key = config.judge_api_key.get_secret_value() if config.judge_api_key is not None else None
-    while True:
-        for model_id in served_ids(config):
-            try:
-                target = catalog.resolve(model_id)
-                rep = await asyncio.to_thread(score_sample, target.digest, log_path=log_path, judge_url=config.judge_url,
-                                              rate=config.judge_rate, judge_model=config.judge_model, api_key=key)
-            except DataError as exc:
-                log.info("judge for %s skipped: %s", model_id, exc.message)
-                continue
-            except Exception:
-                log.exception("judging %s failed", model_id)
-                continue
-            if rep["quality"] is not None:
-                metrics.quality.labels(model_id, target.version).set(rep["quality"])
-                metrics.judged.labels(model_id, target.version).set(rep["scored"])
-            state[model_id] = rep
-            log.info("judge for %s: quality %s over %d scored requests", model_id, rep["quality"], rep["scored"])
-        await asyncio.sleep(config.judge_every_s)
+
+    def check(model_id: str) -> tuple[str, dict[str, Any]]:
+        target = catalog.resolve(model_id)
+        return target.version, score_sample(target.digest, log_path=log_path, judge_url=config.judge_url, rate=config.judge_rate,
+                                            judge_model=config.judge_model, api_key=key)
+
+    def publish(model_id: str, result: tuple[str, dict[str, Any]]) -> None:
+        version, rep = result
+        if rep["quality"] is not None:
+            metrics.quality.labels(model_id, version).set(rep["quality"])
+            metrics.judged.labels(model_id, version).set(rep["scored"])
+        state[model_id] = rep
+        log.info("judge for %s: quality %s over %d scored requests", model_id, rep["quality"], rep["scored"])
+
+    await every_served_model(lambda: served_ids(config), config.judge_every_s, check, publish, what="judge")
 
 
 def served_ids(config: Any) -> list[str]:

@@ -6,25 +6,17 @@ strictly (pydantic, ``extra="forbid"``), so the CLI, a Python caller and a test 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from slmops import units
 from slmops.errors import ConfigError
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(text: str | float, *, flag: str = "--ttl") -> float:
-    """Seconds in ``"90"``, ``"30s"``, ``"10m"``, ``"1.5h"``, ``"2d"`` or ``"250ms"``."""
-    if isinstance(text, int | float):
-        return float(text)
-    m = _DURATION.match(text)
-    if not m:
-        raise ConfigError(f"{flag} {text!r} is not a duration", fix="write a number of seconds, or e.g. 30s, 10m, 1h, 2d")
-    return float(m[1]) * _UNITS[m[2]]
+    """:func:`slmops.units.parse_duration` with the server's most common flag named in its error."""
+    return units.parse_duration(text, flag=flag)
 
 
 def parse_canary(text: str) -> dict[str, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,8 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from slmops.runtimes.base import GenerationParams, TokenEvent
-from slmops.serve.protocol import APIError, ChatCompletionRequest, bad_request, chat_logprobs, new_id, now, usage
-from slmops.serve.routes.common import DONE, JobStream, completed, fingerprint, settle, sse
+from slmops.serve.protocol import ChatCompletionRequest, bad_request, chat_logprobs, new_id
+from slmops.serve.routes.common import ChunkFn, JobStream, completed, settle, stream_job
 from slmops.serve.service import ClientGone, Job, Service
 
 router = APIRouter(tags=["openai"])
@@ -116,45 +115,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return completed(svc, job, route=ROUTE, model=body.model, obj="chat.completion", choices=choices)
 
 
-async def _stream(svc: Service, job: Job, body: ChatCompletionRequest, ids: list[int], params: list[GenerationParams]) -> AsyncIterator[str]:
-    created = now()
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    base: dict[str, Any] = {"id": job.request_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                            "system_fingerprint": fingerprint(job)}
+def _stream(svc: Service, job: Job, body: ChatCompletionRequest, ids: list[int], params: list[GenerationParams]) -> AsyncIterator[str]:
+    async def choices(chunk: ChunkFn) -> AsyncIterator[str]:
+        def choice(i: int, delta: dict[str, Any], *, logprobs: Any = None, finish: str | None = None) -> str:
+            return chunk({"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
 
-    def chunk(i: int, delta: dict[str, Any], *, logprobs: Any = None, finish: str | None = None) -> str:
-        c = {**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
-        if include_usage:
-            c["usage"] = None
-        return sse(c)
-
-    status, error = 200, None
-    try:
         for i, p in enumerate(params):
-            yield chunk(i, {"role": "assistant", "content": ""})
+            yield choice(i, {"role": "assistant", "content": ""})
             parts, finish = [], None
             async for ev in svc.generate(job, ids, p):
                 parts.append(ev.text)
                 lp = chat_logprobs(svc.logprob_entries(job, [ev])) if body.logprobs else None
                 if ev.text or lp is not None:
-                    yield chunk(i, {"content": ev.text}, logprobs=lp)
+                    yield choice(i, {"content": ev.text}, logprobs=lp)
                 finish = ev.finish_reason or finish
             job.texts.append("".join(parts))
-            yield chunk(i, {}, finish=finish or "length")
-        if include_usage:
-            yield sse({**base, "choices": [], "usage": usage(job.prompt_tokens, job.completion_tokens)})
-        yield DONE
-    except APIError as exc:
-        status, error = exc.status, exc
-        yield sse(exc.body())
-        yield DONE
-    except (ClientGone, asyncio.CancelledError, GeneratorExit) as exc:
-        status, error = 499, ClientGone()
-        if not isinstance(exc, ClientGone):
-            raise
-    except BaseException as exc:
-        status, error = 500, exc
-        raise
-    finally:
-        job.cancel.set()
-        svc.finish(job, status, route=ROUTE, model=body.model, error=error)
+            yield choice(i, {}, finish=finish or "length")
+
+    return stream_job(svc, job, route=ROUTE, model=body.model, obj="chat.completion.chunk",
+                      include_usage=bool(body.stream_options and body.stream_options.include_usage), choices=choices)

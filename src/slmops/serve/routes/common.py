@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import JSONResponse, StreamingResponse
@@ -33,6 +34,46 @@ def completed(svc: Service, job: Job, *, route: str, model: str, obj: str, choic
     body = {"id": job.request_id, "object": obj, "created": now(), "model": model, "system_fingerprint": fingerprint(job),
             "choices": choices, "usage": usage(job.prompt_tokens, job.completion_tokens)}
     return JSONResponse(body, headers=version_headers(job))
+
+
+ChunkFn = Callable[[dict[str, Any]], str]
+
+
+async def stream_job(svc: Service, job: Job, *, route: str, model: str, obj: str, include_usage: bool,
+                     choices: Callable[[ChunkFn], AsyncIterator[str]]) -> AsyncIterator[str]:
+    """The SSE body of a streamed completion: ``choices(chunk)`` yields the choice chunks; this adds the
+    usage chunk, ``[DONE]``, an API error as a final event, and settles the job exactly once (499 when
+    the client went away, 500 on a bug)."""
+    base: dict[str, Any] = {"id": job.request_id, "object": obj, "created": now(), "model": model, "system_fingerprint": fingerprint(job)}
+
+    def chunk(choice: dict[str, Any]) -> str:
+        c = {**base, "choices": [choice]}
+        if include_usage:
+            c["usage"] = None
+        return sse(c)
+
+    status, error = 200, None
+    try:
+        async for line in choices(chunk):
+            yield line
+        if include_usage:
+            yield sse({**base, "choices": [], "usage": usage(job.prompt_tokens, job.completion_tokens)})
+        yield DONE
+    except APIError as exc:
+        status, error = exc.status, exc
+        yield sse(exc.body())
+        yield DONE
+    except ClientGone as exc:
+        status, error = 499, exc
+    except (asyncio.CancelledError, GeneratorExit):
+        status, error = 499, ClientGone()
+        raise
+    except BaseException as exc:
+        status, error = 500, exc
+        raise
+    finally:
+        job.cancel.set()
+        svc.finish(job, status, route=route, model=model, error=error)
 
 
 def version_headers(job: Job) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from slmops.runtimes.base import GenerationParams, TokenEvent
-from slmops.serve.protocol import CompletionRequest, bad_request, completion_logprobs, new_id, now, usage
+from slmops.serve.protocol import CompletionRequest, bad_request, completion_logprobs, new_id
 from slmops.serve.routes.chat import sampling
-from slmops.serve.routes.common import DONE, JobStream, completed, fingerprint, settle, sse
+from slmops.serve.routes.common import ChunkFn, JobStream, completed, settle, stream_job
 from slmops.serve.service import ClientGone, Job, Service
 
 router = APIRouter(tags=["openai"])
@@ -106,52 +105,28 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     return completed(svc, job, route=ROUTE, model=body.model, obj="text_completion", choices=choices)
 
 
-async def _stream(
+def _stream(
     svc: Service, job: Job, body: CompletionRequest, all_ids: list[list[int]], echoes: list[str], params: list[GenerationParams]
 ) -> AsyncIterator[str]:
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    base: dict[str, Any] = {"id": job.request_id, "object": "text_completion", "created": now(), "model": body.model,
-                            "system_fingerprint": fingerprint(job)}
+    async def choices(chunk: ChunkFn) -> AsyncIterator[str]:
+        def choice(i: int, text: str, *, logprobs: Any = None, finish: str | None = None) -> str:
+            return chunk({"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish})
 
-    def chunk(i: int, text: str, *, logprobs: Any = None, finish: str | None = None) -> str:
-        c = {**base, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
-        if include_usage:
-            c["usage"] = None
-        return sse(c)
-
-    status, error = 200, None
-    try:
         for pi, ids in enumerate(all_ids):
             for i, p in enumerate(params):
                 index = pi * len(params) + i
                 if echoes[pi]:
-                    yield chunk(index, echoes[pi])
+                    yield choice(index, echoes[pi])
                 parts, finish, offset = [], None, len(echoes[pi])
                 async for ev in svc.generate(job, ids, p):
                     parts.append(ev.text)
                     lp = completion_logprobs(svc.logprob_entries(job, [ev]), offset) if body.logprobs is not None else None
                     offset += len(ev.text)
                     if ev.text or lp is not None:
-                        yield chunk(index, ev.text, logprobs=lp)
+                        yield choice(index, ev.text, logprobs=lp)
                     finish = ev.finish_reason or finish
                 job.texts.append("".join(parts))
-                yield chunk(index, "", finish=finish or "length")
-        if include_usage:
-            yield sse({**base, "choices": [], "usage": usage(job.prompt_tokens, job.completion_tokens)})
-        yield DONE
-    except Exception as exc:
-        from slmops.serve.protocol import APIError
+                yield choice(index, "", finish=finish or "length")
 
-        if not isinstance(exc, APIError | ClientGone):
-            status, error = 500, exc
-            raise
-        status, error = (exc.status, exc) if isinstance(exc, APIError) else (499, exc)
-        if isinstance(exc, APIError):
-            yield sse(exc.body())
-            yield DONE
-    except (asyncio.CancelledError, GeneratorExit):
-        status, error = 499, ClientGone()
-        raise
-    finally:
-        job.cancel.set()
-        svc.finish(job, status, route=ROUTE, model=body.model, error=error)
+    return stream_job(svc, job, route=ROUTE, model=body.model, obj="text_completion",
+                      include_usage=bool(body.stream_options and body.stream_options.include_usage), choices=choices)
