@@ -79,22 +79,3 @@ def hf_copy(tiny: dict[str, Any], tmp_path: Path) -> Any:
         return dst
 
     return copy
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Any:
-    """Run the real CLI in-process: ``cli(*args)`` -> CliResult(code, out, err) (as in tests/cli)."""
-    from ggufkit import CliResult
-
-    from slmops.cli.main import main
-
-    def run(*args: str) -> CliResult:
-        code = 0
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run

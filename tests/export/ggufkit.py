@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +61,3 @@ def register_adapter(store: Any, folder: Path, base: Any) -> Any:
             if f.name.endswith((".json", ".safetensors")):
                 shutil.copy2(f, tmp / f.name)
         return store.commit(tmp, kind="adapter", format="peft", parents=[Parent(digest=base.digest, role="model")])
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.out)
