@@ -183,7 +183,8 @@ def build(store: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     if not data_file.exists():
         data_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus(2000)))
     data = run_stage("data.import", {}, {"path": str(data_file)}, store=store).artifact
-    model = run_stage("models.init", {}, MODEL, store=store, output_name="bench-gguf-init").artifact
+    spec = {**MODEL, "seed": args.seed, **({"tie_word_embeddings": False} if args.untied else {})}  # defaults: the GGUF benchmark's model
+    model = run_stage("models.init", {}, spec, store=store, output_name="bench-gguf-init").artifact
     if args.train_steps:
         try:
             cfg = {"max_steps": args.train_steps, "batch_size": 8, "learning_rate": 1e-3, "max_length": 128, "warmup_steps": min(5, args.train_steps - 1),
@@ -240,7 +241,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         f"Command: `.venv/bin/python benchmarks/onnx_precisions.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
         (f"Model: Llama, hidden 768, 6 layers, {rows[0]['parameters'] / 1e6:.1f}M parameters (models.init + {args.train_steps} steps of "
-         f"finetune.full on the built-in corpus; the model of `benchmarks/gguf_formats.py`), exported by `export.onnx` (onnxruntime-genai "
+         f"finetune.full on the built-in corpus; "
+         + ("the model of `benchmarks/gguf_formats.py`" if not (args.seed or args.untied) else
+            f"init seed {args.seed}{', untied LM head' if args.untied else ', tied LM head'}") + "), exported by `export.onnx` (onnxruntime-genai "
          f"{_version('onnxruntime-genai')} model builder, CPU, symmetric; int8 at block 64; int4 rows below). Prompt "
          f"{args.prompt_tokens} tokens, {args.tokens} new tokens (greedy, EOS ignored), median of {args.runs} runs × {args.repeats} processes, "
          f"{args.threads or 'default'} ORT thread(s). "
@@ -319,6 +322,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="Runs per process (after a warm-up)")
     ap.add_argument("--repeats", type=int, default=2, help="Fresh processes per measurement")
     ap.add_argument("--train-steps", type=int, default=80)
+    ap.add_argument("--seed", type=int, default=0, help="models.init seed (another seed = another model of the same shape)")
+    ap.add_argument("--untied", action="store_true", help="Give the model its own LM head instead of one tied to the embedding")
     ap.add_argument("--parity-texts", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads for both (default: the engine's, one per core)")
     ap.add_argument("--child", choices=["ours", "raw", "pair"], help=argparse.SUPPRESS)
