@@ -2,9 +2,8 @@
 
 The model builder (onnxruntime-genai 0.18) quantizes an *untied* token embedding to 4 bits only
 (``GatherBlockQuantized`` with ``bits=4``; it refuses an 8-bit override), and its ``k_quant`` and
-``rtn`` methods leave it in float. At 4 bits, the embedding alone made the KL of an untied
-40M-parameter Llama six times higher (2.6e-3 against 4.3e-4 with a float or an int8 embedding;
-llama.cpp's Q4_K_M was at 1.3e-3), so when ``mixed_precision`` keeps the LM head at int8, :func:`int8_embedding`
+``rtn`` methods leave it in float. So when ``mixed_precision`` keeps the LM head at int8 (on the
+untied benchmark model: KL 3.55e-4 vs llama.cpp Q4_K_M 1.58e-3, ``benchmarks/onnx_precisions_untied.md``), :func:`int8_embedding`
 gives the embedding the same treatment after the builder has run: the float ``Gather`` becomes a
 ``GatherBlockQuantized`` with ``bits=8`` (symmetric, one float scale per block, the uint8 data
 offset by 128 as ONNX Runtime's default zero point expects), which ONNX Runtime runs on CPU and
