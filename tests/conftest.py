@@ -56,3 +56,23 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint (moto's server) on 127.0.0.1 with bucket ``slmops-test``; skipped without slmops[scale]."""
+    pytest.importorskip("moto.server")
+    from slmops.testing.scale import s3_endpoint as serve
+
+    with serve() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint):
+    """One local 2-CPU Ray cluster for the whole session (its workers get the S3 test credentials)."""
+    pytest.importorskip("ray")
+    from slmops.testing.scale import ray_cluster as start
+
+    with start(num_cpus=2) as ray:
+        yield ray

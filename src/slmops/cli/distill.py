@@ -60,6 +60,9 @@ def generate(
     min_success_ratio: Annotated[float | None, Opt("--min-success-ratio", help="Fail below this share of answered requests.")] = None,
     batch_size: Annotated[int | None, Opt("--batch-size", help="Prompts per batch (local teacher).")] = None,
     keep_work: Annotated[bool, Opt("--keep-work", help="Keep the run's work file after success.")] = False,
+    executor: Annotated[str | None, Opt("--executor", help="local, or ray: shard the prompts over Ray actors (slmops[scale]).")] = None,
+    workers: Annotated[int | None, Opt("--workers", help="Ray actors (shards) with --executor ray.")] = None,
+    address: Annotated[str | None, Opt("--address", help="Ray cluster for --executor ray (default RAY_ADDRESS, else local).")] = None,
     keep_truncated: Annotated[bool, Opt("--keep-truncated", help="Keep answers cut off at --max-tokens.")] = False,
     keep_refusals: Annotated[bool, Opt("--keep-refusals", help="Keep answers that look like refusals.")] = False,
     keep_duplicates: Annotated[bool, Opt("--keep-duplicates", help="Keep repeated answers to the same prompt.")] = False,
@@ -115,6 +118,9 @@ def generate(
         price_completion_per_1m=price_completion,
         min_success_ratio=min_success_ratio,
         batch_size=batch_size,
+        executor=executor,
+        workers=workers,
+        ray_address=address,
     )
     cfg.update({k: True for k, v in (("chain_of_thought", cot), ("keep_work", keep_work)) if v})
     if no_cache:

@@ -77,6 +77,9 @@ def _register() -> None:
     from slmops.cli import bundle
 
     bundle.register(app)
+    from slmops.cli import store
+
+    store.register(app)
 
 
 _register()

@@ -32,6 +32,10 @@ def register(app: typer.Typer) -> None:
         force: Annotated[list[str] | None, typer.Option("--force", help="Re-run this step even if cached (repeatable).")] = None,
         until: Annotated[str | None, typer.Option("--until", help="Run only this step and what it needs.")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe var: NAME=VALUE (repeatable).")] = None,
+        executor: Annotated[str, typer.Option("--executor", help="local (one step at a time, here) or ray (steps as Ray tasks; "
+                                              "needs slmops[scale], see docs/scale.md).")] = "local",
+        address: Annotated[str | None, typer.Option("--address", help="Ray cluster for --executor ray (default RAY_ADDRESS, "
+                                                    "else a new local cluster).")] = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Run every step of a recipe through the cached runner; re-runs are free, crashes resume, failed gates exit 3."""
@@ -41,7 +45,8 @@ def register(app: typer.Typer) -> None:
         rec = load_recipe(recipe, overrides=_sets(set_))
         with open_cli_store() as store, progress_bars(not as_json):
             results = run_recipe(rec, store=store, dry_run=dry_run, force=set(force or []), until=until,
-                                 on_step=None if as_json else lambda r: err.print(_line(r), highlight=False))
+                                 on_step=None if as_json else lambda r: err.print(_line(r), highlight=False),
+                                 executor=executor, address=address)
         data = {"recipe": rec.name, "dry_run": dry_run, "steps": [r.to_dict() for r in results]}
         report = next((r for r in reversed(results) if r.artifact is not None and r.artifact.kind == "report"), None)
         if report is not None:

@@ -36,6 +36,8 @@ RUN_OPTIONS = (
     "min_success_ratio",
     "batch_size",
     "keep_work",
+    "executor",
+    "workers",
 )
 
 
@@ -83,6 +85,10 @@ class GenerateConfig(BaseModel):
     )
     batch_size: int = Field(8, ge=1, le=1024, exclude=True, description="Prompts per batch for a local teacher")
     keep_work: bool = Field(False, exclude=True, description="Keep the run's work file after success (default: delete it)")
+    executor: Literal["local", "ray"] = Field(
+        "local", exclude=True, description="local: this process asks the teacher; ray: prompts are sharded over Ray actors (--workers)")
+    workers: int = Field(1, ge=1, le=1024, exclude=True, description="Ray actors (shards) with --executor ray")
+    ray_address: str | None = Field(None, exclude=True, description="Ray cluster for --executor ray (default RAY_ADDRESS, else a local one)")
 
     @field_validator("base_url")
     @classmethod

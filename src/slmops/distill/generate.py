@@ -158,7 +158,7 @@ def ask_teacher(
         log.info("distill.generate: resuming, %d of %d answers already on disk", len(done), len(plan))
     if not pending:
         return done, failures, stats
-    t = make_teacher(cfg, teacher, cache_root)
+    t = make_teacher(cfg, teacher, cache_root) if cfg.executor == "local" else None
     try:
         with progress.task("teacher answers", total=len(plan)) as bar, work.appender() as append:
             bar.set(len(plan) - len(pending))
@@ -172,10 +172,16 @@ def ask_teacher(
                     failures[req.key] = res.error
                 bar.advance(1, failed=len(failures))
 
-            t.run([p.request for p in pending], on_result)
-        stats = t.stats()
+            if t is None:  # --executor ray: shards on Ray actors, answers appended here as they arrive
+                from slmops.distill.sharded import ask_sharded
+
+                stats = ask_sharded([p.request for p in pending], cfg, teacher, cache_root, work_dir.parents[1], on_result)
+            else:
+                t.run([p.request for p in pending], on_result)
+                stats = t.stats()
     finally:
-        t.close()
+        if t is not None:
+            t.close()
     return done, failures, stats
 
 

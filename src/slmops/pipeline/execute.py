@@ -108,12 +108,25 @@ def run_recipe(
     force: set[str] | None = None,
     until: str | None = None,
     on_step: Callable[[StepResult], None] | None = None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> list[StepResult]:
-    """Run (or with ``dry_run`` plan) ``recipe``; returns one result per step in run order."""
+    """Run (or with ``dry_run`` plan) ``recipe``; returns one result per step in run order.
+
+    ``executor="ray"`` runs the steps as Ray tasks on the cluster at ``address`` (see
+    :mod:`slmops.pipeline.ray_exec`); caching, gates, ``until`` and ``force`` behave the same.
+    """
     force = force or set()
     unknown = force - set(recipe.steps)
     if unknown:
         raise ConfigError(f"--force {', '.join(sorted(unknown))}: no such step", fix=f"steps are: {', '.join(recipe.steps)}")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r} is not known", fix="use local (the default) or ray")
+    if executor == "ray" and not dry_run:
+        from slmops.pipeline.ray_exec import run_recipe_ray
+
+        recipe.order(until)  # --until names a real step
+        return run_recipe_ray(recipe, store=store, force=force, until=until, on_step=on_step, address=address)
     order = recipe.order(until)
     done: dict[str, StepResult] = {}
     results: list[StepResult] = []

@@ -23,13 +23,46 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.errors import ConfigError
 from slmops.pipeline.stages import all_stages
+from slmops.units import parse_size
 
 REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 ACTIONS = ("alias", "serve-smoke")
+
+
+class Resources(BaseModel):
+    """What one step needs from a Ray cluster (the local executor runs steps one by one and ignores it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpus: float = Field(1.0, ge=0, description="CPU cores the step's Ray task reserves")
+    gpus: float = Field(0.0, ge=0, description="GPUs the step's Ray task reserves (fractions share one)")
+    memory: int | str | None = Field(None, description="Memory the step's Ray task reserves, e.g. 4GB (bytes when a number)")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int | str | None) -> int | None:
+        if v is None:
+            return None
+        try:
+            n = parse_size(v, flag="memory")
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        if n <= 0:
+            raise ValueError("memory must be positive")
+        return n
+
+
+class ExecutorSettings(BaseModel):
+    """How ``--executor ray`` hands artifacts to its workers."""
+
+    model_config = ConfigDict(extra="forbid")
+    exchange: Literal["remote", "shared-fs"] = Field(
+        "remote", description="remote: workers pull inputs from and upload outputs to the object-store remote; "
+        "shared-fs: every worker sees this store's folder at the same path")
+    remote: str | None = Field(None, description="Remote for exchange: remote (default: the store's default remote)")
 
 
 class StepSpec(BaseModel):
@@ -45,6 +78,7 @@ class StepSpec(BaseModel):
     gates: list[str] = Field(default_factory=list, description="Conditions on the output's metrics, e.g. 'accuracy>=0.9'; a failure stops the run")
     target: str | None = Field(None, description="For actions: the artifact they act on (${step} or a reference)")
     alias: str | None = Field(None, description="For action alias: NAME@ALIAS to point at the target")
+    resources: Resources = Field(default_factory=Resources, description="cpus/gpus/memory the step reserves on a Ray cluster")
 
     @model_validator(mode="after")
     def _one_kind(self) -> StepSpec:
@@ -63,6 +97,7 @@ class Recipe(BaseModel):
     description: str = Field("", description="What the recipe does")
     vars: dict[str, Any] = Field(default_factory=dict, description="Values substituted for ${vars.NAME} in configs")
     steps: dict[str, StepSpec] = Field(description="Named steps; inputs decide the order")
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings, description="Settings of --executor ray")
     source: str | None = Field(None, exclude=True, description="File the recipe came from")
 
     def deps(self, step: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -46,18 +47,9 @@ def cache_key(st: Stage, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def run_stage(
-    name: str,
-    inputs: dict[str, Artifact] | None = None,
-    config: BaseModel | dict[str, Any] | None = None,
-    *,
-    store: Store,
-    output_name: str | None = None,
-    force: bool = False,
-) -> RunResult:
-    """Run (or fetch from cache) stage ``name`` on ``inputs`` with ``config``."""
+def prepare_stage(name: str, inputs: dict[str, Artifact], config: BaseModel | dict[str, Any] | None) -> tuple[Stage, BaseModel, str]:
+    """Check ``inputs`` against stage ``name``, validate its config and compute the cache key."""
     st = get_stage(name)
-    inputs = dict(inputs or {})
     missing = [r for r in st.inputs if r not in inputs]
     unknown = [r for r in inputs if r not in st.inputs and r not in st.optional_inputs]
     if missing or unknown:
@@ -69,22 +61,49 @@ def run_stage(
             + (f" (optional: {', '.join(st.optional_inputs)})" if st.optional_inputs else ""),
         )
     cfg = st.make_config(config)
-    key = cache_key(st, cfg, inputs)
-    if not force and (hit := store.cached(key)) is not None:
-        log.info("%s: cache hit %s", name, hit.short)
-        version = store.add_version(output_name, hit.digest) if output_name else None
-        return RunResult(hit, True, name, version)
+    return st, cfg, cache_key(st, cfg, inputs)
+
+
+def commit_output(store: Store, st: Stage, cfg: BaseModel, key: str, inputs: dict[str, Artifact], tmp: Path,
+                  result: StageOutput, output_name: str | None) -> RunResult:
+    """Register the files a stage wrote into ``tmp`` with their parents and resolved config."""
+    artifact = store.commit(
+        tmp,
+        kind=result.kind or st.kind,
+        format=result.format or st.format,
+        parents=[Parent(digest=a.digest, role=role) for role, a in sorted(inputs.items())],
+        stage=StageInfo(name=st.name, version=st.version, config=cfg.model_dump(mode="json"), cache_key=key),
+        metrics=result.metrics,
+        meta=result.meta,
+    )
+    version = store.add_version(output_name, artifact.digest) if output_name else None
+    return RunResult(artifact, False, st.name, version)
+
+
+def cache_hit(store: Store, st: Stage, key: str, output_name: str | None) -> RunResult | None:
+    """The stored result of an earlier identical run (named under ``output_name``), or None."""
+    if (hit := store.cached(key)) is None:
+        return None
+    log.info("%s: cache hit %s", st.name, hit.short)
+    version = store.add_version(output_name, hit.digest) if output_name else None
+    return RunResult(hit, True, st.name, version)
+
+
+def run_stage(
+    name: str,
+    inputs: dict[str, Artifact] | None = None,
+    config: BaseModel | dict[str, Any] | None = None,
+    *,
+    store: Store,
+    output_name: str | None = None,
+    force: bool = False,
+) -> RunResult:
+    """Run (or fetch from cache) stage ``name`` on ``inputs`` with ``config``."""
+    inputs = dict(inputs or {})
+    st, cfg, key = prepare_stage(name, inputs, config)
+    if not force and (hit := cache_hit(store, st, key, output_name)) is not None:
+        return hit
     with store.staging() as tmp:
         log.info("%s: running into %s", name, tmp)
         result = st.fn(inputs, cfg, tmp) or StageOutput()
-        artifact = store.commit(
-            tmp,
-            kind=result.kind or st.kind,
-            format=result.format or st.format,
-            parents=[Parent(digest=a.digest, role=role) for role, a in sorted(inputs.items())],
-            stage=StageInfo(name=st.name, version=st.version, config=cfg.model_dump(mode="json"), cache_key=key),
-            metrics=result.metrics,
-            meta=result.meta,
-        )
-    version = store.add_version(output_name, artifact.digest) if output_name else None
-    return RunResult(artifact, False, name, version)
+        return commit_output(store, st, cfg, key, inputs, tmp, result, output_name)

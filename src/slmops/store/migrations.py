@@ -61,6 +61,17 @@ MIGRATIONS: list[str] = [
         updated_at  TEXT NOT NULL
     );
     """,
+    # 3: object-store remotes (URL and endpoint only; credentials come from the environment)
+    """
+    CREATE TABLE remotes (
+        name          TEXT PRIMARY KEY,
+        url           TEXT NOT NULL,
+        endpoint_url  TEXT,
+        region        TEXT,
+        is_default    INTEGER NOT NULL DEFAULT 0,
+        updated_at    TEXT NOT NULL
+    );
+    """,
 ]
 
 

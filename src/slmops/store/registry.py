@@ -175,6 +175,30 @@ class Store:
         log.info("committed %s %s (%s)", kind, artifact.short, name or "unnamed")
         return artifact
 
+    def adopt(self, staged: Path, manifest: Manifest) -> Artifact:
+        """Publish ``staged`` under the manifest it came with (a pulled artifact) once its content hashes to that digest."""
+        actual = content_digest(staged)
+        if actual != manifest.digest:
+            raise IntegrityError(f"refusing to publish {manifest.digest[:12]}", why=f"its content hashes to {actual[:12]}",
+                                 fix="pull it again; the copy it came from may be damaged")
+        final = self.artifacts / manifest.digest
+        if final.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+        else:
+            write_json_atomic(staged / MANIFEST, manifest.model_dump(mode="json"))
+            fsync_tree(staged)
+            try:
+                os.rename(staged, final)
+            except OSError:
+                if not final.exists():
+                    raise
+                shutil.rmtree(staged, ignore_errors=True)
+            _fsync_dir(self.artifacts)
+        artifact = Artifact(final, read_manifest(final))
+        self._index(artifact.manifest, cache_key=manifest.stage.cache_key if manifest.stage else None,
+                    stage_name=manifest.stage.name if manifest.stage else None)
+        return artifact
+
     def _index(
         self, m: Manifest, *, extra_parents: list[Parent] | None = None, cache_key: str | None = None, stage_name: str | None = None
     ) -> None:
