@@ -69,10 +69,10 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint):
+def ray_cluster(s3_endpoint, tmp_path_factory: pytest.TempPathFactory):
     """One local 2-CPU Ray cluster for the whole session (its workers get the S3 test credentials)."""
     pytest.importorskip("ray")
     from slmops.testing.scale import ray_cluster as start
 
-    with start(num_cpus=2) as ray:
+    with start(num_cpus=2, worker_home=tmp_path_factory.mktemp("ray_worker_home")) as ray:
         yield ray

@@ -68,9 +68,9 @@ def _exchange(recipe: Recipe, store: Store) -> dict[str, Any]:
     try:
         spec = get_remote(store, recipe.executor.remote)
     except SlmopsError as exc:
-        exc.fix = ("add a remote with `slmops store remote add NAME s3://BUCKET/PREFIX`, or set `executor: {exchange: shared-fs}` "
-                   "in the recipe when every worker sees this store's folder")
-        raise
+        raise type(exc)(f"--executor ray: {exc.what}", why="workers exchange artifacts through an object-store remote",
+                        fix="add a remote with `slmops store remote add NAME s3://BUCKET/PREFIX`, or set `executor: {exchange: shared-fs}` "
+                        "in the recipe when every worker sees this store's folder at the same path") from exc
     return {"mode": "remote", "remote": spec.to_dict()}
 
 
@@ -195,8 +195,7 @@ def _get(ray: Any, ref: Any, r: _Running) -> dict[str, Any]:
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
         if isinstance(cause, SlmopsError):
-            cause.what = f"step {r.step!r} ({r.st.name}): {cause.what}"
-            raise cause from None
+            raise type(cause)(f"step {r.step!r} ({r.st.name}): {cause.what}", why=cause.why, fix=cause.fix) from None
         raise
     except ray.exceptions.WorkerCrashedError as exc:
         raise SlmopsError(f"step {r.step!r} ({r.st.name}): its worker died {MAX_RETRIES + 1} times", why=str(exc).splitlines()[0],

@@ -45,14 +45,16 @@ def s3_endpoint(bucket: str = "slmops-test") -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def ray_cluster(num_cpus: int = 2) -> Iterator[Any]:
-    """A local Ray cluster with ``num_cpus`` CPUs whose workers import this slmops; shut down on exit."""
+def ray_cluster(num_cpus: int = 2, *, worker_home: Path | None = None) -> Iterator[Any]:
+    """A local Ray cluster with ``num_cpus`` CPUs whose workers import this slmops (and keep their store in ``worker_home``)."""
     ray = require("ray", extra="scale", purpose="a local Ray cluster")
     import slmops
 
     src = str(Path(slmops.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
     env = {"PYTHONPATH": path, **{k: os.environ[k] for k in TEST_CREDENTIALS if k in os.environ}}
+    if worker_home is not None:
+        env["SLMOPS_WORKER_HOME"] = str(worker_home)
     ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False,
              runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1")
     try:
