@@ -99,3 +99,20 @@ def test_ray_executor_without_a_remote_says_how_to_fix(tmp_path, ray_cluster) ->
 
     with pytest.raises(SlmopsError, match="shared-fs"):
         _run(tmp_path / "noremote", RECIPE, executor="ray")
+
+
+def test_interrupted_driver_resumes_from_committed_steps(tmp_path, ray_cluster) -> None:
+    """Ctrl-C in the driver once one step is committed: the next run takes it from the cache and runs the rest."""
+    recipe = {**RECIPE, "executor": {"exchange": "shared-fs"}}
+    first: list[str] = []
+
+    def stop(res: Any) -> None:
+        first.append(res.step)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "ray", recipe, executor="ray", on_step=stop)
+    assert not list((tmp_path / "ray" / "artifacts" / ".tmp").iterdir())  # the cancelled step left no folder
+    again = _run(tmp_path / "ray", recipe, executor="ray")
+    assert again[first[0]][0] == "cached"
+    assert sorted(s for s, v in again.items() if v[0] == "ran") == sorted(set(RECIPE["steps"]) - {first[0], "prod"})

@@ -115,34 +115,39 @@ def run_recipe_ray(
         bar.advance(1, step=res.step)
 
     with progress.task(f"recipe {recipe.name} (ray)", total=len(order)) as bar:
-        while remaining or running:
-            # start (or take from the cache) every step whose inputs are done, in file order
-            while failure is None:
-                ready = [s for s in remaining if all(d in done for d in recipe.deps(s))]
-                if not ready:
+        try:
+            while remaining or running:
+                # start (or take from the cache) every step whose inputs are done, in file order
+                while failure is None:
+                    ready = [s for s in remaining if all(d in done for d in recipe.deps(s))]
+                    if not ready:
+                        break
+                    step = ready[0]
+                    remaining.remove(step)
+                    try:
+                        res = _start(step, recipe, store, done, force, exchange, objects, task, running)
+                    except SlmopsError as exc:
+                        failure = exc
+                        break
+                    if res is not None:
+                        finish(res)
+                if not running:
                     break
-                step = ready[0]
-                remaining.remove(step)
+                [ref], _ = ray.wait(list(running), num_returns=1)
+                r = running.pop(ref)
                 try:
-                    res = _start(step, recipe, store, done, force, exchange, objects, task, running)
-                except SlmopsError as exc:
-                    failure = exc
-                    break
-                if res is not None:
-                    finish(res)
-            if not running:
-                break
-            [ref], _ = ray.wait(list(running), num_returns=1)
-            r = running.pop(ref)
-            try:
-                fields = _get(ray, ref, r)
-                res = _commit(r, fields, recipe, store, objects)
-            except BaseException as exc:  # noqa: BLE001 - let the other steps finish and commit, then raise
+                    fields = _get(ray, ref, r)
+                    res = _commit(r, fields, recipe, store, objects)
+                except Exception as exc:  # noqa: BLE001 - let the other steps finish and commit, then raise
+                    _cleanup(r)
+                    if failure is None:
+                        failure = exc
+                    continue
+                finish(res)
+        finally:  # interrupted (Ctrl-C, a kill of the driver's loop): stop what still runs; committed steps stay cached
+            for ref, r in running.items():
+                ray.cancel(ref, force=True)
                 _cleanup(r)
-                if failure is None:
-                    failure = exc
-                continue
-            finish(res)
     if failure is not None:
         raise failure
     return [done[s] for s in order]
