@@ -11,8 +11,10 @@ An input is ``${step}`` (that step's output artifact), ``${step.FIELD}`` (the ar
 that step's output reports as the metric ``FIELD_digest``, e.g. ``${sweep.chosen}`` for the winner of
 an ``optimize`` step) or any reference ``resolve_input`` accepts. Config strings and gates may use
 ``${vars.NAME}``; a config value that is exactly one ``${vars.NAME}`` keeps its type.
-This module parses and checks a recipe (strict schema, errors naming the step and field) and orders
-its steps; :mod:`slmops.pipeline.execute` runs them.
+A step may declare ``resources: {cpus, gpus, memory}`` and the recipe ``executor: {exchange, remote}``
+for ``--executor ray`` (:mod:`slmops.pipeline.ray_exec`). This module parses and checks a recipe
+(strict schema, errors naming the step and field) and orders its steps; :mod:`slmops.pipeline.execute`
+runs them.
 """
 
 from __future__ import annotations
