@@ -77,13 +77,12 @@ def serve_teacher(port: int, latency: float) -> None:
     import asyncio
 
     import uvicorn
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
 
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
-        body = await request.json()
+    async def chat(body: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(latency)
         text = "answer to: " + str(body["messages"][-1]["content"])[:60]
         return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"),
@@ -246,19 +245,23 @@ def main() -> None:
 
     parts = args.parts.split(",")
     res: dict[str, Any] = {}
+
+    def save(part: str, value: dict[str, Any]) -> None:  # after every part, so a later failure loses nothing
+        res[part] = value
+        print(json.dumps({part: value}, indent=2), flush=True)
+        if args.out:
+            args.out.write_text(markdown(res))
+            args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+
     with s3_endpoint() as endpoint:
         if "push" in parts:
-            res["push"] = bench_push(args.size_mb, endpoint)
+            save("push", bench_push(args.size_mb, endpoint))
         if {"branches", "teacher"} & set(parts):
             with ray_cluster(num_cpus=2):
-                if "branches" in parts:
-                    res["branches"] = bench_branches(args.pairs, args.branch_n)
                 if "teacher" in parts:
-                    res["teacher"] = bench_teacher(args.pairs, args.prompts, args.latency, args.concurrency)
-    print(json.dumps(res, indent=2))
-    if args.out:
-        args.out.write_text(markdown(res))
-        args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+                    save("teacher", bench_teacher(args.pairs, args.prompts, args.latency, args.concurrency))
+                if "branches" in parts:
+                    save("branches", bench_branches(args.pairs, args.branch_n))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ def eval_cmd(
     judge_api_key_env: Annotated[str | None, typer.Option("--judge-api-key-env", help="Environment variable with the judge's API key.")] = None,
     judge_criteria: Annotated[str | None, typer.Option("--judge-criteria", help="Built-in criteria: relevance,coherence.")] = None,
     judge_rubric: Annotated[Path | None, typer.Option("--judge-rubric", help="YAML/JSON file: criterion -> description.")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local, or ray: shard the examples over Ray actors (slmops[scale]).")] = "local",
+    workers: Annotated[int, typer.Option("--workers", help="Ray actors (shards) with --executor ray.")] = 1,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster for --executor ray (default RAY_ADDRESS, else local).")] = None,
     name: Name = None, force: Force = False, reuse: Reuse = False, as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a model or an OpenAI-compatible server on a dataset; gates fail the command with exit code 3."""
@@ -126,6 +129,7 @@ def eval_cmd(
         "json_fields": csv(json_fields) or None, "embedding_model": embedding_model, "judge_url": judge_url, "judge_model": judge_model,
         "judge_api_key_env": judge_api_key_env, "judge_criteria": csv(judge_criteria) or None,
         "judge_rubric": read_json_file(judge_rubric, "--judge-rubric"),
+        "executor": executor, "workers": workers, "ray_address": address,
     }
     with open_cli_store() as store, progress_bars(not as_json):
         model = _model_or_url(store, target, url)

@@ -12,7 +12,6 @@ chunk.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +20,8 @@ from typing import Any
 from slmops import progress
 from slmops.distill.config import GenerateConfig
 from slmops.distill.teachers import OnResult, Result, TeacherRequest
-from slmops.store.artifact import Artifact, read_manifest
-
-log = logging.getLogger(__name__)
+from slmops.pipeline.ray_worker import artifact_on_worker, artifact_source
+from slmops.store.artifact import Artifact
 
 
 class ShardWorker:
@@ -32,7 +30,7 @@ class ShardWorker:
     def __init__(self, cfg: GenerateConfig, teacher: dict[str, Any] | None, cache_root: str | None) -> None:
         from slmops.distill.generate import make_teacher
 
-        art = _teacher_artifact(teacher) if teacher else None
+        art = artifact_on_worker(teacher) if teacher else None
         root = Path(cache_root) if cache_root else Path(tempfile.gettempdir()) / "slmops-teacher-cache"
         self.teacher = make_teacher(cfg, art, root)
 
@@ -46,44 +44,6 @@ class ShardWorker:
 
     def close(self) -> None:
         self.teacher.close()
-
-
-def _teacher_artifact(src: dict[str, Any]) -> Artifact:
-    """The local teacher on this worker: its folder when shared, else pulled from the remote into the worker store."""
-    path = Path(src["path"])
-    if (path / "manifest.json").is_file():
-        return Artifact(path, read_manifest(path))
-    if not src.get("remote"):
-        from slmops.errors import ConfigError
-
-        raise ConfigError(f"the teacher model {src['digest'][:12]} is not visible on this Ray worker",
-                          fix="add a remote (`slmops store remote add`) so workers can pull it, or share the store folder")
-    from slmops.pipeline.ray_worker import worker_home
-    from slmops.store.objects import ObjectStore
-    from slmops.store.registry import Store
-    from slmops.store.remotes import RemoteSpec
-    from slmops.store.sync import TransferReport, fetch_artifact
-
-    objects = ObjectStore(RemoteSpec(**src["remote"]))
-    store = Store(worker_home())
-    fetch_artifact(store, objects, src["digest"], TransferReport("pull", objects.spec.name, "teacher", src["digest"]))
-    return store.get(src["digest"])
-
-
-def _teacher_source(teacher: Artifact, store_home: Path) -> dict[str, Any]:
-    src: dict[str, Any] = {"path": str(teacher.path), "digest": teacher.digest, "remote": None}
-    try:
-        from slmops.store.registry import Store
-        from slmops.store.remotes import get_remote
-        from slmops.store.sync import TransferReport, ensure_on_remote, open_remote
-
-        with Store(store_home) as store:
-            spec = get_remote(store)
-            ensure_on_remote(store, open_remote(store), teacher.digest, TransferReport("push", spec.name, "teacher", teacher.digest))
-            src["remote"] = spec.to_dict()
-    except Exception as exc:  # noqa: BLE001 - no remote: workers must see the folder
-        log.info("teacher not pushed to a remote (%s); Ray workers read %s", exc, teacher.path)
-    return src
 
 
 def shards(items: Sequence[Any], n: int) -> list[list[Any]]:
@@ -105,7 +65,7 @@ def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, teacher: Ar
     ray = connect(cfg.ray_address)
     parts = shards(requests, min(cfg.workers, len(requests)))
     chunk = max(1, cfg.batch_size * 2 if teacher is not None else cfg.concurrency * 4)
-    src = _teacher_source(teacher, store_home) if teacher is not None else None
+    src = artifact_source(teacher, store_home) if teacher is not None else None
     actor_cls = ray.remote(ShardWorker).options(num_cpus=1 if teacher is not None else 0.25, max_restarts=3, max_task_retries=3)
     actors = [actor_cls.remote(cfg, src, str(cache_root)) for _ in parts]
     by_key = {r.key: r for r in requests}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -68,6 +68,10 @@ class EvalConfig(BaseModel):
     judge_api_key_env: str | None = Field(None, description="Environment variable holding the judge's API key")
     judge_criteria: list[str] | None = Field(None, description="Built-in rubric criteria to score: relevance, coherence")
     judge_rubric: dict[str, str] | None = Field(None, description="Custom rubric: criterion name -> description")
+    executor: Literal["local", "ray"] = Field(
+        "local", exclude=True, description="local: answer here; ray: shard the examples over Ray actors (--workers); not in the cache key")
+    workers: int = Field(1, ge=1, le=1024, exclude=True, description="Ray actors (shards) with --executor ray")
+    ray_address: str | None = Field(None, exclude=True, description="Ray cluster for --executor ray (default RAY_ADDRESS, else a local one)")
 
     @field_validator("metrics")
     @classmethod

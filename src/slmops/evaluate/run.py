@@ -25,9 +25,11 @@ from slmops.evaluate import metrics as tm
 from slmops.evaluate.checkpoint import Checkpoint
 from slmops.evaluate.config import EvalConfig, higher_is_better
 from slmops.evaluate.targets import RequestFailed, Target
+from slmops.settings import slmops_home
 
 if TYPE_CHECKING:
     from slmops.data.records import Record
+    from slmops.store.artifact import Artifact
     from slmops.evaluate.similarity import Embedder
 
 log = logging.getLogger(__name__)
@@ -142,8 +144,12 @@ def retention_pct(metrics: dict[str, Any], ref_metrics: dict[str, Any]) -> dict[
 
 
 def evaluate(target: Target, records: Sequence[Record], cfg: EvalConfig, *, workdir: Path | None = None,
-             embedder: Embedder | None = None, judge: Target | None = None) -> EvalResult:
-    """Answer and score ``records`` on ``target``; ``workdir`` holds resumable progress (None: in memory only)."""
+             embedder: Embedder | None = None, judge: Target | None = None, model: Artifact | None = None) -> EvalResult:
+    """Answer and score ``records`` on ``target``; ``workdir`` holds resumable progress (None: in memory only).
+
+    With ``cfg.executor == "ray"`` the answers come from Ray actors (:mod:`slmops.evaluate.sharded`), each
+    opening its own target from ``cfg.url`` or ``model`` (the artifact behind a local target).
+    """
     check_applicable(cfg, target, records)
     described = target.describe()  # for a URL: fails fast when the server is unreachable
     t0 = time.perf_counter()
@@ -154,8 +160,15 @@ def evaluate(target: Target, records: Sequence[Record], cfg: EvalConfig, *, work
         todo = [(s["index"], s["messages"]) for s, r in zip(samples, records, strict=True) if r.kind != "text"]
         gen_ckpt = ck("generate")
         resumed = sum(1 for i, _ in todo if i in gen_ckpt)
-        rows = run_batched(todo, _answer(target, cfg), gen_ckpt, label=f"eval {target.label}", batch_size=cfg.batch_size,
-                           workers=target.concurrency)
+        if cfg.executor == "ray":
+            from slmops.evaluate.sharded import answer_sharded
+            from slmops.finetune.runs import store_home_of
+
+            home = store_home_of(workdir) if workdir else slmops_home()
+            rows = answer_sharded(todo, cfg, gen_ckpt, model=model, store_home=home, label=f"eval {target.label}")
+        else:
+            rows = run_batched(todo, _answer(target, cfg), gen_ckpt, label=f"eval {target.label}", batch_size=cfg.batch_size,
+                               workers=target.concurrency)
         for i, row in rows.items():
             samples[i].update({k: v for k, v in row.items() if k != "index"})
         if todo and all(samples[i]["error"] for i, _ in todo):

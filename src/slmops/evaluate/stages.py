@@ -67,7 +67,7 @@ def eval_stage(inputs: dict[str, Artifact], cfg: EvalConfig, out: Path) -> Stage
     target = open_target(model, url=cfg.url, model_name=cfg.model_name, api_key_env=cfg.api_key_env, runtime=cfg.runtime,
                          timeout=cfg.request_timeout_s, concurrency=cfg.batch_size)
     try:
-        result = evaluate(target, records, cfg, workdir=workdir)
+        result = evaluate(target, records, cfg, workdir=workdir, model=model)
     finally:
         target.close()
     report = build_report(result, cfg, data=data.digest, split=split, ref=ref)

@@ -77,3 +77,40 @@ def _remote(st: Any, cfg: Any, inputs: dict[str, str], remote: dict[str, Any]) -
             fields["files"] = upload_tree(objects, tmp, report)
     fields["bytes_uploaded"] = report.bytes_transferred
     return fields
+
+
+# -- artifacts a sharded stage's actors need (a local teacher or evaluated model) ----------------------------
+def artifact_source(art: Artifact, store_home: Path) -> dict[str, Any]:
+    """How a Ray actor finds ``art``: its folder when shared, else the default remote (pushed there now, by digest)."""
+    src: dict[str, Any] = {"path": str(art.path), "digest": art.digest, "remote": None}
+    try:
+        from slmops.store.registry import Store
+        from slmops.store.remotes import get_remote
+        from slmops.store.sync import TransferReport, ensure_on_remote, open_remote
+
+        with Store(store_home) as store:
+            spec = get_remote(store)
+            ensure_on_remote(store, open_remote(store), art.digest, TransferReport("push", spec.name, art.short, art.digest))
+            src["remote"] = spec.to_dict()
+    except Exception as exc:  # noqa: BLE001 - no remote: workers must see the folder
+        log.info("%s not pushed to a remote (%s); Ray workers read %s", art.short, exc, art.path)
+    return src
+
+
+def artifact_on_worker(src: dict[str, Any]) -> Artifact:
+    """The artifact of :func:`artifact_source` on this worker: its folder when visible, else pulled into the worker store."""
+    path = Path(src["path"])
+    if (path / "manifest.json").is_file():
+        return Artifact(path, read_manifest(path))
+    if not src.get("remote"):
+        raise ConfigError(f"artifact {src['digest'][:12]} is not visible on Ray worker {socket.gethostname()}",
+                          fix="add a remote (`slmops store remote add`) so workers can pull it, or share the store folder")
+    from slmops.store.objects import ObjectStore
+    from slmops.store.registry import Store
+    from slmops.store.remotes import RemoteSpec
+    from slmops.store.sync import TransferReport, fetch_artifact
+
+    objects = ObjectStore(RemoteSpec(**src["remote"]))
+    store = Store(worker_home())
+    fetch_artifact(store, objects, src["digest"], TransferReport("pull", objects.spec.name, src["digest"][:12], src["digest"]))
+    return store.get(src["digest"])
