@@ -116,3 +116,15 @@ def test_interrupted_driver_resumes_from_committed_steps(tmp_path, ray_cluster) 
     again = _run(tmp_path / "ray", recipe, executor="ray")
     assert again[first[0]][0] == "cached"
     assert sorted(s for s, v in again.items() if v[0] == "ran") == sorted(set(RECIPE["steps"]) - {first[0], "prod"})
+
+
+def test_cli_run_executor_ray(tmp_path, ray_cluster, cli) -> None:
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "executor": {"exchange": "shared-fs"}}))
+    r = cli("run", str(path), "--executor", "ray", "--json")
+    assert r.code == 0, r.err
+    assert [s["status"] for s in r.json["steps"]] == ["ran", "ran", "ran", "ran", "done"]
+    r = cli("run", str(path), "--executor", "nope")
+    assert r.code == 1 and "--executor 'nope'" in r.err
