@@ -60,7 +60,7 @@ def shards(items: Sequence[Any], n: int) -> list[list[Any]]:
 def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, teacher: Artifact | None, cache_root: Path, store_home: Path,
                 on_result: OnResult) -> dict[str, Any]:
     """Answer ``requests`` on ``cfg.workers`` Ray actors; ``on_result`` runs here, in the driver, for every answer."""
-    from slmops.pipeline.ray_exec import connect
+    from slmops.pipeline.ray_exec import connect, ray_get
 
     ray = connect(cfg.ray_address)
     parts = shards(requests, min(cfg.workers, len(requests)))
@@ -79,7 +79,7 @@ def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, teacher: Ar
         while inflight:
             [ref], _ = ray.wait(list(inflight), num_returns=1)
             i = inflight.pop(ref)
-            for key, res in ray.get(ref):
+            for key, res in ray_get(ray, ref, f"teacher shard {i + 1}"):
                 on_result(by_key[key], res)
                 bars[i].advance(1)
             if queues[i]:

@@ -60,7 +60,7 @@ def answer_sharded(items: Sequence[tuple[int, Any]], cfg: EvalConfig, ckpt: Chec
         if len(items) > len(todo):
             bar.advance(len(items) - len(todo), resumed=len(items) - len(todo))
         if todo:
-            from slmops.pipeline.ray_exec import connect
+            from slmops.pipeline.ray_exec import connect, ray_get
 
             ray = connect(cfg.ray_address)
             parts = shards(todo, min(cfg.workers, len(todo)))
@@ -76,7 +76,7 @@ def answer_sharded(items: Sequence[tuple[int, Any]], cfg: EvalConfig, ckpt: Chec
                 while inflight:
                     [ref], _ = ray.wait(list(inflight), num_returns=1)
                     i = inflight.pop(ref)
-                    rows = ray.get(ref)
+                    rows = ray_get(ray, ref, f"eval shard {i + 1}")
                     ckpt.add_many(rows)
                     errors += sum(1 for r in rows if r.get("error"))
                     bars[i].advance(len(rows))

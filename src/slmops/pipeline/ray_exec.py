@@ -193,15 +193,21 @@ def _start(step: str, recipe: Recipe, store: Store, done: dict[str, StepResult],
     return None
 
 
-def _get(ray: Any, ref: Any, r: _Running) -> dict[str, Any]:
-    """The task's result; a stage's own SlmopsError comes back as itself, naming the step."""
+def ray_get(ray: Any, ref: Any, where: str) -> Any:
+    """``ray.get(ref)``, except that an SlmopsError raised remotely comes back as itself, prefixed with ``where``."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
         if isinstance(cause, SlmopsError):
-            raise type(cause)(f"step {r.step!r} ({r.st.name}): {cause.what}", why=cause.why, fix=cause.fix) from None
+            raise type(cause)(f"{where}: {cause.what}", why=cause.why, fix=cause.fix) from None
         raise
+
+
+def _get(ray: Any, ref: Any, r: _Running) -> dict[str, Any]:
+    """The task's result; a stage's own SlmopsError comes back as itself, naming the step."""
+    try:
+        return ray_get(ray, ref, f"step {r.step!r} ({r.st.name})")
     except ray.exceptions.WorkerCrashedError as exc:
         raise SlmopsError(f"step {r.step!r} ({r.st.name}): its worker died {MAX_RETRIES + 1} times", why=str(exc).splitlines()[0],
                           fix="check the worker's memory (resources: memory) and logs; re-running resumes after the committed steps") from exc
