@@ -123,3 +123,4 @@ def test_killed_worker_is_retried_and_the_result_is_identical(store, prompts, te
         records = {k.rsplit("/", 1)[-1] for k in objects.list(objects.key("artifacts"))}
         assert records == {f"{results[0].artifact.digest}.json"}  # workers publish no artifact record, only the driver's inputs
         assert spec.name == "team"
+

@@ -128,3 +128,23 @@ def test_cli_run_executor_ray(tmp_path, ray_cluster, cli) -> None:
     assert [s["status"] for s in r.json["steps"]] == ["ran", "ran", "ran", "ran", "done"]
     r = cli("run", str(path), "--executor", "nope")
     assert r.code == 1 and "--executor 'nope'" in r.err
+
+
+def test_unreachable_remote_fails_the_step_naming_the_endpoint(tmp_path, ray_cluster) -> None:
+    import socket
+
+    from slmops.store import Store
+    from slmops.store.objects import RemoteError
+    from slmops.store.remotes import add_remote
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Store(tmp_path / "ray") as store:
+        add_remote(store, "gone", "s3://slmops-test/x", endpoint_url=f"http://127.0.0.1:{port}")
+    recipe = {"name": "one", "steps": {"a": RECIPE["steps"]["a"]}}
+    with pytest.raises(RemoteError, match=f"step 'a' .*cannot reach remote gone .*127.0.0.1:{port}"):
+        _run(tmp_path / "ray", recipe, executor="ray")
+    with Store(tmp_path / "ray") as store:  # nothing half-committed, nothing left behind
+        assert store.artifacts_list(named_only=False) == []
+        assert not list(store.tmp.iterdir())

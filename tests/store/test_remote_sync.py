@@ -119,12 +119,15 @@ def test_pull_refuses_a_corrupted_blob_and_publishes_nothing(store, lineage, s3_
         other.get(lineage["data"].digest).verify()
 
 
-def test_unreachable_remote_names_the_endpoint_and_changes_nothing(store, lineage) -> None:
+def test_unreachable_remote_names_the_endpoint_and_changes_nothing(store, lineage, monkeypatch) -> None:
     import socket
 
     from slmops.store.objects import RemoteError
     from slmops.store.sync import push
+    from slmops.testing.scale import TEST_CREDENTIALS
 
+    for k, v in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -162,3 +165,16 @@ def test_cli_push_pull(store, lineage, s3_endpoint, cli, tmp_path, monkeypatch) 
     assert r.json["digest"] == lineage["model"].digest and r.json["bytes_verified"] == r.json["bytes_transferred"]
     r = cli("pull", "nothing-here")
     assert r.code == 1 and "nothing named nothing-here" in r.err
+
+
+def test_a_worker_gets_an_artifact_by_digest_from_the_remote(store, lineage, s3_endpoint, tmp_path, monkeypatch) -> None:
+    """What a Ray actor does when it cannot see the driver's store: the driver pushes by digest, the worker pulls and verifies."""
+    from slmops.pipeline.ray_worker import artifact_on_worker, artifact_source
+
+    _remote(store, s3_endpoint)
+    src = artifact_source(lineage["model"], store.home)
+    assert src["remote"]["endpoint_url"] == s3_endpoint and "AWS" not in str(src)
+    monkeypatch.setenv("SLMOPS_WORKER_HOME", str(tmp_path / "worker"))
+    got = artifact_on_worker({**src, "path": str(tmp_path / "not-shared")})
+    assert got.digest == lineage["model"].digest and got.path.is_relative_to(tmp_path / "worker")
+    got.verify()
