@@ -42,3 +42,17 @@ def test_sharded_eval_equals_local(store: Any, intent_data: Any, label_server: s
             "--workers", "2", "--json")
     assert r.code == 0, r.err
     assert r.json["report"]["metrics"]["accuracy"] == load_report(local)["metrics"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_sharded_eval_of_a_local_model_equals_local(store: Any, model: Any, intent_data: Any, ray_cluster: Any) -> None:
+    """Each actor opens its own copy of the model (greedy): the same answers and metrics as one local process."""
+    from slmops.evaluate.report import load_report
+    from slmops.pipeline.runner import run_stage
+
+    cfg = {"metrics": ["exact_match", "token_f1"], "limit": 6, "max_tokens": 6, "batch_size": 2, "log_samples": True}
+    inputs = {"model": model, "data": intent_data}
+    local = run_stage("eval", inputs, cfg, store=store).artifact
+    sharded = run_stage("eval", inputs, {**cfg, "executor": "ray", "workers": 2}, store=store, force=True).artifact
+    assert load_report(sharded)["metrics"] == load_report(local)["metrics"]
+    assert _samples(sharded) == _samples(local)
