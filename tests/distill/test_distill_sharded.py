@@ -31,6 +31,7 @@ class _Shards:
     def __init__(self, stop_after: int | None = None) -> None:
         self.names: dict[int, str] = {}
         self.done: dict[str, float] = {}
+        self.first: dict[str, float] = {}  # a task's first position: for "teacher answers", what a resumed run found on disk
         self.stop_after = stop_after
 
     def start(self, task_id: int, description: str, total: float | None) -> None:
@@ -38,6 +39,7 @@ class _Shards:
 
     def update(self, task_id: int, completed: float, fields: dict[str, Any]) -> None:
         name = self.names[task_id]
+        self.first.setdefault(name, completed)
         self.done[name] = completed
         if self.stop_after is not None and name == "teacher answers" and completed >= self.stop_after:
             raise KeyboardInterrupt
@@ -55,14 +57,15 @@ def test_sharded_generate_equals_local_and_resumes(store, prompts, teacher_serve
     # interrupted after 6 answers: they stay in the work file ...
     with progress.use_sink(_Shards(stop_after=6)), pytest.raises(KeyboardInterrupt):
         _gen(store, prompts, http_cfg, executor="ray", workers=2, concurrency=1)
-    asked_before = teacher_server.script.count() - asked_locally
-    assert 6 <= asked_before < 20
-    # ... and the resumed run asks only for what is missing
+    assert 6 <= teacher_server.script.count() - asked_locally < 20
+    # ... and the resumed run starts from them and asks only for what is missing
     sink = _Shards()
     with progress.use_sink(sink):
         sharded = _gen(store, prompts, http_cfg, executor="ray", workers=2, concurrency=1)
     assert sharded.artifact.digest == local.artifact.digest  # deterministic merge: same dataset, same digest
-    assert teacher_server.script.count() - asked_locally - asked_before <= 20 - 6
+    resumed = sink.first["teacher answers"]
+    assert 6 <= resumed < 20
+    assert sink.done["shard 1/2"] + sink.done["shard 2/2"] == 20 - resumed
     assert sorted(n for n in sink.done if n.startswith("shard")) == ["shard 1/2", "shard 2/2"]
 
 

@@ -145,8 +145,11 @@ def run_recipe_ray(
                     continue
                 finish(res)
         finally:  # interrupted (Ctrl-C, a kill of the driver's loop): stop what still runs; committed steps stay cached
-            for ref, r in running.items():
+            for ref in running:
                 ray.cancel(ref, force=True)
+            if running:  # let the killed workers go before removing their folders (a late mkdir would survive)
+                ray.wait(list(running), num_returns=len(running), timeout=30)
+            for r in running.values():
                 _cleanup(r)
     if failure is not None:
         raise failure
