@@ -13,11 +13,9 @@ chunk.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from slmops import progress
 from slmops.distill.config import GenerateConfig
 from slmops.distill.teachers import OnResult, Result, TeacherRequest
 from slmops.pipeline.ray_worker import artifact_on_worker, artifact_source
@@ -34,7 +32,7 @@ class ShardWorker:
         root = Path(cache_root) if cache_root else Path(tempfile.gettempdir()) / "slmops-teacher-cache"
         self.teacher = make_teacher(cfg, art, root)
 
-    def answer(self, requests: list[TeacherRequest]) -> list[tuple[str, Result]]:
+    def process(self, requests: list[TeacherRequest]) -> list[tuple[str, Result]]:
         got: list[tuple[str, Result]] = []
         self.teacher.run(requests, lambda req, res: got.append((req.key, res)))
         return got
@@ -46,51 +44,26 @@ class ShardWorker:
         self.teacher.close()
 
 
-def shards(items: Sequence[Any], n: int) -> list[list[Any]]:
-    """``items`` cut into ``n`` contiguous, nearly equal shards (the first ones one longer)."""
-    size, extra = divmod(len(items), n)
-    out, start = [], 0
-    for i in range(n):
-        end = start + size + (1 if i < extra else 0)
-        out.append(list(items[start:end]))
-        start = end
-    return [s for s in out if s]
-
-
 def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, teacher: Artifact | None, cache_root: Path, store_home: Path,
                 on_result: OnResult) -> dict[str, Any]:
     """Answer ``requests`` on ``cfg.workers`` Ray actors; ``on_result`` runs here, in the driver, for every answer."""
-    from slmops.pipeline.ray_exec import connect, ray_get
+    from slmops.pipeline.ray_shards import run_sharded
 
-    ray = connect(cfg.ray_address)
-    parts = shards(requests, min(cfg.workers, len(requests)))
-    chunk = max(1, cfg.batch_size * 2 if teacher is not None else cfg.concurrency * 4)
-    src = artifact_source(teacher, store_home) if teacher is not None else None
-    actor_cls = ray.remote(ShardWorker).options(num_cpus=1 if teacher is not None else 0.25, max_restarts=3, max_task_retries=3)
-    actors = [actor_cls.remote(cfg, src, str(cache_root)) for _ in parts]
     by_key = {r.key: r for r in requests}
-    queues = [[p[i:i + chunk] for i in range(0, len(p), chunk)] for p in parts]
-    bars = [progress.task(f"shard {i + 1}/{len(parts)}", total=len(p)) for i, p in enumerate(parts)]
-    inflight: dict[Any, int] = {}
+
+    def handle(answers: list[tuple[str, Result]]) -> int:
+        for key, res in answers:
+            on_result(by_key[key], res)
+        return len(answers)
+
+    src = artifact_source(teacher, store_home) if teacher is not None else None
+    chunk = max(1, cfg.batch_size * 2 if teacher is not None else cfg.concurrency * 4)
+    per_actor = run_sharded(requests, workers=cfg.workers, chunk=chunk, actor=ShardWorker, args=(cfg, src, str(cache_root)),
+                            num_cpus=1 if teacher is not None else 0.25, address=cfg.ray_address, on_result=handle,
+                            label="teacher", final="stats")
     stats: dict[str, Any] = {}
-    try:
-        for i, actor in enumerate(actors):
-            inflight[actor.answer.remote(queues[i].pop(0))] = i
-        while inflight:
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
-            i = inflight.pop(ref)
-            for key, res in ray_get(ray, ref, f"teacher shard {i + 1}"):
-                on_result(by_key[key], res)
-                bars[i].advance(1)
-            if queues[i]:
-                inflight[actors[i].answer.remote(queues[i].pop(0))] = i
-        for s in ray.get([a.stats.remote() for a in actors]):
-            for k, v in s.items():
-                stats[k] = stats.get(k, 0) + v if isinstance(v, int | float) and not isinstance(v, bool) else v
-        stats["workers"] = len(actors)
-    finally:
-        for bar in bars:
-            bar.close()
-        for a in actors:
-            ray.kill(a)
+    for st in per_actor:
+        for k, v in st.items():
+            stats[k] = stats.get(k, 0) + v if isinstance(v, int | float) and not isinstance(v, bool) else v
+    stats["workers"] = len(per_actor)
     return stats

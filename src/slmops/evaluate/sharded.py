@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from slmops import progress
-from slmops.distill.sharded import shards
 from slmops.errors import ConfigError
 from slmops.evaluate.checkpoint import Checkpoint
 from slmops.evaluate.config import EvalConfig
@@ -38,7 +37,7 @@ class EvalShard:
         workers = getattr(self.target, "concurrency", 1)
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
 
-    def answer(self, batch: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+    def process(self, batch: list[tuple[int, Any]]) -> list[dict[str, Any]]:
         if self.pool:
             return list(self.pool.map(lambda ix: self.fn(*ix), batch))
         return [self.fn(i, x) for i, x in batch]
@@ -59,33 +58,18 @@ def answer_sharded(items: Sequence[tuple[int, Any]], cfg: EvalConfig, ckpt: Chec
     with progress.task(label, total=len(items)) as bar:
         if len(items) > len(todo):
             bar.advance(len(items) - len(todo), resumed=len(items) - len(todo))
-        if todo:
-            from slmops.pipeline.ray_exec import connect, ray_get
 
-            ray = connect(cfg.ray_address)
-            parts = shards(todo, min(cfg.workers, len(todo)))
+        def handle(rows: list[dict[str, Any]]) -> int:
+            nonlocal errors
+            ckpt.add_many(rows)
+            errors += sum(1 for r in rows if r.get("error"))
+            bar.advance(len(rows), errors=errors)
+            return len(rows)
+
+        if todo:
+            from slmops.pipeline.ray_shards import run_sharded
+
             src = artifact_source(model, store_home) if model is not None else None
-            actor_cls = ray.remote(EvalShard).options(num_cpus=1 if model is not None else 0.25, max_restarts=3, max_task_retries=3)
-            actors = [actor_cls.remote(cfg, src) for _ in parts]
-            queues = [[p[i:i + cfg.batch_size] for i in range(0, len(p), cfg.batch_size)] for p in parts]
-            bars = [progress.task(f"shard {i + 1}/{len(parts)}", total=len(p)) for i, p in enumerate(parts)]
-            inflight: dict[Any, int] = {}
-            try:
-                for i, actor in enumerate(actors):
-                    inflight[actor.answer.remote(queues[i].pop(0))] = i
-                while inflight:
-                    [ref], _ = ray.wait(list(inflight), num_returns=1)
-                    i = inflight.pop(ref)
-                    rows = ray_get(ray, ref, f"eval shard {i + 1}")
-                    ckpt.add_many(rows)
-                    errors += sum(1 for r in rows if r.get("error"))
-                    bars[i].advance(len(rows))
-                    bar.advance(len(rows), errors=errors)
-                    if queues[i]:
-                        inflight[actors[i].answer.remote(queues[i].pop(0))] = i
-            finally:
-                for b in bars:
-                    b.close()
-                for a in actors:
-                    ray.kill(a)
+            run_sharded(todo, workers=cfg.workers, chunk=cfg.batch_size, actor=EvalShard, args=(cfg, src),
+                        num_cpus=1 if model is not None else 0.25, address=cfg.ray_address, on_result=handle, label="eval")
     return {i: ckpt.rows[i] for i, _ in items if i in ckpt}
