@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
                 finish = ev.finish_reason or finish
             sys.stdout.write("\n")
             dt = time.perf_counter() - start
-            err.print(f"[dim]{n} tokens in {dt:.2f}s ({n / dt if dt else 0:.1f} tok/s), finish_reason={finish}[/]")
+            err.print(f"{n} tokens in {dt:.2f}s ({n / dt if dt else 0:.1f} tok/s), finish_reason={finish}", style="dim")
         finally:
             rt.close()
 
@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
             def respond(history: list[dict[str, str]]) -> Iterator[str]:
                 return stream_chat(url, name, history, api_key=key, **opts)
 
-            err.print(f"[dim]chatting with {name} at {url}; /reset clears the history, /exit quits[/]")
+            err.print(f"chatting with {name} at {url}; /reset clears the history, /exit quits", style="dim")
         else:
             from slmops.runtimes import open_runtime
 
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
             def respond(history: list[dict[str, str]]) -> Iterator[str]:
                 return (ev.text for ev in local.stream(local.apply_chat_template(history), params))
 
-            err.print(f"[dim]chatting with {model} (sha256:{art.short}); /reset clears the history, /exit quits[/]")
+            err.print(f"chatting with {model} (sha256:{art.short}); /reset clears the history, /exit quits", style="dim")
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
         try:
             while True:
@@ -140,7 +140,7 @@ def register(app: typer.Typer) -> None:
                 if not line.strip():
                     continue
                 history.append({"role": "user", "content": line})
-                out.print("[bold]model>[/] ", end="")
+                out.print("model>", style="bold", end=" ")
                 reply = []
                 for text in respond(history):
                     sys.stdout.write(text)

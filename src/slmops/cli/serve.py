@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from slmops.cli.common import JsonOpt
-from slmops.cli.render import emit, err, out
+from slmops.cli.render import emit, err, out, warn
 from slmops.errors import ConfigError
 from slmops.settings import api_key_from_env
 
@@ -102,14 +102,14 @@ def register(app: typer.Typer) -> None:
         for split in canary or []:
             cfg.add_canary(split)
         if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-            err.print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach it can use it (set --api-key-env)")
+            warn(f"serving on {host} without an API key: anyone who can reach it can use it (set --api-key-env)")
         served = ", ".join([*cfg.models, *cfg.canary]) or "every model in the store"
-        err.print(f"[dim]slmops serve: {served} on http://{host}:{port}/v1 (Ctrl-C stops)[/]")
+        err.print(f"slmops serve: {served} on http://{host}:{port}/v1 (Ctrl-C stops)", style="dim")
         if bundle is not None:
             from slmops.deploy.bundle import opened_bundle
 
             with opened_bundle(bundle) as (bstore, spec):
-                err.print(f"[dim]bundle {bundle}: every checksum verified; serving {spec['name']} (sha256:{spec['digest'][:12]})[/]")
+                err.print(f"bundle {bundle}: every checksum verified; serving {spec['name']} (sha256:{spec['digest'][:12]})", style="dim")
                 run_server(cfg, store=bstore)
             return
         run_server(cfg)
