@@ -74,8 +74,9 @@ def forget(digest: str, path: Path) -> None:
 
 def damaged(art: Artifact, actual: str, label: str | None = None) -> IntegrityError:
     """The one-line error for an artifact whose content no longer matches its digest (named as the store names it)."""
-    label = label or ", ".join(_names(art))
-    who = f"{label} (sha256:{art.short})" if label and not label.startswith("sha256:") else f"sha256:{art.short}"
+    names = [n for n in [label, *_names(art)] if n and not n.startswith("sha256:")]
+    names = list(dict.fromkeys(names))  # e.g. "bot (bot:3, sha256:…)" for the reference bot
+    who = f"{names[0]} ({', '.join([*names[1:], f'sha256:{art.short}'])})" if names else f"sha256:{art.short}"
     return IntegrityError(
         f"artifact {who} is damaged",
         why=f"its files at {art.path} hash to {actual[:12]}, not the digest its manifest records",
