@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from slmops.errors import IntegrityError, RefError
+from slmops.models.loading import model_folder
 from slmops.runtimes import open_runtime
 from slmops.store import Store, resolve
 from slmops.store.verified import is_verified
@@ -83,6 +84,8 @@ def test_the_check_is_cached_until_a_file_changes(store: Store, tmp_path: Path) 
     (art.path / "extra.txt").write_text("added")  # a file added counts as a change too
     with pytest.raises(IntegrityError, match=r"artifact m:1 \(sha256:\w{12}\) is damaged"):
         open_runtime(art)
+    with pytest.raises(IntegrityError, match="is damaged"):  # training and export load through model_folder
+        model_folder(art)
     assert store.verify([art.digest])[0]["ok"] is False
 
 
