@@ -91,3 +91,21 @@ def test_owned_dir_is_exclusive_and_kept_when_asked(store: Store) -> None:
     with owned_dir(store.tmp, "eval-key", remove=False) as again:  # a resume owns it again, contents intact
         assert (again / "progress.jsonl").read_text() == "{}\n"
     assert store.gc()["temp_removed"] == ["eval-key"]
+
+
+def test_gc_prunes_verification_markers_of_removed_artifacts(store: Store) -> None:
+    from slmops.store.verified import cache_dir, is_verified, mark_verified
+
+    with store.staging() as tmp:
+        (tmp / "f").write_text("one")
+        a = store.commit(tmp, kind="dataset", format="x", name="a")
+    with store.staging() as tmp:
+        (tmp / "f").write_text("two")
+        b = store.commit(tmp, kind="dataset", format="x")
+    markers = cache_dir(a.path)
+    (a.path / "f").touch()  # same bytes, new mtime: a second marker for a
+    mark_verified(a)
+    assert len(list(markers.glob(f"{a.digest}-*"))) == 2
+    store.remove(b.digest)
+    store.gc()
+    assert [m.name.split("-")[0] for m in markers.iterdir()] == [a.digest] and is_verified(a)

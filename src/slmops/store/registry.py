@@ -413,6 +413,8 @@ class Store:
                 report["orphans_removed"].append(entry.name)
                 if not dry_run:
                     shutil.rmtree(entry, ignore_errors=True)
+        if not dry_run:  # markers of artifacts no longer stored (or of older states of their files)
+            verified.prune(self.home / "cache" / "verified", keep={r["digest"]: self.artifacts / r["digest"] for r in self._rows("SELECT digest FROM artifacts")})
         if prune:
             keep: set[str] = set()
             roots = {r["digest"] for r in self._rows("SELECT digest FROM versions UNION SELECT digest FROM tags")}

@@ -72,6 +72,16 @@ def forget(digest: str, path: Path) -> None:
             m.unlink(missing_ok=True)
 
 
+def prune(folder: Path, *, keep: dict[str, Path]) -> None:
+    """Remove the markers in ``folder`` except, for each ``digest -> path`` in ``keep``, the one for its files as they are now."""
+    if not folder.is_dir():
+        return
+    current = {f"{digest}-{signature(path)[:32]}" for digest, path in keep.items()}
+    for marker in folder.iterdir():
+        if not marker.name.startswith(".") and marker.name not in current:
+            marker.unlink(missing_ok=True)
+
+
 def damaged(art: Artifact, actual: str, label: str | None = None) -> IntegrityError:
     """The one-line error for an artifact whose content no longer matches its digest (named as the store names it)."""
     names = [n for n in [label, *_names(art)] if n and not n.startswith("sha256:")]
@@ -117,4 +127,4 @@ def ensure_verified(art: Artifact, *, label: str | None = None) -> None:
         raise damaged(art, actual, label)
 
 
-__all__ = ["cache_dir", "damaged", "ensure_verified", "forget", "is_verified", "mark_verified", "mismatch", "signature"]
+__all__ = ["cache_dir", "damaged", "ensure_verified", "forget", "is_verified", "mark_verified", "mismatch", "prune", "signature"]
