@@ -114,8 +114,10 @@ def host_of(value: str) -> str:
 class LocalOnly:
     """For a keyless server: answer only requests addressed to one of its own host names and not sent by another site."""
 
-    def __init__(self, app: ASGIApp, *, hosts: Iterable[str], origins: Iterable[str] = (), on_reject: Reject | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, hosts: Iterable[str], origins: Iterable[str] = (), on_reject: Reject | None = None,
+                 open_paths: frozenset[str] = frozenset({"/health"})) -> None:
         self.app = app
+        self.open_paths = open_paths  # liveness probes address a pod by IP; /health holds nothing worth stealing
         self.hosts = frozenset(host_of(h) for h in hosts)
         self.any_host = "*" in self.hosts
         self.origins = frozenset(o.rstrip("/").lower() for o in origins)
@@ -125,7 +127,7 @@ class LocalOnly:
         return self.any_host or host in self.hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.open_paths:
             await self.app(scope, receive, send)
             return
         raw_host = (_header(scope, b"host") or b"").decode("latin-1")
