@@ -224,6 +224,7 @@ def test_keyless_server_answers_only_its_own_host_names(start_server: Any) -> No
     for host in ("evil.example", f"evil.example:{port}", f"192.0.2.1:{port}", "127.0.0.1.evil.example"):
         r = httpx.get(f"{server.url}/v1/models", headers={"Host": host})
         assert error_of(r, 403)["code"] == "host_not_allowed", host
+    assert httpx.get(f"{server.url}/health", headers={"Host": "10.0.0.7"}).status_code == 200  # probes address a pod by IP
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST"):
         assert httpx.get(f"{server.url}/v1/models", headers={"Host": host}).status_code == 200, host
     post = httpx.post(f"{server.url}/v1/completions", json={"model": "bot", "prompt": "hi", "max_tokens": 1},

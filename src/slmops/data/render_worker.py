@@ -167,14 +167,18 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
         self.memory_mb = memory_mb
-        self.proc = subprocess.Popen(  # noqa: S603 - our own module under the running interpreter
-            [sys.executable, "-m", "slmops.data.render_worker", str(memory_mb)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            close_fds=True,
-        )
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own module under the running interpreter
+                [sys.executable, "-m", "slmops.data.render_worker", str(memory_mb)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise ConfigError("the chat template renderer cannot start", why=f"{sys.executable or 'python'}: {exc}",
+                              fix="run slmops with a Python interpreter it can start again (sys.executable)") from exc
         self._buf = b""
         line = self._read_line(time.monotonic() + START_TIMEOUT_S)
         if line != b"ready":

@@ -4,7 +4,9 @@ Runtimes are blocking, so each admitted request generates in a worker thread, an
 into the event loop through an :class:`asyncio.Queue`. The :class:`Scheduler` of a loaded model
 lets ``slots`` requests run at once (the batch width where the runtime batches, else 1) and at most
 ``max_queue`` wait; one more is refused at once with :class:`QueueFull` (→ 503 + Retry-After), so no
-request ever waits unboundedly. Waiting and running both count against the request's deadline.
+request ever waits unboundedly. Admission (:meth:`Scheduler.enter`) decides and takes a slot or a
+queue place in one step, with no ``await`` in between, so a burst cannot overfill the queue.
+Waiting and running both count against the request's deadline.
 
 Cancellation is cooperative: the consumer sets a :class:`threading.Event` when the client goes away
 or the deadline passes, the worker checks it between tokens, closes the runtime's generator (which

@@ -1,9 +1,15 @@
-"""One request's life: resolve the model, hold it, check the prompt, queue, generate, then count and log.
+"""One request's life: resolve the model, hold it, bound the prompt, queue, render and tokenize, generate, then count and log.
 
 The routes turn HTTP into a :class:`Job` (``start``) and a job's token events back into OpenAI
-responses; everything between — the pool, the scheduler, the context check, cancellation when the
+responses; everything between — the pool, the scheduler, the context checks, cancellation when the
 client goes away, the deadline, metrics and the request log — is here, shared by chat and
 completions. :meth:`Service.finish` runs exactly once per started job, whatever happened.
+
+Cheap checks come first and costly work only after admission: a prompt that cannot fit is refused
+by its length in characters (:data:`MAX_CHARS_PER_TOKEN`), then the request takes its place in the
+model's queue (or a 503), and only then is its chat template rendered (in a worker process under
+``--render-timeout`` and the request's deadline) and its prompt tokenized, on threads of the
+server's own — so one model's costly prompts never hold up another's.
 """
 
 from __future__ import annotations
