@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -55,7 +56,6 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         reaper = asyncio.create_task(pool.reaper())
-        warm = asyncio.create_task(service.warm())
         drift = None
         if config.drift_baseline and rlog is not None:
             from slmops.monitor.drift_run import drift_loop
@@ -75,7 +75,6 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
             yield
         finally:
             reaper.cancel()
-            warm.cancel()
             for task in (drift, judge):
                 if task is not None:
                     task.cancel()
@@ -198,6 +197,7 @@ def serve(config: ServeConfig, *, store: Store | None = None, log_level: str = "
     uvicorn = require("uvicorn", extra="serve", purpose="slmops serve")
     app = create_app(config, store=store)
     service = app.state.service
+    threading.Thread(target=service.warm, name="slmops-render-warm", daemon=True).start()  # ready before the first chat
 
     class Server(uvicorn.Server):  # type: ignore[misc,name-defined]
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -98,9 +98,9 @@ class Service:
 
         self._renderers = RenderPool()
 
-    async def warm(self) -> None:
-        """Start a chat-template worker before the first request needs one."""
-        await asyncio.get_running_loop().run_in_executor(self._prep, self._renderers.warm, RENDER_MEMORY_MB)
+    def warm(self) -> None:
+        """Start a chat-template worker before the first request needs one (``slmops serve`` does, at startup)."""
+        self._renderers.warm(RENDER_MEMORY_MB)
 
     def stop_rendering(self) -> None:
         """Kill the chat-template workers, rendering or not (the server is stopping: their requests get 503)."""
