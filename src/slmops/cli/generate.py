@@ -23,9 +23,18 @@ Runtime = Annotated[str, typer.Option("--runtime", help="auto (by the artifact's
 
 
 def _params(max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: list[str] | None) -> Any:
+    from pydantic import ValidationError
+
+    from slmops.errors import ConfigError
     from slmops.runtimes.base import GenerationParams
 
-    return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop or [])
+    try:
+        return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop or [])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "value"
+        raise ConfigError(f"--{field.replace('_', '-')} {first.get('input')!r} is out of range", why=str(first["msg"]),
+                          fix=f"see slmops generate --help for --{field.replace('_', '-')}") from None
 
 
 def register(app: typer.Typer) -> None:
