@@ -17,7 +17,7 @@ def test_every_route_but_health_needs_the_key(start_server: Any) -> None:
     server = start_server(models=["bot"], api_key=KEY)
     assert httpx.get(f"{server.url}/health").status_code == 200
     for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/metrics"),
-                         ("GET", "/openai/loadedmodels"), ("GET", "/openai/load/bot"), ("POST", "/v1/load_lora_adapter"),
+                         ("GET", "/openai/loadedmodels"), ("POST", "/openai/load/bot"), ("POST", "/v1/load_lora_adapter"),
                          ("GET", "/openapi.json"), ("GET", "/docs")]:
         r = httpx.request(method, f"{server.url}{path}", json={})
         assert r.status_code == 401, path
@@ -41,8 +41,9 @@ def test_metrics_can_be_public(start_server: Any) -> None:
 
 def test_no_key_no_auth_and_no_cors_by_default(start_server: Any) -> None:
     server = start_server(models=["bot"])
-    r = httpx.get(f"{server.url}/v1/models", headers={"Origin": "http://evil.example"})
-    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    assert httpx.get(f"{server.url}/v1/models").status_code == 200
+    r = httpx.get(f"{server.url}/v1/models", headers={"Origin": "http://evil.example"})  # keyless: another site is refused
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed" and "access-control-allow-origin" not in r.headers
     pre = httpx.options(f"{server.url}/v1/chat/completions", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in pre.headers
 

@@ -123,8 +123,8 @@ def test_bad_management_input(server: Any, tmp_path: Any) -> None:
     assert_error(post(server, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "bot"}), 400, code="invalid_lora")
     assert_error(post(server, "/v1/load_lora_adapter", {"lora_name": "x"}), 400)
     assert_error(post(server, "/v1/unload_lora_adapter", {"lora_name": "never"}), 404)
-    assert_error(httpx.get(f"{server.url}/openai/unload/zzz"), 404, code="model_not_loaded")
-    assert_error(httpx.get(f"{server.url}/openai/load/nope"), 404)
+    assert_error(httpx.post(f"{server.url}/openai/unload/zzz"), 404, code="model_not_loaded")
+    assert_error(httpx.post(f"{server.url}/openai/load/nope"), 404)
 
 
 def test_errors_are_counted(server: Any) -> None:

@@ -37,13 +37,13 @@ def test_max_loaded_evicts_least_recently_used(start_server: Any) -> None:
 
 def test_foundry_style_load_unload(start_server: Any) -> None:
     server = start_server(models=["bot:1"])
-    r = httpx.get(f"{server.url}/openai/load/bot:1", params={"ttl": 120})
+    r = httpx.post(f"{server.url}/openai/load/bot:1", params={"ttl": 120})
     assert r.status_code == 200 and r.json()["ttl_s"] == 120
     assert loaded(server) == ["bot:1"]
     # loading an id that is not listed adds it to what is served
     assert httpx.post(f"{server.url}/openai/load/bot@canary").status_code == 200
     assert "bot@canary" in [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]]
-    assert httpx.get(f"{server.url}/openai/unload/bot:1").json()["unloaded"] is True
+    assert httpx.post(f"{server.url}/openai/unload/bot:1").json()["unloaded"] is True
     assert loaded(server) == ["bot@canary"]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from slmops.cli.common import JsonOpt, open_cli_store
-from slmops.cli.render import emit, out
+from slmops.cli.render import emit, esc, out
 
 
 def register(app: typer.Typer) -> None:
@@ -33,5 +33,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _show(d: dict[str, Any]) -> None:
-    out.print(f"bundle [bold]{d['out']}[/]: {d['name']} (sha256:{d['digest'][:12]}, {d['size_bytes']} B) for profile {d['profile']}, {d['files']} files checksummed")
+    out.print(f"bundle [bold]{esc(d['out'])}[/]: {esc(d['name'])} (sha256:{d['digest'][:12]}, {d['size_bytes']} B) for profile {esc(d['profile'])}, "
+              f"{d['files']} files checksummed", markup=True)
     out.print(f"  run it: slmops serve --bundle {d['out']}")

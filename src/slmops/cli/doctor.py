@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from slmops.cli.common import JsonOpt
 from slmops.cli.render import emit, human_bytes, out
@@ -29,6 +30,7 @@ def _human(r: dict) -> None:
     t.add_row("SLMOPS_HOME", r["home"] + ("" if r["home_exists"] else " (not created yet)"))
     t.add_row("free disk", human_bytes(r["disk_free_bytes"]))
     for extra, dists in r["extras"].items():
-        mark = "[green]ok[/]" if r["extras_complete"][extra] else "[yellow]partial[/]"
-        t.add_row(f"extra [{extra}]", f"{mark} " + ", ".join(f"{d} {v or '[red]missing[/]'}" for d, v in dists.items()))
+        mark = ("ok", "green") if r["extras_complete"][extra] else ("partial", "yellow")
+        parts = [(", " if i else "") + f"{d} " for i, d in enumerate(dists)]
+        t.add_row(f"extra [{extra}]", Text.assemble(mark, " ", *[p for part, v in zip(parts, dists.values(), strict=True) for p in (part, v or ("missing", "red"))]))
     out.print(t)

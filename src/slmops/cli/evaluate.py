@@ -226,7 +226,7 @@ def compare_cmd(
             shutil.copyfile(r.artifact.file(rel), path)
             if rel == "report.md" and (r.artifact.path / "plots").is_dir():
                 shutil.copytree(r.artifact.path / "plots", path.parent / "plots", dirs_exist_ok=True)
-            err.print(f"[dim]wrote {path}[/]")
+            err.print(f"wrote {path}", style="dim")
     emit({"digest": r.digest, "cached": r.cached, "path": str(r.artifact.path), "report": report}, as_json, show_compare)
 
 

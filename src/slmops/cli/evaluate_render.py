@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
-from slmops.cli.render import human_bytes, out
+from slmops.cli.render import esc, human_bytes, out
 
 
 def _n(v: Any, fmt: str = "{:.4g}") -> str:
@@ -23,8 +24,8 @@ def show_eval(d: dict[str, Any]) -> None:
     who = f"{t.get('model')} @ {t.get('url')}" if t.get("kind") == "http" else f"{d.get('target') or t.get('label')} ({t.get('runtime')})"
     c = rep["counts"]
     state = "[dim]cached[/]" if d["cached"] else "[green]created[/]"
-    out.print(f"{state} report [bold]{d['name'] or 'sha256:' + d['digest'][:12]}[/] — {who} on {c['examples']} examples "
-              f"({rep['data']['split']}), {c['errors']} errors" + (f", {c['resumed']} resumed" if c.get("resumed") else ""))
+    out.print(f"{state} report [bold]{esc(d['name'] or 'sha256:' + d['digest'][:12])}[/] — {esc(who)} on {c['examples']} examples "
+              f"({esc(rep['data']['split'])}), {c['errors']} errors" + (f", {c['resumed']} resumed" if c.get("resumed") else ""), markup=True)
     ref = rep.get("ref")
     table = Table()
     table.add_column("metric")
@@ -44,14 +45,14 @@ def show_eval(d: dict[str, Any]) -> None:
         for col in ("gate", "value", "threshold", "result"):
             gates.add_column(col, justify="left" if col == "gate" else "right")
         for g in d["gates"]:
-            gates.add_row(g["gate"], _n(g["value"]), _n(g["threshold"]), "[green]pass[/]" if g["passed"] else "[red]FAIL[/]")
+            gates.add_row(g["gate"], _n(g["value"]), _n(g["threshold"]), Text("pass", "green") if g["passed"] else Text("FAIL", "red"))
         out.print(gates)
 
 
 def show_bench(d: dict[str, Any]) -> None:
     rep = d["report"]
     state = "[dim]cached[/]" if d["cached"] else "[green]measured[/]"
-    out.print(f"{state} bench report sha256:{d['digest'][:12]}")
+    out.print(f"{state} bench report sha256:{d['digest'][:12]}", markup=True)
     if rep.get("levels"):
         t = rep["target"]
         table = Table(title=f"{t['model']} @ {t['url']}")
@@ -74,7 +75,7 @@ def show_bench(d: dict[str, Any]) -> None:
         table.add_column(col, justify="right")
     for c in rep["cells"]:
         if c.get("skipped"):
-            table.add_row(str(c["prompt_tokens"]), str(c["output_tokens"]), f"[dim]{c['skipped']}[/]", *[""] * 7)
+            table.add_row(str(c["prompt_tokens"]), str(c["output_tokens"]), Text(str(c["skipped"]), "dim"), *[""] * 7)
             continue
         table.add_row(str(c["prompt_tokens"]), str(c["output_tokens"]), _ms(c["ttft_s"]["p50"]), _ms(c["ttft_s"]["p95"]),
                       _ms(c["tpot_s"]["p50"]), _ms(c["tpot_s"]["p99"]), _ms(c["itl_s"]["p99"]), _n(c["e2e_s"]["p50"], "{:.3f}"),
@@ -92,18 +93,18 @@ def show_compare(d: dict[str, Any]) -> None:
     for row in body:
         table.add_row(*row)
     out.print(table)
-    out.print(f"[dim]report sha256:{d['digest'][:12]} ({d['path']}); open report.html there, or pass --html FILE[/]")
+    out.print(f"report sha256:{d['digest'][:12]} ({d['path']}); open report.html there, or pass --html FILE", style="dim")
 
 
 def show_validate(d: dict[str, Any]) -> None:
     rep = d["report"]
     verdict = "[bold green]PASSED[/]" if rep["passed"] else "[bold red]FAILED[/]"
-    out.print(f"deployment validation {verdict} (report sha256:{d['digest'][:12]})")
+    out.print(f"deployment validation {verdict} (report sha256:{d['digest'][:12]})", markup=True)
     table = Table()
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     colors = {"pass": "green", "fail": "red", "skip": "yellow"}
     for c in rep["checks"]:
-        table.add_row(c["name"], f"[{colors[c['status']]}]{c['status']}[/]", c["detail"])
+        table.add_row(c["name"], Text(c["status"], colors[c["status"]]), c["detail"])
     out.print(table)

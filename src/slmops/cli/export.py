@@ -16,7 +16,7 @@ import typer
 
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import print_result, result_dict
-from slmops.cli.render import emit, err, out, progress_bars
+from slmops.cli.render import emit, out, progress_bars, warn
 from slmops.errors import ConfigError
 from slmops.pipeline.inputs import resolve_input
 from slmops.pipeline.runner import RunResult, run_stage
@@ -177,7 +177,7 @@ def ollama(
     folder = copy_out(r.artifact, out_dir) or str(r.artifact.path)
     hint = f"ollama create {name or 'my-model'} -f {Path(folder) / 'Modelfile'}"
     if r.artifact.manifest.meta.get("warning"):
-        err.print(f"[yellow]warning:[/] {r.artifact.manifest.meta['warning']}")
+        warn(r.artifact.manifest.meta["warning"])
     _emit(r, name, as_json, folder if out_dir else None, {"modelfile": str(Path(folder) / "Modelfile"), "hints": [hint]})
 
 

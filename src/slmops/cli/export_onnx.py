@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from slmops.cli.common import JsonOpt, open_cli_store
-from slmops.cli.render import err, progress_bars
+from slmops.cli.render import progress_bars, warn
 from slmops.errors import ConfigError
 from slmops.pipeline.inputs import resolve_input
 from slmops.pipeline.runner import run_stage
@@ -164,5 +164,5 @@ def register(app: typer.Typer) -> None:
         folder = copy_tree(r.artifact, out_dir)
         _emit(r, name, as_json, folder, extra)
         if verify and not extra["verify"]["text_match"]:
-            err.print("[yellow]warning:[/] Foundry Local's greedy reply differs from slmops' ort-genai runtime")
+            warn("Foundry Local's greedy reply differs from slmops' ort-genai runtime")
             raise typer.Exit(1)

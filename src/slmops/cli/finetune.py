@@ -19,7 +19,7 @@ from rich.table import Table
 
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import result_dict
-from slmops.cli.render import emit, err, out, progress_bars
+from slmops.cli.render import emit, err, esc, out, progress_bars
 from slmops.errors import ConfigError
 from slmops.finetune.config import ALL_FIELDS, CONFIGS, METHODS, OPTION_FIELDS, RunOptions, flag, split_settings
 
@@ -135,7 +135,7 @@ def _finetune(ctx: typer.Context, **kw: Any) -> None:
 def _print_finetune(d: dict[str, Any]) -> None:
     state = "[dim]cached[/]" if d["cached"] else "[green]created[/]"
     label = d["name"] or f"sha256:{d['digest'][:12]}"
-    out.print(f"{state} {d['kind']} [bold]{label}[/] ({d['stage']}) sha256:{d['digest'][:12]}")
+    out.print(f"{state} {d['kind']} [bold]{esc(label)}[/] ({d['stage']}) sha256:{d['digest'][:12]}", markup=True)
     m = d["metrics"]
 
     def num(v: Any, fmt: str = ".4f") -> str:
@@ -150,7 +150,7 @@ def _print_finetune(d: dict[str, Any]) -> None:
     out.print(f"  examples: {m.get('train_examples')} train ({m.get('train_truncated')} truncated at --max-length {m.get('max_length')}), "
               f"{m.get('validation_examples')} validation")
     if m.get("overfit_step") is not None:
-        out.print(f"  [yellow]overfitting suspected from step {m['overfit_step']}[/]")
+        out.print(f"  overfitting suspected from step {m['overfit_step']}", style="yellow")
     if m.get("resumed_from_step") is not None:
         out.print(f"  resumed from the checkpoint at step {m['resumed_from_step']}")
     out.print(f"  curves: {d['curves']}")

@@ -23,9 +23,18 @@ Runtime = Annotated[str, typer.Option("--runtime", help="auto (by the artifact's
 
 
 def _params(max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: list[str] | None) -> Any:
+    from pydantic import ValidationError
+
+    from slmops.errors import ConfigError
     from slmops.runtimes.base import GenerationParams
 
-    return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop or [])
+    try:
+        return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop or [])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "value"
+        raise ConfigError(f"--{field.replace('_', '-')} {first.get('input')!r} is out of range", why=str(first["msg"]),
+                          fix=f"see slmops generate --help for --{field.replace('_', '-')}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +79,7 @@ def register(app: typer.Typer) -> None:
                 finish = ev.finish_reason or finish
             sys.stdout.write("\n")
             dt = time.perf_counter() - start
-            err.print(f"[dim]{n} tokens in {dt:.2f}s ({n / dt if dt else 0:.1f} tok/s), finish_reason={finish}[/]")
+            err.print(f"{n} tokens in {dt:.2f}s ({n / dt if dt else 0:.1f} tok/s), finish_reason={finish}", style="dim")
         finally:
             rt.close()
 
@@ -109,7 +118,7 @@ def register(app: typer.Typer) -> None:
             def respond(history: list[dict[str, str]]) -> Iterator[str]:
                 return stream_chat(url, name, history, api_key=key, **opts)
 
-            err.print(f"[dim]chatting with {name} at {url}; /reset clears the history, /exit quits[/]")
+            err.print(f"chatting with {name} at {url}; /reset clears the history, /exit quits", style="dim")
         else:
             from slmops.runtimes import open_runtime
 
@@ -124,7 +133,7 @@ def register(app: typer.Typer) -> None:
             def respond(history: list[dict[str, str]]) -> Iterator[str]:
                 return (ev.text for ev in local.stream(local.apply_chat_template(history), params))
 
-            err.print(f"[dim]chatting with {model} (sha256:{art.short}); /reset clears the history, /exit quits[/]")
+            err.print(f"chatting with {model} (sha256:{art.short}); /reset clears the history, /exit quits", style="dim")
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
         try:
             while True:
@@ -140,7 +149,7 @@ def register(app: typer.Typer) -> None:
                 if not line.strip():
                     continue
                 history.append({"role": "user", "content": line})
-                out.print("[bold]model>[/] ", end="")
+                out.print("model>", style="bold", end=" ")
                 reply = []
                 for text in respond(history):
                     sys.stdout.write(text)

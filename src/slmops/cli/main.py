@@ -1,4 +1,4 @@
-"""The ``slmops`` command: registers each verb's module and turns SlmopsError into exit code 1."""
+"""The ``slmops`` command: registers each verb's module, turns SlmopsError into exit code 1 and usage errors into exit 2."""
 
 from __future__ import annotations
 
@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except SlmopsError as exc:
+        from rich.text import Text
+
         from slmops.cli.render import err
 
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err.print(Text.assemble(("error:", "bold red"), " ", exc.message), highlight=False)  # literal: refs and data may hold [markup]
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -100,10 +102,34 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
+    except Exception as exc:
+        if _is_usage_error(exc):  # a missing option, an unknown command, `--max-tokens abc`: usage message, exit 2
+            _show_usage_error(exc)
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        raise
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a click-style error that carries its own message and exit code.
+
+    Typer raises the classes of the click copy it vendors (subclasses of ``typer.TyperException``),
+    not ``click.ClickException``; both are recognised.
+    """
+    kinds: list[type[BaseException]] = [typer.TyperException]
+    try:
         import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        kinds.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer no longer needs click
+        pass
+    return isinstance(exc, tuple(kinds)) and callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def _show_usage_error(exc: Exception) -> None:
+    """Print it as Typer itself would (usage line, hint, boxed message; user text printed literally)."""
+    try:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - an exception of the real click, or a Typer without rich: its own plain format
+        exc.show()  # type: ignore[attr-defined]

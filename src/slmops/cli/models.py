@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from slmops.cli.common import JsonOpt, open_cli_store
-from slmops.cli.render import emit, err, human_bytes, out, progress_bars
+from slmops.cli.render import emit, err, esc, human_bytes, out, progress_bars
 from slmops.errors import ConfigError, StoreError
 from slmops.pipeline.inputs import resolve_input
 from slmops.pipeline.runner import RunResult, run_stage
@@ -31,7 +32,7 @@ def result_dict(r: RunResult, name: str | None = None) -> dict[str, Any]:
 def print_result(d: dict[str, Any]) -> None:
     state = "[dim]cached[/]" if d["cached"] else "[green]created[/]"
     label = d["name"] or f"sha256:{d['digest'][:12]}"
-    out.print(f"{state} {d['kind']} [bold]{label}[/] ({d['stage']}) sha256:{d['digest'][:12]}")
+    out.print(f"{state} {d['kind']} [bold]{esc(label)}[/] ({d['stage']}) sha256:{d['digest'][:12]}", markup=True)
     for k, v in d["metrics"].items():
         if not isinstance(v, dict | list):
             out.print(f"  {k}: {v}")
@@ -128,10 +129,10 @@ def lineage(
     emit(tree, as_json, _print_tree)
 
 
-def _label(n: dict[str, Any]) -> str:
+def _label(n: dict[str, Any]) -> Text:
     names = ", ".join(n["names"]) or "unnamed"
-    role = f"[dim]{n['role']}:[/] " if n.get("role") else ""
-    return f"{role}[bold]{n['kind']}[/] {names} [dim]sha256:{n['digest'][:12]} via {n.get('stage') or '-'}[/]"
+    role = (f"{n['role']}: ", "dim") if n.get("role") else ""
+    return Text.assemble(role, (str(n["kind"]), "bold"), f" {names} ", (f"sha256:{n['digest'][:12]} via {n.get('stage') or '-'}", "dim"))
 
 
 def _print_tree(root: dict[str, Any]) -> None:
@@ -236,7 +237,7 @@ def verify(
 
 def _print_verify(rows: list[dict[str, Any]]) -> None:
     for r in rows:
-        mark = "[green]ok  [/]" if r["ok"] else "[red]FAIL[/]"
-        out.print(f"{mark} sha256:{r['digest'][:12]} {', '.join(r['names'])} {r['problem'] or ''}")
+        mark = ("ok  ", "green") if r["ok"] else ("FAIL", "red")
+        out.print(Text.assemble(mark, f" sha256:{r['digest'][:12]} {', '.join(r['names'])} {r['problem'] or ''}"))
     if not rows:
         out.print("nothing stored yet")

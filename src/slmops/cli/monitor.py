@@ -45,7 +45,7 @@ def drift(
 
 def _print_drift(d: dict[str, Any]) -> None:
     colour = {"stable": "green", "moderate": "yellow", "significant": "red"}[d["verdict"]]
-    out.print(f"drift: [bold {colour}]{d['verdict']}[/] (score {d['score']:.3f}; below 0.1 stable, above 0.25 significant)")
+    out.print(f"drift: [bold {colour}]{d['verdict']}[/] (score {d['score']:.3f}; below 0.1 stable, above 0.25 significant)", markup=True)
     out.print(f"  length PSI {d['length_psi']:.3f}  token PSI {d['token_psi']:.3f}  "
               f"mean length {d['mean_length_baseline']:.1f} → {d['mean_length_live']:.1f} tokens")
     shift = d.get("embedding_shift")

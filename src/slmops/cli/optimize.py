@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import result_dict
@@ -71,7 +72,7 @@ def _print(d: dict[str, Any]) -> None:
         return "-" if v is None else fmt.format(v)
 
     for r in d["meta"].get("rows", []):
-        result = "[bold green]chosen[/]" if r["chosen"] else ("pass" if r["passed"] else "[red]fail[/]")
+        result = Text("chosen", "bold green") if r["chosen"] else Text("pass") if r["passed"] else Text("fail", "red")
         t.add_row(r["target"], r["status"], human_bytes(r.get("size_bytes")), num(r.get("kl_mean"), "{:.3g}"), num(r.get("top1_agreement"), "{:.3f}"),
                   num(r.get("decode_tokens_per_s"), "{:.1f}"), num(None if r.get("ttft_s") is None else r["ttft_s"] * 1e3, "{:.1f}"),
                   human_bytes(r.get("peak_rss_bytes")), result)

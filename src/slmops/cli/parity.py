@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import result_dict
@@ -77,6 +78,6 @@ def _print(d: dict[str, Any]) -> None:
         t.add_row(k, "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
     out.print(t)
     for g in d["meta"].get("gates", []):
-        mark = "[green]pass[/]" if g["passed"] else "[red]FAIL[/]"
+        mark = ("pass", "green") if g["passed"] else ("FAIL", "red")
         value = "-" if g["value"] is None else f"{g['value']:.4g}"
-        out.print(f"{mark} {g['metric']} = {value} (limit {g['op']} {g['limit']})")
+        out.print(Text.assemble(mark, f" {g['metric']} = {value} (limit {g['op']} {g['limit']})"))

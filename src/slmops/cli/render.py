@@ -1,4 +1,10 @@
-"""Output for the CLI: JSON or rich tables on stdout, messages and progress bars on stderr."""
+"""Output for the CLI: JSON or rich tables on stdout, messages and progress bars on stderr.
+
+Both consoles print text **literally**: rich markup and emoji codes are off, so a name, path, CSV
+header or model answer holding ``[/red]`` or ``:x:`` prints as typed and can never break the
+output. A line that wants style says so: ``out.print(f"[bold]{esc(name)}[/]", markup=True)``,
+escaping every value it did not write itself with :func:`esc`, or builds a :class:`rich.text.Text`.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,24 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from slmops.progress import use_sink
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
+
+
+def esc(value: Any) -> str:
+    """``value`` as text that prints literally inside a line printed with ``markup=True``."""
+    return escape(str(value))
+
+
+def warn(message: Any) -> None:
+    """A ``warning:`` line on stderr; the message prints literally."""
+    err.print(Text.assemble(("warning:", "yellow"), " ", str(message)))
 
 
 def emit_json(data: Any) -> None:
@@ -67,12 +85,12 @@ def progress_bars(enabled: bool = True) -> Iterator[None]:
         yield
         return
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[fields]}"),
+        TextColumn("{task.fields[fields]}", markup=False),
         console=err,
         transient=False,
     )

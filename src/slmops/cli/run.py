@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, err, out, progress_bars
@@ -68,10 +69,10 @@ def register(app: typer.Typer) -> None:
         emit(rows, as_json, _print_stages)
 
 
-def _line(r: Any) -> str:
+def _line(r: Any) -> Text:
     colour = {"ran": "green", "cached": "dim", "done": "green", "planned": "yellow"}.get(r.status, "white")
     what = r.name or (f"sha256:{r.artifact.short}" if r.artifact else "")
-    return f"[{colour}]{r.status:>7}[/] {r.step} ({r.kind}) {what} {r.detail or ''} [dim]{r.seconds:.1f}s[/]"
+    return Text.assemble((f"{r.status:>7}", colour), f" {r.step} ({r.kind}) {what} {r.detail or ''} ", (f"{r.seconds:.1f}s", "dim"))
 
 
 def _summary(data: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from slmops.cli.common import JsonOpt
-from slmops.cli.render import emit, err, out
+from slmops.cli.render import emit, err, out, warn
 from slmops.errors import ConfigError
 from slmops.settings import api_key_from_env
 
@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the API key; every route but /health then needs 'Authorization: Bearer KEY'.")] = None,
         metrics_public: Annotated[bool, typer.Option("--metrics-public", help="Serve /metrics without the API key.")] = False,
         cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Allow this browser origin (repeatable); CORS is off otherwise.")] = None,
+        allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Without an API key, answer this Host name too (repeatable; '*' = any). Only localhost, 127.0.0.1, [::1] and --host otherwise (DNS-rebinding protection).")] = None,
+        max_body: Annotated[str, typer.Option("--max-body", help="Largest request body accepted (e.g. 8MiB, 500KB); larger ones get 413.")] = "8MiB",
+        render_timeout: Annotated[str, typer.Option("--render-timeout", help="Longest a chat template may take to render per request (e.g. 2s); within --timeout.")] = "2s",
         max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait per model; more get 503 + Retry-After.")] = 16,
         parallel: Annotated[int, typer.Option("--parallel", help="Requests generating at once per model (batched on torch; other runtimes run one at a time).")] = 4,
         timeout: Annotated[str, typer.Option("--timeout", help="Longest a request may take, queueing included (e.g. 300s, 5m).")] = "300s",
@@ -48,7 +51,7 @@ def register(app: typer.Typer) -> None:
         """Serve models over an OpenAI-compatible API (chat, completions, models, metrics, management)."""
         from slmops.serve import ServeConfig
         from slmops.serve import serve as run_server
-        from slmops.units import parse_duration
+        from slmops.units import parse_duration, parse_size
 
         api_key = api_key_from_env(api_key_env, "--api-key-env")
         spec = None
@@ -69,6 +72,9 @@ def register(app: typer.Typer) -> None:
             api_key=api_key,
             metrics_auth=not metrics_public,
             cors_origins=list(cors_origin or []),
+            allowed_hosts=list(allowed_host or []),
+            max_body_bytes=parse_size(max_body, flag="--max-body"),
+            render_timeout_s=parse_duration(render_timeout, flag="--render-timeout"),
             max_queue=max_queue,
             parallel=parallel,
             timeout_s=parse_duration(timeout, flag="--timeout"),
@@ -102,14 +108,14 @@ def register(app: typer.Typer) -> None:
         for split in canary or []:
             cfg.add_canary(split)
         if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-            err.print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach it can use it (set --api-key-env)")
+            warn(f"serving on {host} without an API key: anyone who can reach it can use it (set --api-key-env)")
         served = ", ".join([*cfg.models, *cfg.canary]) or "every model in the store"
-        err.print(f"[dim]slmops serve: {served} on http://{host}:{port}/v1 (Ctrl-C stops)[/]")
+        err.print(f"slmops serve: {served} on http://{host}:{port}/v1 (Ctrl-C stops)", style="dim")
         if bundle is not None:
             from slmops.deploy.bundle import opened_bundle
 
             with opened_bundle(bundle) as (bstore, spec):
-                err.print(f"[dim]bundle {bundle}: every checksum verified; serving {spec['name']} (sha256:{spec['digest'][:12]})[/]")
+                err.print(f"bundle {bundle}: every checksum verified; serving {spec['name']} (sha256:{spec['digest'][:12]})", style="dim")
                 run_server(cfg, store=bstore)
             return
         run_server(cfg)
@@ -125,7 +131,7 @@ def register(app: typer.Typer) -> None:
         """Show the server's request log (metadata; prompts and completions only if served with --log-content)."""
         from slmops.serve.requestlog import default_path, query
         from slmops.settings import slmops_home
-        from slmops.units import parse_duration
+        from slmops.units import parse_duration, parse_size
 
         path = log_db or default_path(slmops_home())
         since_ts = time.time() - parse_duration(since, flag="--since") if since else None

@@ -2,7 +2,8 @@
 
 * :func:`render_chat` renders a model's own Jinja chat template in a **sandboxed** environment
   (``ImmutableSandboxedEnvironment`` with the helpers Hugging Face templates expect:
-  ``raise_exception``, ``strftime_now``, ``tojson``, ``namespace``, ``{% generation %}``). It needs
+  ``raise_exception``, ``strftime_now``, ``tojson``, ``namespace``, ``{% generation %}``), in a
+  worker process under a time, size and memory budget (:mod:`slmops.data.render_worker`). It needs
   no transformers, so every runtime (torch, ONNX Runtime GenAI, llama.cpp) renders prompts the same way.
 * :func:`render_text_template` fills an Olive-style text template such as
   ``"### Question: {input}\\n### Answer: {output}"`` (``{{``/``}}`` are literal braces).
@@ -34,7 +35,7 @@ import jinja2.nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from slmops.errors import ConfigError, DataError
+from slmops.errors import ConfigError, DataError, SlmopsError
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,13 @@ EXAMPLE_TEXT_TEMPLATE = "### Question: {input}\n### Answer: {output}"
 __all__ = [
     "EXAMPLE_TEXT_TEMPLATE",
     "IGNORE_INDEX",
+    "ChatTemplateError",
     "chat_template_of",
     "fields_from_messages",
     "render_chat",
     "render_text_template",
     "special_token_kwargs",
+    "template_problem",
     "text_template_fields",
 ]
 
@@ -141,7 +144,7 @@ def _compile(template: str) -> jinja2.Template:
     try:
         return _environment().from_string(template)
     except TemplateSyntaxError as exc:
-        raise ConfigError(
+        raise ChatTemplateError(
             "the chat template does not parse",
             why=f"line {exc.lineno}: {exc.message}",
             fix="fix the template's Jinja syntax, or pass a {field} text template instead",
@@ -174,6 +177,10 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+class ChatTemplateError(ConfigError):
+    """The model's chat template itself is at fault: it does not parse, reaches for something unsafe, or fails to render."""
+
+
 def render_chat(
     template: str,
     messages: Sequence[Any],
@@ -185,28 +192,46 @@ def render_chat(
 ) -> str:
     """Render ``messages`` (``{"role", "content"}`` dicts or objects) with a Jinja chat ``template``.
 
-    Rendering happens in a sandbox: a template that reaches for Python internals raises
-    :class:`ConfigError`; a template that rejects the messages (``raise_exception``) raises
-    :class:`DataError`. ``extra`` reaches the template as variables (``tools``, ``documents``,
-    ``enable_thinking``, other special tokens …); ``tools`` and ``documents`` default to None as in
-    transformers.
+    Rendering happens in a sandbox, in a worker process, under a time, size and memory budget
+    (:mod:`slmops.data.render_worker`; :func:`~slmops.data.render_worker.render_budget` sets it): a
+    template that reaches for Python internals, does not parse or fails raises
+    :class:`ChatTemplateError` (a :class:`ConfigError`); one that rejects the messages
+    (``raise_exception``) raises :class:`DataError`; one past its budget raises
+    :class:`~slmops.data.render_worker.TemplateBudgetExceeded`. ``extra`` reaches the template as
+    variables (``tools``, ``documents``, ``enable_thinking``, other special tokens …); ``tools`` and
+    ``documents`` default to None as in transformers.
     """
+    from slmops.data.render_worker import render_bounded
+
     if not isinstance(template, str) or not template.strip():
         raise ConfigError("no chat template to render", fix="pass a {field} text template such as " + repr(EXAMPLE_TEXT_TEMPLATE))
-    compiled = _compile(template)
     variables = {k: _plain(v) for k, v in extra.items()}
     variables.setdefault("tools", None)
     variables.setdefault("documents", None)
+    variables["add_generation_prompt"] = bool(add_generation_prompt)
+    variables["bos_token"] = bos_token or ""
+    variables["eos_token"] = eos_token or ""
+    return render_bounded(template, _plain(list(messages)), variables)
+
+
+def _render_here(template: str, messages: list[Any], variables: dict[str, Any], *, max_chars: int | None = None) -> str:
+    """Render in this process (what the worker process runs); ``max_chars`` caps the output as it is produced."""
+    compiled = _compile(template)
     try:
-        return compiled.render(
-            messages=_plain(list(messages)),
-            add_generation_prompt=bool(add_generation_prompt),
-            bos_token=bos_token or "",
-            eos_token=eos_token or "",
-            **variables,
-        )
+        if max_chars is None:
+            return compiled.render(messages=messages, **variables)
+        parts: list[str] = []
+        n = 0
+        for chunk in compiled.generate(messages=messages, **variables):
+            n += len(chunk)
+            if n > max_chars:
+                from slmops.data.render_worker import TemplateBudgetExceeded
+
+                raise TemplateBudgetExceeded(f"the chat template rendered more than {max_chars:,} characters", limit="size")
+            parts.append(chunk)
+        return "".join(parts)
     except SecurityError as exc:
-        raise ConfigError(
+        raise ChatTemplateError(
             "the chat template tried an unsafe operation",
             why=str(exc),
             fix="use a trusted chat template; slmops renders templates in a sandbox that blocks access to Python internals",
@@ -217,12 +242,29 @@ def render_chat(
             why=str(exc),
             fix="check the roles and their order (many templates need user/assistant turns to alternate)",
         ) from exc
-    except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise ConfigError(
+    except (MemoryError, SlmopsError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a template's own code raises is the template's fault
+        raise ChatTemplateError(
             "the chat template failed to render",
             why=f"{type(exc).__name__}: {exc}",
             fix="check the template against these messages, or pass a {field} text template",
         ) from exc
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` cannot be rendered safely on a plain chat (None when it can): for warnings at export time."""
+    from slmops.data.render_worker import TemplateBudgetExceeded
+
+    chat = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+    try:
+        render_chat(template, chat, add_generation_prompt=True)
+    except (ChatTemplateError, TemplateBudgetExceeded) as exc:
+        return exc.message
+    except (ConfigError, DataError):
+        return None  # no template, or it rejects this particular chat: not a safety matter
+    return None
 
 
 def chat_template_of(tokenizer: Any, *, name: str | None = None, model: str | None = None) -> str:

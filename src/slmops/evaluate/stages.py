@@ -17,6 +17,7 @@ from slmops.evaluate.config import EvalConfig
 from slmops.evaluate.validate import ValidateConfig
 from slmops.pipeline.stages import StageOutput, stage
 from slmops.store.artifact import Artifact, canonical_json
+from slmops.store.staging import owned_dir
 
 
 def select_records(data: Artifact, split: str, limit: int | None) -> tuple[str, list]:
@@ -63,13 +64,14 @@ def eval_stage(inputs: dict[str, Artifact], cfg: EvalConfig, out: Path) -> Stage
         ref_report = load_report(ref_art)
         ref = {"digest": ref_art.digest, "target": ref_report.get("target"), "metrics": ref_report.get("metrics", {})}
     split, records = select_records(data, cfg.split, cfg.limit)
-    workdir = out.parent / f"eval-{_run_key('eval', cfg, inputs)}"
     target = open_target(model, url=cfg.url, model_name=cfg.model_name, api_key_env=cfg.api_key_env, runtime=cfg.runtime,
                          timeout=cfg.request_timeout_s, concurrency=cfg.batch_size)
-    try:
-        result = evaluate(target, records, cfg, workdir=workdir, model=model)
-    finally:
-        target.close()
+    # resumable progress, kept after a crash for the rerun; owned meanwhile, so `models gc` leaves it alone
+    with owned_dir(out.parent, f"eval-{_run_key('eval', cfg, inputs)}", remove=False) as workdir:
+        try:
+            result = evaluate(target, records, cfg, workdir=workdir, model=model)
+        finally:
+            target.close()
     report = build_report(result, cfg, data=data.digest, split=split, ref=ref)
     write_eval_report(out, report, result.samples if cfg.log_samples else None)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -282,6 +282,20 @@ def _chat_templates(vocab: GGUFVocab, folder: Path) -> None:
         vocab.chat_template = strip_generation_tags(tpl)
 
 
+def warn_unsafe_template(template: str, name: str = "default") -> None:
+    """Log a warning when a chat template about to be copied into a GGUF fails slmops' sandbox or budget.
+
+    The file is still written (the template is the model's own), but llama.cpp, Ollama and other
+    runtimes render it with engines of their own, without this sandbox.
+    """
+    from slmops.data.templates import template_problem
+
+    problem = template_problem(template)
+    if problem:
+        log.warning("the %s chat template copied into the GGUF is unsafe or broken (%s); other runtimes may render it "
+                    "without slmops' sandbox: review it before you distribute the file", name, problem)
+
+
 # -- fitting to the embedding ----------------------------------------------------------------------
 def fit_to_embedding(vocab: GGUFVocab, rows: int, *, drop_extra_tokens: bool = False) -> list[str]:
     """Make the token list exactly ``rows`` long; return the tokens dropped (if any were allowed to be)."""
@@ -343,6 +357,8 @@ def write_vocab(writer: Any, vocab: GGUFVocab) -> None:
     if vocab.remove_extra_whitespaces is not None:
         writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
     if vocab.chat_template:
+        for name, template in {"default": vocab.chat_template, **vocab.named_templates}.items():
+            warn_unsafe_template(template, name)
         if vocab.named_templates:
             writer.add_chat_template([{"name": "default", "template": vocab.chat_template}]
                                      + [{"name": k, "template": v} for k, v in vocab.named_templates.items()])

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from slmops.errors import ConfigError
 from slmops.pipeline.stages import StageOutput, stage
 from slmops.store.artifact import Artifact
+from slmops.store.staging import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, out: Path) -> Stag
     name = cfg.name or f"{model.manifest.meta.get('arch') or 'model'}-{model.short}"
     meta: dict[str, Any] = {"qtype": cfg.qtype, "model": model.digest}
     direct = cfg.qtype in ("f32", "f16")
-    with tempfile.TemporaryDirectory(prefix="gguf-", dir=out.parent) as tmp:
+    with scratch_dir(out, "gguf-") as tmp:  # owned, so `models gc` leaves it alone while the export runs
         first = out / MODEL_FILE if direct else Path(tmp) / "model.f32.gguf"
         meta.update(convert_to_gguf(model.path, first, outtype=cfg.qtype if direct else "f32", name=name, source=source,
                                     pre_tokenizer=cfg.pre_tokenizer, drop_extra_tokens=cfg.drop_extra_tokens))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from slmops.errors import ConfigError, RefError, StoreError
 from slmops.models.loading import load_model_and_tokenizer, model_folder, quiet_progress
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
+from slmops.store.staging import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,8 @@ def combine_adapters(base: Artifact, adapters: list[Artifact], out: Path, *, wei
         pm.add_weighted_adapter(names, list(weights), "combined", **kw)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"PEFT cannot combine these adapters with --method {method}", why=str(exc)) from exc
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp, quiet_progress():
-        pm.save_pretrained(tmp, selected_adapters=["combined"], safe_serialization=True)
+    with scratch_dir(out, "combine-") as tmp, quiet_progress():
+        pm.save_pretrained(str(tmp), selected_adapters=["combined"], safe_serialization=True)
         src = Path(tmp) / "combined"
         for name in ADAPTER_FILES:
             shutil.move(str(src / name), str(out / name))

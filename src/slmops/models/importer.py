@@ -28,7 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slmops._optional import require
 from slmops.errors import ConfigError, OfflineError, RefError, StoreError, UnsafeInput
-from slmops.models.weights import PICKLE_SUFFIXES, PICKLE_WEIGHTS, convert_pickle_weights, safetensors_files, weights_summary
+from slmops.models.weights import (
+    PICKLE_SUFFIXES,
+    PICKLE_WEIGHTS,
+    convert_pickle_weights,
+    safetensors_files,
+    validate_safetensors,
+    weights_summary,
+)
 from slmops.settings import hub_offline, slmops_home
 from slmops.store.artifact import Artifact, contained, file_digest
 
@@ -173,6 +180,9 @@ def import_folder(cfg: ImportConfig, out: Path) -> dict[str, Any]:
         raise ConfigError(f"{src} has no config.json", why=hint or "an HF model folder needs config.json", fix="point at the folder that holds config.json and the weights")
     check_no_remote_code(src)
     found = scan_folder(src)
+    for rel in found["copy"]:  # before anything is copied: a damaged file stops the import with one line
+        if rel.endswith(".safetensors"):
+            validate_safetensors(src / rel, label=f"{rel} in {src}")
     has_safetensors = any(r.endswith(".safetensors") for r in found["copy"])
     pickle_weights = [r for r in found["pickles"] if PICKLE_WEIGHTS.match(Path(r).name) and "/" not in r]
     converted: list[str] = []

@@ -28,7 +28,11 @@ def quiet_progress() -> Iterator[None]:
 
 
 def model_folder(artifact_or_path: Artifact | Path | str) -> Path:
-    """The HF folder of an artifact, or a path checked to hold ``config.json``."""
+    """The HF folder of an artifact (its weights checked against its digest, cached), or a path checked to hold ``config.json``."""
+    if isinstance(artifact_or_path, Artifact):
+        from slmops.store.verified import ensure_verified
+
+        ensure_verified(artifact_or_path)  # training and export never start from damaged weights
     path = artifact_or_path.path if isinstance(artifact_or_path, Artifact) else Path(artifact_or_path).expanduser().resolve()
     if not (path / "config.json").is_file():
         raise StoreError(f"{path} is not a model folder", why="it has no config.json", fix="pass a model artifact (models.init, models.import or a fine-tune)")

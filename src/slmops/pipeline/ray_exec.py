@@ -31,6 +31,7 @@ from slmops.pipeline.runner import RunResult, cache_hit, commit_output, prepare_
 from slmops.pipeline.stages import Stage, StageOutput
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
+from slmops.store.staging import owned_dir
 
 log = logging.getLogger(__name__)
 MAX_RETRIES = 3  # attempts after a worker dies mid-step
@@ -44,7 +45,8 @@ class _Running:
     key: str
     inputs: dict[str, Artifact]
     started: float
-    out: Any = None  # shared-fs: the temp dir the worker writes into
+    out: Any = None  # shared-fs: the temp dir the worker writes into ...
+    owner: Any = None  # ... owned by the driver while the step runs (gc leaves it alone)
 
 
 def connect(address: str | None = None) -> Any:
@@ -182,7 +184,8 @@ def _start(step: str, recipe: Recipe, store: Store, done: dict[str, StepResult],
     r = _Running(step, st, cfg, key, inputs, started)  # type: ignore[arg-type]
     ex = dict(exchange)
     if exchange["mode"] == "shared-fs":
-        r.out = store.tmp / f"{os.getpid()}-ray-{uuid.uuid4().hex[:12]}"  # driver's pid: gc leaves it while we live
+        r.owner = owned_dir(store.tmp, f"{os.getpid()}-ray-{uuid.uuid4().hex[:12]}")
+        r.out = r.owner.__enter__()
         ex["out"] = str(r.out)
     else:
         from slmops.store.sync import TransferReport, ensure_on_remote
@@ -221,6 +224,7 @@ def _commit(r: _Running, fields: dict[str, Any], recipe: Recipe, store: Store, o
     out = StageOutput(metrics=fields["metrics"], meta=fields["meta"], kind=fields["kind"], format=fields["format"])
     if r.out is not None:
         run = commit_output(store, r.st, r.cfg, r.key, r.inputs, r.out, out, spec.name)
+        _cleanup(r)  # the folder was renamed into the store: this only lets go of it
     else:
         from slmops.store.sync import TransferReport, download_tree
 
@@ -242,7 +246,6 @@ def _result(step: str, spec: StepSpec, recipe: Recipe, run: RunResult, started: 
 
 
 def _cleanup(r: _Running) -> None:
-    if r.out is not None and r.out.exists():
-        import shutil
-
-        shutil.rmtree(r.out, ignore_errors=True)
+    if r.owner is not None:
+        owner, r.owner = r.owner, None
+        owner.__exit__(None, None, None)  # removes what is left of the folder and drops the ownership

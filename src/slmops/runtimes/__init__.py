@@ -119,25 +119,32 @@ def detect_format(path: Path) -> str:
 
 
 def _locate(artifact: Artifact | str | Path) -> tuple[Path, str, str | None]:
-    """(path, format, kind) for an artifact, a folder, or a store reference."""
+    """(path, format, kind) for an artifact, a folder, or a store reference; an artifact's weights are verified.
+
+    Every artifact opened for inference is checked against its digest (hashed once, then cached
+    while its files are unchanged; see :mod:`slmops.store.verified`), so damaged weights fail here
+    with one line instead of loading silently.
+    """
     from slmops.store.artifact import MANIFEST, Artifact, read_manifest
+    from slmops.store.verified import ensure_verified
 
-    if isinstance(artifact, Artifact):
-        return artifact.path, artifact.manifest.format, artifact.kind
-    p = Path(str(artifact)).expanduser()
-    if p.exists():
-        if (p / MANIFEST).is_file():
-            m = read_manifest(p)
-            return p.resolve(), m.format, m.kind
-        return p.resolve(), detect_format(p), None
-    if isinstance(artifact, Path):
-        raise ConfigError(f"no such model folder: {artifact}", fix="check the path")
-    from slmops.store import Store
-    from slmops.store.refs import resolve
+    label = None if isinstance(artifact, Artifact | Path) else str(artifact)
+    if not isinstance(artifact, Artifact):
+        p = Path(str(artifact)).expanduser()
+        if p.exists():
+            if not (p / MANIFEST).is_file():
+                return p.resolve(), detect_format(p), None
+            artifact = Artifact(p.resolve(), read_manifest(p))
+        elif isinstance(artifact, Path):
+            raise ConfigError(f"no such model folder: {artifact}", fix="check the path")
+        else:
+            from slmops.store import Store
+            from slmops.store.refs import resolve
 
-    with Store() as store:
-        art = resolve(str(artifact), store)
-    return art.path, art.manifest.format, art.kind
+            with Store() as store:
+                artifact = resolve(str(artifact), store)
+    ensure_verified(artifact, label=label)
+    return artifact.path, artifact.manifest.format, artifact.kind
 
 
 def open_runtime(artifact: Artifact | str | Path, runtime: str = "auto", **options: Any) -> Runtime:

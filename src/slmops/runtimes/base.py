@@ -36,11 +36,11 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = Field(default=256, ge=1, description="Most new tokens to generate (finish_reason 'length' when reached)")
+    max_tokens: int = Field(default=256, ge=1, le=2**31 - 1, description="Most new tokens to generate (finish_reason 'length' when reached)")
     temperature: float = Field(default=0.0, ge=0.0, le=10.0, description="Sampling temperature; 0 means greedy")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling: smallest set of tokens reaching this probability")
-    top_k: int = Field(default=0, ge=0, description="Keep only the k most likely tokens; 0 keeps all")
-    seed: int | None = Field(default=None, description="Seed for sampling; the same seed gives the same tokens")
+    top_k: int = Field(default=0, ge=0, le=2**31 - 1, description="Keep only the k most likely tokens; 0 keeps all")
+    seed: int | None = Field(default=None, ge=0, le=2**64 - 1, description="Seed for sampling (0 to 2^64-1); the same seed gives the same tokens")
     stop: list[str] = Field(default_factory=list, description="Strings that end generation; they never appear in the output")
     stop_token_ids: list[int] = Field(default_factory=list, description="Extra token ids that end generation (besides EOS)")
     ignore_eos: bool = Field(default=False, description="Keep generating past EOS (for benchmarks)")

@@ -3,7 +3,10 @@
 :func:`create_app` builds an app from a :class:`~slmops.serve.config.ServeConfig`; :func:`serve`
 runs it with uvicorn (what ``slmops serve`` calls). Every error leaves in OpenAI's shape: bad
 input is 400 (malformed JSON, wrong types, out-of-range values, unsupported parameters), an unknown
-model 404, a full queue 503 with Retry-After, a timeout 504; only a bug is a 500.
+model 404, a body over ``--max-body`` 413, a full queue 503 with Retry-After, a timeout 504; a fault
+of the server's own (a model that fails to load, a broken chat template) is a 500 with its own code,
+and an unexpected bug a 500 ``internal``. Metric labels come only from route templates and served
+model ids, so no request can grow ``/metrics``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -75,6 +79,7 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
                 if task is not None:
                     task.cancel()
             await pool.close()
+            service.close()
             if rlog is not None:
                 rlog.close()
             if own_store:
@@ -91,12 +96,21 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
     app.state.drift = {}  # model id -> latest drift report (serve --drift-baseline)
     app.state.quality = {}  # model id -> latest judge totals (serve --judge)
 
-    def reject(status: int, kind: str, path: str) -> None:
-        metrics.requests.labels("", "", path, str(status)).inc()
+    templates: list[tuple[Any, str]] = []  # (path regex, route template), filled once the routes are in
+
+    def route_label(scope: Any) -> str:
+        """The route template a request's path matches (``/v1/models/{model_id:path}``), else ``other``: never the raw path."""
+        path = scope.get("path", "")
+        return next((template for regex, template in templates if regex.match(path)), "other")
+
+    def reject(status: int, kind: str, scope: Any) -> None:
+        metrics.requests.labels("", "", route_label(scope), str(status)).inc()
         metrics.errors.labels(kind).inc()
 
     @app.exception_handler(APIError)
     async def _api_error(request: Any, exc: APIError) -> Any:
+        if not exc.counted:  # chat and completions count their own (with the model); other routes are counted here
+            reject(exc.status, exc.kind, request.scope)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -109,28 +123,29 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
         else:
             where = ".".join(loc) or "body"
             err = APIError(400, f"{where}: {first.get('msg')}", param=loc[0] if loc else None, code="invalid_value")
-        reject(400, err.kind, request.url.path)
+        reject(400, err.kind, request.scope)
         return JSONResponse(err.body(), status_code=400)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Any, exc: HTTPException) -> Any:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        reject(exc.status_code, kind, request.url.path)
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code, "http_error")
+        reject(exc.status_code, kind, request.scope)
         err = APIError(exc.status_code, str(exc.detail), type="invalid_request_error", code=kind)
         return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _bug(request: Any, exc: Exception) -> Any:
         log.exception("unexpected error on %s", request.url.path)
-        reject(500, "internal", request.url.path)
+        reject(500, "internal", request.scope)
         return JSONResponse(APIError(500, "internal server error", type="server_error", code="internal").body(), status_code=500)
 
-    for r in (chat.router, completions.router, models.router, manage.router):
-        app.include_router(r)
     from slmops.serve.dashboard import OPEN_PATHS as dashboard_paths
     from slmops.serve.dashboard import router as dashboard_router
 
-    app.include_router(dashboard_router)
+    for r in (chat.router, completions.router, models.router, manage.router, dashboard_router):
+        app.include_router(r)
+        templates.extend((route.path_regex, route.path) for route in r.routes if hasattr(route, "path_regex"))
+    templates.extend((route.path_regex, route.path) for route in app.router.routes if hasattr(route, "path_regex"))
     _document_served_models(app, config)
 
     if config.cors_origins:
@@ -138,12 +153,18 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"])
-    if config.api_key is not None:
+    from slmops.serve.guards import BodyLimit, LocalOnly, local_hosts
+
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes, on_reject=lambda scope, status, kind: reject(status, kind, scope))
+    if config.api_key is not None:  # outside the body limit: an unauthenticated body is never read
         from slmops.serve.auth import BearerAuth
 
         open_paths = frozenset({"/health"} | dashboard_paths | (set() if config.metrics_auth else {"/metrics"}))
         app.add_middleware(BearerAuth, key=config.api_key.get_secret_value(), open_paths=open_paths,
-                           on_reject=lambda scope: reject(401, "invalid_api_key", scope.get("path", "")))
+                           on_reject=lambda scope: reject(401, "invalid_api_key", scope))
+    else:  # keyless: outermost, a request for another host name (or from another site) is refused first
+        app.add_middleware(LocalOnly, hosts=local_hosts(config.host, config.allowed_hosts), origins=config.cors_origins,
+                           on_reject=lambda scope, status, kind: reject(status, kind, scope))
     return app
 
 
@@ -175,4 +196,14 @@ def serve(config: ServeConfig, *, store: Store | None = None, log_level: str = "
     """Run the server in the foreground until interrupted (``slmops serve``)."""
     uvicorn = require("uvicorn", extra="serve", purpose="slmops serve")
     app = create_app(config, store=store)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=log_level == "debug", timeout_graceful_shutdown=10)
+    service = app.state.service
+    threading.Thread(target=service.warm, name="slmops-render-warm", daemon=True).start()  # ready before the first chat
+
+    class Server(uvicorn.Server):  # type: ignore[misc,name-defined]
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            service.stop_rendering()  # SIGTERM/Ctrl-C: a render under way ends now, not after its budget
+            super().handle_exit(sig, frame)
+
+    cfg = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level, access_log=log_level == "debug",
+                         timeout_graceful_shutdown=10)
+    Server(cfg).run()

@@ -47,6 +47,10 @@ class ServeConfig(BaseModel):
     api_key: SecretStr | None = Field(None, description="When set, every route but /health needs 'Authorization: Bearer KEY'")
     metrics_auth: bool = Field(True, description="Whether /metrics needs the API key too (when one is set)")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names a server without an API key answers besides "
+                                     "localhost, 127.0.0.1, [::1] and --host ('*' = any; DNS-rebinding protection off)")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond)")
+    render_timeout_s: float = Field(2.0, gt=0, description="Longest a chat template may take to render for one request (within --timeout)")
     max_queue: int = Field(16, ge=0, description="Requests that may wait per model beyond the running ones; more get 503 + Retry-After")
     parallel: int = Field(4, ge=1, le=64, description="Requests generating at once per model (batched where the runtime can)")
     timeout_s: float = Field(300.0, gt=0, description="Longest a request may take, queueing included (504 after)")
@@ -69,6 +73,14 @@ class ServeConfig(BaseModel):
     judge_api_key: SecretStr | None = Field(None, description="The judge's API key")
     judge_rate: float = Field(0.05, gt=0, le=1, description="Share of logged requests the judge scores (stable per request)")
     judge_every_s: float = Field(300.0, gt=0, description="Seconds between judge rounds (with judge_url)")
+
+    @field_validator("models")
+    @classmethod
+    def _ids(cls, v: list[str]) -> list[str]:
+        out = [m.strip() for m in v]
+        if any(not m for m in out):
+            raise ValueError("model ids must not be empty")
+        return list(dict.fromkeys(out))
 
     @field_validator("canary")
     @classmethod

@@ -119,7 +119,9 @@ class ModelPool:
             runtime = await asyncio.to_thread(self.opener, target.base, runtime=self.config.runtime)
             engine = await asyncio.to_thread(lambda: make_engine(runtime, self.config.parallel, threads=self.config.threads))
         except SlmopsError as exc:
-            raise APIError(400, f"cannot serve {target.requested!r}: {exc.message}", param="model", code="model_not_servable") from exc
+            # the client asked for a model this server lists; that it cannot load it is the server's fault
+            raise APIError(500, f"cannot load {target.requested!r}: {exc.message}", type="server_error", param="model",
+                           code="model_load_failed") from exc
         label = target.version if target.adapter is None else (target.base_label or f"sha256:{target.base.short}")
         entry = Entry(
             key=target.base_digest,

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # ---------------------------------------------------------------------------------------- errors
 
@@ -39,6 +39,7 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.counted = False  # set once the request's metrics have recorded it
 
     @property
     def kind(self) -> str:
@@ -63,6 +64,28 @@ def not_found(model: str, known: list[str] | None = None) -> APIError:
 
 class _Req(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+#: Largest integer a request may carry where the value reaches a runtime (seeds, token counts): 64 bits unsigned.
+U64_MAX = 2**64 - 1
+#: Largest token count a request may name (a context this long does not exist).
+MAX_TOKENS = 2**31 - 1
+
+
+def model_id(value: str, *, what: str = "model ids") -> str:
+    """Refuse ids that only differ from a real one by invisible characters or that no registry can hold.
+
+    ``"bot "`` and ``" bot"`` would otherwise be distinct ids (in metrics, the request log and the
+    pool) for one model; a version past 64 bits cannot exist (and overflows SQLite).
+    """
+    if value != value.strip():
+        raise ValueError(f"{what} must not begin or end with whitespace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} must not contain control characters")
+    name, sep, version = value.rpartition(":")
+    if sep and name and name != "sha256" and "/" not in version and version.isdigit() and int(version) > 2**63 - 1:
+        raise ValueError(f"version {version} is out of range (versions are 1 to {2**63 - 1})")
+    return value
 
 
 class StreamOptions(_Req):
@@ -97,10 +120,10 @@ class _Sampling(_Req):
     model: str = Field(min_length=1, max_length=512, description="A registry name, name:VERSION, name@ALIAS, sha256:PREFIX or adapter id")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0, description="Extension: keep the k most likely tokens")
-    max_tokens: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=0, le=MAX_TOKENS, description="Extension: keep the k most likely tokens")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     stop: str | list[str] | None = Field(None, description="Up to 16 stop strings")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=U64_MAX, description="Sampling seed, 0 to 2^64-1 (choice i uses seed + i)")
     n: int = Field(1, ge=1, le=8)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -112,10 +135,15 @@ class _Sampling(_Req):
     logit_bias: dict[str, float] | None = None
     tools: list[dict[str, Any]] | None = None
 
+    @field_validator("model")
+    @classmethod
+    def _model_id(cls, v: str) -> str:
+        return model_id(v)
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
@@ -123,7 +151,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(description="Text, texts, token ids, or lists of token ids")
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
@@ -138,6 +166,11 @@ class LoadLoraRequest(_Req):
         "a GGUF LoRA (.gguf or an export.gguf_lora folder) or an .onnx_adapter file",
     )
     base_model: str | None = Field(None, description="Extension: the served model the adapter goes on (default: its recorded base)")
+
+    @field_validator("lora_name", "base_model")
+    @classmethod
+    def _ids(cls, v: str | None) -> str | None:
+        return v if v is None else model_id(v)
 
 
 class UnloadLoraRequest(_Req):

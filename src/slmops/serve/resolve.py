@@ -98,6 +98,32 @@ class Catalog:
         t = self._lookup(model_id)
         return Target(model_id, model_id, t.digest, t.version, t.base, t.adapter, t.adapter_path)
 
+    def label(self, model_id: str, target: Target | None) -> str:
+        """The ``model`` label of a request's metrics: a served id, or a bounded stand-in — never raw client text.
+
+        A served id (listed, canary group or branch, ``/openai/load``-ed, run-time LoRA, or any id that
+        resolved when the list is restricted) is its own label. Serving the whole store, an id that
+        resolved is its own label when it is a name written canonically (``bot``, ``bot:3``,
+        ``bot@prod``) and otherwise the version that answered (``bot:3``, ``sha256:<12>``). An id that
+        does not resolve is ``unknown``.
+        """
+        if model_id in self.loras or model_id in self.config.canary or model_id in self.allowed():
+            return model_id
+        if target is None and not self.restricted():
+            try:
+                target = self.resolve(model_id)
+            except Exception:  # noqa: BLE001 - a label must never fail the request it counts
+                return "unknown"
+        if target is None:
+            return "unknown"
+        if self.restricted():
+            return model_id
+        try:
+            ref = ModelRef.parse(model_id)
+        except SlmopsError:
+            return target.version
+        return model_id if ref.scheme == "name" and str(ref) == model_id else target.version
+
     def invalidate(self) -> None:
         with self._lock:
             self._cache.clear()
@@ -128,7 +154,7 @@ class Catalog:
                 else:
                     art = self.store.lookup(ref.value, version=ref.version, alias=ref.alias)
                 return art, self._version_label(ref, art)
-            except SlmopsError:
+            except (SlmopsError, OverflowError):  # OverflowError: a version past SQLite's 64 bits names nothing
                 raise not_found(text) from None
 
     def _resolve_ref(self, text: str) -> Target:

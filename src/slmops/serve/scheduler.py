@@ -4,7 +4,9 @@ Runtimes are blocking, so each admitted request generates in a worker thread, an
 into the event loop through an :class:`asyncio.Queue`. The :class:`Scheduler` of a loaded model
 lets ``slots`` requests run at once (the batch width where the runtime batches, else 1) and at most
 ``max_queue`` wait; one more is refused at once with :class:`QueueFull` (→ 503 + Retry-After), so no
-request ever waits unboundedly. Waiting and running both count against the request's deadline.
+request ever waits unboundedly. Admission (:meth:`Scheduler.enter`) decides and takes a slot or a
+queue place in one step, with no ``await`` in between, so a burst cannot overfill the queue.
+Waiting and running both count against the request's deadline.
 
 Cancellation is cooperative: the consumer sets a :class:`threading.Event` when the client goes away
 or the deadline passes, the worker checks it between tokens, closes the runtime's generator (which
@@ -71,34 +73,44 @@ class Scheduler:
         mean = sum(self._durations) / len(self._durations) if self._durations else 1.0
         return max(1, math.ceil(mean * (self.waiting + 1) / self.slots))
 
-    def check_admission(self) -> None:
-        """Raise :class:`QueueFull` if a new request could neither run nor wait now."""
-        if self.running >= self.slots and self.waiting >= self.max_queue:
-            raise QueueFull(self.retry_after())
+    def enter(self, *, bounded: bool = True) -> asyncio.Future[None] | None:
+        """Admit a request atomically: take a free slot (None) or a place in the queue (a future that a
+        :meth:`release` resolves); :class:`QueueFull` when ``bounded`` and there is neither.
 
-    async def acquire(self, deadline: float, *, admit: bool = True) -> None:
-        """Take a slot, waiting in the queue until ``deadline`` (a ``loop.time()``); ``admit`` checks the bound first."""
-        if admit:
-            self.check_admission()
+        Deciding and taking happen in one step on the event loop (no ``await`` between them), so a
+        burst of requests can never overfill the queue.
+        """
         if self.running < self.slots and not self.waiting:
             self.running += 1
+            return None
+        if bounded and self.waiting >= self.max_queue:
+            raise QueueFull(self.retry_after())
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        return fut
+
+    async def wait(self, ticket: asyncio.Future[None] | None, deadline: float) -> None:
+        """Wait until the queued ``ticket`` (from :meth:`enter`) holds a slot, or ``deadline`` (a ``loop.time()``) passes."""
+        if ticket is None:
             return
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
+            await asyncio.wait_for(asyncio.shield(ticket), max(0.0, deadline - loop.time()))
         except (TimeoutError, asyncio.CancelledError) as exc:
-            if fut.done() and not fut.cancelled():
+            if ticket.done() and not ticket.cancelled():
                 self.release()  # the slot was handed to us just as we gave up: pass it on
             else:
-                fut.cancel()
+                ticket.cancel()
             if isinstance(exc, TimeoutError):
                 raise DeadlineExceeded("waiting in the queue") from None
             raise
         finally:
             with contextlib.suppress(ValueError):
-                self._waiters.remove(fut)
+                self._waiters.remove(ticket)
+
+    async def acquire(self, deadline: float, *, admit: bool = True) -> None:
+        """Take a slot, waiting in the queue until ``deadline``; ``admit`` enforces the queue bound."""
+        await self.wait(self.enter(bounded=admit), deadline)
 
     def release(self) -> None:
         """Give a slot back: to the next waiter if there is one, else free it."""

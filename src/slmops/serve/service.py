@@ -1,9 +1,15 @@
-"""One request's life: resolve the model, hold it, check the prompt, queue, generate, then count and log.
+"""One request's life: resolve the model, hold it, bound the prompt, queue, render and tokenize, generate, then count and log.
 
 The routes turn HTTP into a :class:`Job` (``start``) and a job's token events back into OpenAI
-responses; everything between — the pool, the scheduler, the context check, cancellation when the
+responses; everything between — the pool, the scheduler, the context checks, cancellation when the
 client goes away, the deadline, metrics and the request log — is here, shared by chat and
 completions. :meth:`Service.finish` runs exactly once per started job, whatever happened.
+
+Cheap checks come first and costly work only after admission: a prompt that cannot fit is refused
+by its length in characters (:data:`MAX_CHARS_PER_TOKEN`), then the request takes its place in the
+model's queue (or a 503), and only then is its chat template rendered (in a worker process under
+``--render-timeout`` and the request's deadline) and its prompt tokenized, on threads of the
+server's own — so one model's costly prompts never hold up another's.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from slmops.errors import SlmopsError
+from slmops.errors import DataError, SlmopsError
 from slmops.runtimes.base import GenerationParams, TokenEvent
 from slmops.serve.config import ServeConfig
 from slmops.serve.engines import encode
@@ -31,6 +38,13 @@ from slmops.serve.resolve import Catalog, Target
 from slmops.serve.scheduler import DeadlineExceeded, QueueFull
 
 log = logging.getLogger(__name__)
+
+#: No token of any tokenizer we know spans more characters than this (SmolLM2's longest, a newline and
+#: 80 spaces, is 81), so a prompt of more than ``MAX_CHARS_PER_TOKEN × context`` characters cannot fit
+#: and is refused without tokenizing it (and a chat template may render no more than that).
+MAX_CHARS_PER_TOKEN = 256
+#: Address space of a process rendering a chat template for a request (the prompt is capped far below this).
+RENDER_MEMORY_MB = 512
 
 
 class ClientGone(Exception):
@@ -77,6 +91,25 @@ class Service:
         self.pool = pool
         self.metrics = metrics
         self.requestlog = requestlog
+        # rendering and tokenizing get threads of their own, one per slot that can be taken at once,
+        # so slow prompts of one model never wait for (or hold up) the threads everything else uses
+        self._prep = ThreadPoolExecutor(max_workers=config.max_loaded * config.parallel + 2, thread_name_prefix="slmops-prep")
+        from slmops.data.render_worker import RenderPool
+
+        self._renderers = RenderPool()
+
+    def warm(self) -> None:
+        """Start a chat-template worker before the first request needs one (``slmops serve`` does, at startup)."""
+        self._renderers.warm(RENDER_MEMORY_MB)
+
+    def stop_rendering(self) -> None:
+        """Kill the chat-template workers, rendering or not (the server is stopping: their requests get 503)."""
+        self._renderers.close()
+
+    def close(self) -> None:
+        """Stop the prompt threads and the chat-template workers (the server is stopping)."""
+        self.stop_rendering()
+        self._prep.shutdown(wait=False, cancel_futures=True)
 
     def refresh_gauges(self) -> None:
         """Update the scrape-time gauges: the pool's, and the judge's running quality per served model/version."""
@@ -123,21 +156,74 @@ class Service:
                     job.cancel.set()
                     return
 
-    async def encode_prompt(self, job: Job, render: Any) -> list[int]:
-        """Render (chat template) and tokenize in a worker thread; SlmopsError → 400."""
+    async def encode_prompt(self, job: Job, render: Callable[[Any], str]) -> list[int]:
+        """Render (chat template) and tokenize in a prompt thread, under the render budget and the request's deadline.
+
+        A template that rejects the messages or a prompt that cannot be encoded is the client's
+        problem (400); a rendered prompt too long for the context is 400 ``context_length_exceeded``;
+        a template that is broken or over its time or memory budget is the model's fault (500
+        ``chat_template_error``), or 504 when the request's own deadline was what ran out.
+        """
+        from slmops.data.render_worker import RendererStopped, TemplateBudgetExceeded, render_budget
+        from slmops.data.templates import ChatTemplateError
+
+        loop = asyncio.get_running_loop()
+        left = job.deadline - loop.time()
+        timeout = min(self.config.render_timeout_s, left)
+        max_chars = self.max_prompt_chars(job)
+
         def run() -> list[int]:
-            text = render(job.runtime)
+            try:
+                with render_budget(timeout_s=timeout, max_chars=max_chars, memory_mb=RENDER_MEMORY_MB, pool=self._renderers):
+                    text = render(job.runtime)
+            except TemplateBudgetExceeded as exc:
+                if exc.limit == "size":
+                    raise self._too_long(job, f"the rendered prompt is longer than {max_chars:,} characters", "messages") from exc
+                if exc.limit == "time" and timeout < self.config.render_timeout_s:
+                    raise self._timeout("took") from exc
+                raise APIError(500, f"{job.target.requested!r} cannot answer: {exc.message}", type="server_error",
+                               code="chat_template_error") from exc
+            except RendererStopped as exc:
+                raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down") from exc
+            except ChatTemplateError as exc:
+                raise APIError(500, f"the chat template of {job.target.requested!r} is broken: {exc.message}", type="server_error",
+                               code="chat_template_error") from exc
+            except (DataError, SlmopsError) as exc:
+                raise bad_request(exc.message, code="invalid_prompt") from exc
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:  # lone surrogates (e.g. "\ud800" in the JSON) are not text
                 raise bad_request(f"the prompt is not valid Unicode text: {exc.reason} at position {exc.start}",
                                   code="invalid_prompt") from exc
-            return encode(job.runtime, text)
+            if len(text) > max_chars:
+                raise self._too_long(job, f"the prompt holds {len(text):,} characters", "prompt")
+            try:
+                return encode(job.runtime, text)
+            except SlmopsError as exc:
+                raise bad_request(exc.message, code="invalid_prompt") from exc
 
-        try:
-            return await asyncio.to_thread(run)
-        except SlmopsError as exc:
-            raise bad_request(exc.message, code="invalid_prompt") from exc
+        return await loop.run_in_executor(self._prep, run)
+
+    def max_prompt_chars(self, job: Job) -> int:
+        """The most characters a prompt for ``job``'s model can hold before it is surely too long (see :data:`MAX_CHARS_PER_TOKEN`)."""
+        return MAX_CHARS_PER_TOKEN * int(job.runtime.context_length)
+
+    def check_chars(self, job: Job, n_chars: int, *, param: str) -> None:
+        """400 ``context_length_exceeded`` without tokenizing when ``n_chars`` cannot fit the context."""
+        if n_chars > self.max_prompt_chars(job):
+            raise self._too_long(job, f"the {param} hold {n_chars:,} characters", param)
+
+    def _too_long(self, job: Job, what: str, param: str) -> APIError:
+        ctx = int(job.runtime.context_length)
+        return bad_request(
+            f"This model's maximum context length is {ctx} tokens, and {what}: more than {ctx} tokens of at most "
+            f"{MAX_CHARS_PER_TOKEN} characters each can hold. Please reduce the length of the {param}.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+    def _timeout(self, verb: str) -> APIError:
+        return APIError(504, f"the request {verb} longer than the timeout of {self.config.timeout_s:g}s", type="timeout_error", code="timeout")
 
     def check_context(self, job: Job, n_prompt: int, max_tokens: int | None, *, param: str) -> int:
         """The max_tokens to use; 400 naming both numbers when prompt + max_tokens exceed the context."""
@@ -166,12 +252,14 @@ class Service:
     # ------------------------------------------------------------------ generate
 
     async def acquire(self, job: Job, *, admit: bool = True) -> None:
-        """Queue for a slot of the job's model (503 when the queue is full, 504 past the deadline)."""
+        """Take a slot of the job's model, queueing for one (503 when ``admit`` and the queue is full, 504 past the deadline).
+
+        Admission is decided and taken in one step (:meth:`Scheduler.enter`), so a burst cannot overfill the queue.
+        """
         sched = job.entry.scheduler
         t_wait = time.perf_counter()
         try:
-            if admit:
-                sched.check_admission()
+            ticket = sched.enter(bounded=admit)
         except QueueFull as exc:
             raise APIError(
                 503,
@@ -181,23 +269,22 @@ class Service:
                 code="queue_full",
                 headers={"Retry-After": str(exc.retry_after)},
             ) from None
-        acquire = asyncio.ensure_future(sched.acquire(job.deadline, admit=False))
-        gone = asyncio.ensure_future(job.gone.wait())
-        try:
-            await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not acquire.done():
-            acquire.cancel()
-            with contextlib.suppress(BaseException):
-                await acquire
-            raise ClientGone()
-        try:
-            acquire.result()
-        except DeadlineExceeded:
-            raise APIError(
-                504, f"the request waited longer than the timeout of {self.config.timeout_s:g}s", type="timeout_error", code="timeout"
-            ) from None
+        if ticket is not None:
+            waiting = asyncio.ensure_future(sched.wait(ticket, job.deadline))
+            gone = asyncio.ensure_future(job.gone.wait())
+            try:
+                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(BaseException):
+                    await waiting
+                raise ClientGone()
+            try:
+                waiting.result()
+            except DeadlineExceeded:
+                raise self._timeout("waited") from None
         job.queue_s += time.perf_counter() - t_wait
         job.slot_held = True
         if job.gone.is_set():
@@ -216,20 +303,23 @@ class Service:
         job.slot_held = False  # from here the worker thread owns the slot and gives it back
         adapter = job.target.adapter
         sched = job.entry.scheduler
+        finished = False
         try:
             async for ev in sched.run(lambda: job.entry.engine.stream(ids, params, adapter), cancel=job.cancel, deadline=job.deadline):
                 if job.ttft_s is None:
                     job.ttft_s = time.perf_counter() - job.t0
                 job.completion_tokens += 1
+                finished = ev.finish_reason is not None
                 yield ev
         except DeadlineExceeded:
-            raise APIError(
-                504, f"the request took longer than the timeout of {self.config.timeout_s:g}s", type="timeout_error", code="timeout"
-            ) from None
+            raise self._timeout("took") from None
         except SlmopsError as exc:
             raise bad_request(exc.message, code="generation_failed") from exc
         if job.gone.is_set():
             raise ClientGone()
+        if job.cancel.is_set() and not finished:  # stopped from the server's side (a forced unload): never a silent, truncated success
+            raise APIError(503, f"{job.target.requested!r} was unloaded while this request ran; retry", type="server_error",
+                           code="model_unloaded", headers={"Retry-After": "1"})
 
     # ------------------------------------------------------------------ finish
 
@@ -245,7 +335,10 @@ class Service:
             job.entry.cancels.discard(job.cancel)
             self.pool.release(job.entry)
         version = job.target.version if job is not None else ""
+        model = self.catalog.label(model, job.target if job is not None else None)  # served ids only, in metrics and the log
         kind = None
+        if isinstance(error, APIError):
+            error.counted = True
         if error is not None:
             kind = error.kind if isinstance(error, APIError) else "client_disconnected" if isinstance(error, ClientGone) else "internal"
             self.metrics.errors.labels(kind).inc()

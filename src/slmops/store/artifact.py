@@ -87,7 +87,7 @@ class Artifact:
             raise IntegrityError(
                 f"artifact {self.short} is corrupt",
                 why=f"its content hashes to {actual[:12]}, not {self.short}",
-                fix="restore it from a backup, or remove it with `slmops models rm` and re-run the step that made it",
+                fix="re-import it or re-run the step that made it (the fresh copy replaces the damaged one), or restore it from a backup",
             )
 
 

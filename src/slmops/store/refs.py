@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 from slmops.errors import RefError, StoreError
+from slmops.store import verified
 from slmops.store.artifact import MANIFEST, Artifact, read_manifest
-from slmops.store.registry import NAME_RE, Store
+from slmops.store.registry import MAX_VERSION, NAME_RE, Store
 
 Scheme = Literal["name", "digest", "path", "hf"]
 _NAME_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<version>\d+)|@(?P<alias>[A-Za-z0-9][A-Za-z0-9._-]*))?$")
@@ -57,6 +58,9 @@ class ModelRef:
                 fix="use name, name:VERSION, name@ALIAS, sha256:<prefix>, ./path or hf:org/name",
             )
         version = int(m["version"]) if m["version"] else None
+        if version is not None and version > MAX_VERSION:
+            raise RefError(f"{text!r} is not a valid reference", why=f"version {version} is beyond any stored version",
+                           fix=f"list the versions with `slmops models ls`, or write {m['name']} for the latest")
         return cls("name", m["name"], version=version, alias=m["alias"])
 
     def __str__(self) -> str:
@@ -102,9 +106,15 @@ def _resolve_path(ref: ModelRef, store: Store, importer: Importer | None) -> Art
         hint = f"; for a hub model write hf:{ref.value}" if re.fullmatch(r"[\w.-]+/[\w.-]+", ref.value) else ""
         raise RefError(f"no such file or folder: {ref.value}", fix=f"check the path{hint}")
     if (path / MANIFEST).is_file():
-        m = read_manifest(path)
-        if store.exists(m.digest):
-            return store.get(m.digest)
+        folder = Artifact(path, read_manifest(path))
+        if (actual := verified.mismatch(folder)) is not None:  # the files in the folder decide, not its manifest
+            raise RefError(
+                f"{ref.value} does not match its {MANIFEST}",
+                why=f"its files hash to {actual[:12]}, the manifest says {folder.short}",
+                fix=f"remove {MANIFEST} from the folder to import its files as they are, or restore the files",
+            )
+        if store.exists(folder.digest):
+            return store.get(folder.digest)
     if importer is None:
         raise RefError(f"{ref.value} is not a stored artifact", fix=f"import it first with `slmops models import {ref.value} --name NAME`")
     return importer(ref)

@@ -26,6 +26,7 @@ from slmops import __version__
 from slmops._optional import installed_version
 from slmops.errors import IntegrityError, StoreError
 from slmops.settings import slmops_home
+from slmops.store import verified
 from slmops.store.artifact import (
     MANIFEST,
     Artifact,
@@ -39,6 +40,7 @@ from slmops.store.artifact import (
     write_json_atomic,
 )
 from slmops.store.migrations import migrate
+from slmops.store.staging import claim, owned_dir, stale_locks
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -47,6 +49,17 @@ _TRACKED_LIBS = ("torch", "transformers", "peft", "tokenizers", "onnxruntime", "
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+MAX_VERSION = 2**63 - 1  # SQLite's INTEGER
+
+
+def check_version(name: str, version: int) -> int:
+    """``version`` when SQLite can hold it, else a StoreError (not an OverflowError deep in sqlite3)."""
+    if not 0 <= version <= MAX_VERSION:
+        raise StoreError(f"{name}:{version} is not a version", why="versions are whole numbers from 1 up",
+                         fix=f"list the versions with `slmops models ls` (or leave the version out for the latest of {name})")
+    return version
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -111,14 +124,9 @@ class Store:
     # -- writing artifacts -------------------------------------------------------------------
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A fresh temp dir inside the store; removed if the block raises or never commits."""
-        path = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        path.mkdir()
-        try:
+        """A fresh temp dir inside the store, owned (gc leaves it alone); removed if the block raises or never commits."""
+        with owned_dir(self.tmp, f"{os.getpid()}-{uuid.uuid4().hex[:12]}") as path:
             yield path
-        finally:
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
 
     def commit(
         self,
@@ -152,6 +160,12 @@ class Store:
             size_bytes=sum(p.stat().st_size for p in files),
         )
         final = self.artifacts / digest
+        if final.exists() and self._damaged(final):
+            # a damaged copy of this very content is stored: the fresh one replaces it (this is how re-import repairs)
+            log.warning("replacing damaged artifact %s with freshly made content", digest[:12])
+            trash = self.tmp / f"trash-{digest[:12]}-{uuid.uuid4().hex[:6]}"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
         if final.exists():
             # identical content is already stored: keep the existing directory (and its manifest)
             shutil.rmtree(staged, ignore_errors=True)
@@ -169,6 +183,7 @@ class Store:
                 shutil.rmtree(staged, ignore_errors=True)  # another process published it first
             _fsync_dir(self.artifacts)
             artifact = Artifact(final, read_manifest(final))
+            verified.mark_verified(artifact)  # just hashed: the first load need not hash it again
             self._index(artifact.manifest, cache_key=stage.cache_key if stage else None, stage_name=stage.name if stage else None)
         if name:
             self.add_version(name, artifact.digest)
@@ -236,13 +251,24 @@ class Store:
         return self.get(rows[0]["digest"])
 
     def cached(self, cache_key: str) -> Artifact | None:
+        """The artifact a run with ``cache_key`` made, unless it is gone or damaged (then the run is redone)."""
         rows = self._rows("SELECT digest FROM runs WHERE cache_key = ?", cache_key)
         if not rows:
             return None
         try:
-            return self.get(rows[0]["digest"])
+            art = self.get(rows[0]["digest"])
         except StoreError:
             return None
+        if verified.mismatch(art) is not None:
+            log.warning("cached result %s is damaged; running the step again", art.short)
+            return None
+        return art
+
+    def _damaged(self, path: Path) -> bool:
+        try:
+            return verified.mismatch(Artifact(path, read_manifest(path))) is not None
+        except StoreError:
+            return True
 
     def exists(self, digest: str) -> bool:
         return bool(self._rows("SELECT 1 FROM artifacts WHERE digest = ?", digest))
@@ -288,6 +314,8 @@ class Store:
         return [f"{r['name']}:{r['version']}" for r in self._rows("SELECT name, version FROM versions WHERE digest = ? ORDER BY name, version", digest)]
 
     def lookup(self, name: str, *, version: int | None = None, alias: str | None = None) -> Artifact:
+        if version is not None:
+            check_version(name, version)
         if alias is not None:
             row = self._rows("SELECT version FROM aliases WHERE name = ? AND alias = ?", name, alias)
             if not row:
@@ -308,6 +336,7 @@ class Store:
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         check_name(alias, "alias")
+        check_version(name, version)
         if not self._rows("SELECT 1 FROM versions WHERE name = ? AND version = ?", name, version):
             raise StoreError(f"cannot point {name}@{alias} at {name}:{version}", why="that version does not exist")
         with self._write() as c:
@@ -372,6 +401,7 @@ class Store:
             c.execute("DELETE FROM artifacts WHERE digest = ?", (digest,))
             c.execute("DELETE FROM edges WHERE parent = ? OR child = ?", (digest, digest))
         path = self.artifacts / digest
+        verified.forget(digest, path)
         if path.exists():
             trash = self.tmp / f"trash-{digest[:12]}-{uuid.uuid4().hex[:6]}"
             os.rename(path, trash)
@@ -380,14 +410,17 @@ class Store:
 
     def gc(self, *, prune: bool = False, dry_run: bool = False) -> dict[str, list[str]]:
         """Clean what crashes leave behind; with ``prune`` also drop unnamed, untagged leaves' chains."""
-        report: dict[str, list[str]] = {"temp_removed": [], "adopted": [], "orphans_removed": [], "pruned": []}
-        for entry in self.tmp.iterdir():
-            pid = entry.name.split("-", 1)[0]
-            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
-                continue
-            report["temp_removed"].append(entry.name)
-            if not dry_run:
-                shutil.rmtree(entry, ignore_errors=True)
+        report: dict[str, list[str]] = {"temp_removed": [], "temp_kept": [], "adopted": [], "orphans_removed": [], "pruned": []}
+        for entry in sorted(self.tmp.iterdir()):
+            with claim(self.tmp, entry.name) as free:  # a live job's folder stays, whatever its name
+                if not free:
+                    report["temp_kept"].append(entry.name)
+                    continue
+                report["temp_removed"].append(entry.name)
+                if not dry_run:
+                    shutil.rmtree(entry, ignore_errors=True)
+        if not dry_run:
+            stale_locks(self.tmp)
         indexed = {r["digest"] for r in self._rows("SELECT digest FROM artifacts")}
         for entry in self.artifacts.iterdir():
             if entry.name.startswith(".") or entry.name in indexed:
@@ -404,6 +437,8 @@ class Store:
                 report["orphans_removed"].append(entry.name)
                 if not dry_run:
                     shutil.rmtree(entry, ignore_errors=True)
+        if not dry_run:  # markers of artifacts no longer stored (or of older states of their files)
+            verified.prune(self.home / "cache" / "verified", keep={r["digest"]: self.artifacts / r["digest"] for r in self._rows("SELECT digest FROM artifacts")})
         if prune:
             keep: set[str] = set()
             roots = {r["digest"] for r in self._rows("SELECT digest FROM versions UNION SELECT digest FROM tags")}
@@ -428,21 +463,14 @@ class Store:
         for d in targets:
             row: dict[str, Any] = {"digest": d, "names": self.names_of(d), "ok": True, "problem": None}
             try:
-                self.get(d).verify()
+                art = self.get(d)
+                art.verify()
+                verified.mark_verified(art)
             except StoreError as exc:
+                verified.forget(d, self.artifacts / d)
                 row.update(ok=False, problem=exc.message)
             results.append(row)
         return results
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_dir(path: Path) -> None:

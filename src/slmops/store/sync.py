@@ -23,6 +23,7 @@ from slmops.store.objects import ObjectStore
 from slmops.store.refs import ModelRef, resolve
 from slmops.store.registry import Store
 from slmops.store.remotes import get_remote
+from slmops.store.staging import owned_dir
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,10 @@ def fetch_artifact(store: Store, objects: ObjectStore, digest: str, report: Tran
     manifest = Manifest.model_validate(record["manifest"])
     if manifest.digest != digest:
         raise IntegrityError(f"remote record {digest[:12]} describes {manifest.digest[:12]}", fix="push the artifact again")
-    staging = store.tmp / f"pull-{digest[:24]}"  # kept across interrupted pulls: verified files are re-used
-    staging.mkdir(parents=True, exist_ok=True)
-    download_tree(objects, record["files"], staging, report, bar)
-    store.adopt(staging, manifest)
+    # kept across interrupted pulls (verified files are re-used); owned meanwhile, so gc leaves it alone
+    with owned_dir(store.tmp, f"pull-{digest[:24]}", remove=False) as staging:
+        download_tree(objects, record["files"], staging, report, bar)
+        store.adopt(staging, manifest)
     report.transferred.append(digest)
     return True
 

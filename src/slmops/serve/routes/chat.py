@@ -49,7 +49,7 @@ def sampling(svc: Service, body: Any, *, max_tokens: int, logprobs: bool, top_lo
                 temperature=1.0 if body.temperature is None else body.temperature,
                 top_p=None if body.top_p is None else max(body.top_p, 1e-9),
                 top_k=body.top_k,
-                seed=None if body.seed is None else body.seed + i,
+                seed=None if body.seed is None else (body.seed + i) % 2**64,
                 stop=stop,
                 presence_penalty=body.presence_penalty,
                 frequency_penalty=body.frequency_penalty,
@@ -71,11 +71,12 @@ async def prepare(svc: Service, body: ChatCompletionRequest, request: Request) -
         job.content = messages
         if body.logprobs and not job.runtime.capabilities.logprobs:
             raise bad_request(f"the {job.runtime.name} runtime does not report logprobs", param="logprobs")
+        svc.check_chars(job, sum(len(m["content"]) for m in messages), param="messages")  # before any tokenizing
+        await svc.acquire(job)  # admitted (or refused) before any costly work: rendering runs on the request's slot
         ids = await svc.encode_prompt(job, lambda rt: rt.apply_chat_template(messages, add_generation_prompt=True))
         job.prompt_tokens = len(ids)
         max_tokens = svc.check_context(job, len(ids), body.max_completion_tokens or body.max_tokens, param="messages")
         params = sampling(svc, body, max_tokens=max_tokens, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0, n=body.n)
-        await svc.acquire(job)
     except BaseException as exc:
         settle(svc, job, exc, route=ROUTE, model=body.model)
         raise

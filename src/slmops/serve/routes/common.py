@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,6 +13,8 @@ from starlette.types import Receive, Scope, Send
 
 from slmops.serve.protocol import APIError, now, usage
 from slmops.serve.service import ClientGone, Job, Service
+
+log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -42,8 +45,8 @@ ChunkFn = Callable[[dict[str, Any]], str]
 async def stream_job(svc: Service, job: Job, *, route: str, model: str, obj: str, include_usage: bool,
                      choices: Callable[[ChunkFn], AsyncIterator[str]]) -> AsyncIterator[str]:
     """The SSE body of a streamed completion: ``choices(chunk)`` yields the choice chunks; this adds the
-    usage chunk, ``[DONE]``, an API error as a final event, and settles the job exactly once (499 when
-    the client went away, 500 on a bug)."""
+    usage chunk, ``[DONE]``, any error as a final event before ``[DONE]`` (a stream is never cut
+    silently), and settles the job exactly once (499 when the client went away, 500 on a bug)."""
     base: dict[str, Any] = {"id": job.request_id, "object": obj, "created": now(), "model": model, "system_fingerprint": fingerprint(job)}
 
     def chunk(choice: dict[str, Any]) -> str:
@@ -68,6 +71,11 @@ async def stream_job(svc: Service, job: Job, *, route: str, model: str, obj: str
     except (asyncio.CancelledError, GeneratorExit):
         status, error = 499, ClientGone()
         raise
+    except Exception as exc:  # a bug: the client still learns that the stream failed (never a silent cut)
+        log.exception("unexpected error while streaming %s", route)
+        status, error = 500, exc
+        yield sse(APIError(500, "internal server error", type="server_error", code="internal").body())
+        yield DONE
     except BaseException as exc:
         status, error = 500, exc
         raise

@@ -56,6 +56,12 @@ async def prepare(svc: Service, body: CompletionRequest, request: Request) -> tu
         job.content = body.prompt
         if body.logprobs is not None and not job.runtime.capabilities.logprobs:
             raise bad_request(f"the {job.runtime.name} runtime does not report logprobs", param="logprobs")
+        for p in prompts:
+            if isinstance(p, str):
+                svc.check_chars(job, len(p), param="prompt")  # before any tokenizing
+            elif len(p) > job.runtime.context_length:
+                svc.check_context(job, len(p), body.max_tokens, param="prompt")
+        await svc.acquire(job)  # admitted (or refused) before any costly work
         all_ids: list[list[int]] = []
         for p in prompts:
             ids = list(p) if isinstance(p, list) else await svc.encode_prompt(job, lambda rt, p=p: p)
@@ -69,7 +75,6 @@ async def prepare(svc: Service, body: CompletionRequest, request: Request) -> tu
         max_tokens = svc.check_context(job, longest, body.max_tokens, param="prompt")
         texts = [p if isinstance(p, str) else job.runtime.detokenize(p) for p in prompts] if body.echo else ["" for _ in prompts]
         params = sampling(svc, body, max_tokens=max_tokens, logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0, n=body.n)
-        await svc.acquire(job)
     except BaseException as exc:
         settle(svc, job, exc, route=ROUTE, model=body.model)
         raise

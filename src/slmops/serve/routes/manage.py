@@ -1,7 +1,9 @@
 """Model management the way users know it: Foundry Local's ``/openai/load|unload|loadedmodels`` and vLLM's LoRA routes.
 
-``GET|POST /openai/load/{name}?ttl=SECONDS`` loads a model (and adds it to what is served),
-``GET|POST /openai/unload/{name}?force=true`` unloads it (``force`` cancels its running requests),
+``POST /openai/load/{name}?ttl=SECONDS`` loads a model (and adds it to what is served),
+``POST /openai/unload/{name}?force=true`` unloads it (``force`` cancels its running requests, which end
+with a ``model_unloaded`` error), ``GET`` on either is 405: a state change is never a GET, which any web
+page can make a browser send (Foundry Local answers GET there; clients that rely on it must POST),
 ``GET /openai/loadedmodels`` lists the ids of loaded models and adapters.
 ``POST /v1/load_lora_adapter {"lora_name", "lora_path", "base_model"?}`` serves an adapter (PEFT, GGUF LoRA
 or ONNX Runtime adapter; see :mod:`slmops.serve.adapters`) under a new id on top of its base, loaded on
@@ -14,16 +16,24 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from slmops.serve.protocol import APIError, LoadLoraRequest, UnloadLoraRequest, not_found
+from slmops.serve.protocol import APIError, LoadLoraRequest, UnloadLoraRequest, model_id, not_found
 from slmops.serve.service import Service
 
 router = APIRouter(tags=["management"])
 
 
-@router.get("/openai/load/{name:path}", operation_id="load_model_get")
+def checked(name: str) -> str:
+    """400 for a model id that is not one (surrounding whitespace, control characters, an impossible version)."""
+    try:
+        return model_id(name)
+    except ValueError as exc:
+        raise APIError(400, f"name: {exc}", param="name", code="invalid_value") from None
+
+
 @router.post("/openai/load/{name:path}", operation_id="load_model")
 async def load(name: str, request: Request, ttl: float | None = Query(None, ge=0, description="Idle seconds before unloading")) -> dict[str, Any]:
     svc: Service = request.app.state.service
+    checked(name)
     if svc.catalog.restricted() and name not in svc.catalog.allowed():
         svc.catalog.extra.add(name)  # management may widen what is served
         try:
@@ -40,10 +50,10 @@ async def load(name: str, request: Request, ttl: float | None = Query(None, ge=0
     return {"model": name, "version": target.version, "loaded": True, "load_s": round(entry.load_s, 3), "ttl_s": entry.ttl_s}
 
 
-@router.get("/openai/unload/{name:path}", operation_id="unload_model_get")
 @router.post("/openai/unload/{name:path}", operation_id="unload_model")
 async def unload(name: str, request: Request, force: bool = Query(False, description="Cancel running requests")) -> dict[str, Any]:
     svc: Service = request.app.state.service
+    checked(name)
     entry = svc.pool.find(name)
     if entry is None:
         raise APIError(404, f"{name!r} is not loaded", param="name", code="model_not_loaded")

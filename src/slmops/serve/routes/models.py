@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from slmops.serve.protocol import APIError, model_card, not_found
+from slmops.serve.protocol import model_id as valid_id
 from slmops.serve.service import Service
 
 router = APIRouter()
@@ -27,6 +28,10 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/v1/models/{model_id:path}", tags=["openai"])
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     svc: Service = request.app.state.service
+    try:
+        valid_id(model_id)
+    except ValueError:
+        raise not_found(model_id) from None  # "bot " is not another name of bot
     try:
         t = svc.catalog.resolve(model_id)
     except APIError as exc:
