@@ -3,8 +3,8 @@
 Three measurements, each against a real local component started here (a 2-CPU Ray cluster on
 127.0.0.1, moto's S3 server on 127.0.0.1, an OpenAI-compatible endpoint in its own process):
 
-``branches``  a recipe with two independent branches (``data.synth`` → ``data.dedup``, one thread
-              each) through the local executor and through ``--executor ray`` (shared-fs exchange,
+``branches``  a recipe with two independent, equally heavy branches (``data.synth`` → ``data.dedup`` of
+              the same task with two seeds, one thread each) through the local executor and through ``--executor ray`` (shared-fs exchange,
               warm cluster), alternating, in fresh stores so nothing is cached: wall-time ratio ray/local.
 ``teacher``   ``distill.generate`` over an endpoint that answers every request after a fixed latency
               (asyncio, in its own process, so it is not the bottleneck) with 1 and with 2 Ray workers:
@@ -45,7 +45,7 @@ def branches_recipe(n: int) -> dict[str, Any]:
     return {"name": "two-branches", "executor": {"exchange": "shared-fs"}, "steps": {
         "a": {"stage": "data.synth", "config": {"task": "support-intent", "n": n}, "resources": {"cpus": 1}},
         "a_dedup": {"stage": "data.dedup", "inputs": {"data": "${a}"}, "resources": {"cpus": 1}},
-        "b": {"stage": "data.synth", "config": {"task": "extract-json", "n": n}, "resources": {"cpus": 1}},
+        "b": {"stage": "data.synth", "config": {"task": "support-intent", "n": n, "seed": 1}, "resources": {"cpus": 1}},
         "b_dedup": {"stage": "data.dedup", "inputs": {"data": "${b}"}, "resources": {"cpus": 1}},
     }}
 
@@ -202,7 +202,7 @@ def markdown(res: dict[str, Any]) -> str:
     if "branches" in res:
         b = res["branches"]
         lines += ["## Two independent branches: local executor vs Ray (2-CPU cluster, shared-fs)", "",
-                  f"Each branch: data.synth n={b['n']} → data.dedup (one thread). Goal: ray/local ≤ 0.65.", "",
+                  f"Each branch: data.synth support-intent n={b['n']} (seeds 0 and 1) → data.dedup, one thread. Goal: ray/local ≤ 0.65.", "",
                   "| pair | local s | ray s | ray/local | load |", "|---|---|---|---|---|"]
         lines += [f"| {i + 1} | {r['local_s']} | {r['ray_s']} | {r['ratio']} | {r['load']} |" for i, r in enumerate(b["rows"])]
         lines += ["", f"**Median ray/local: {b['median_ratio']:.3f}**", ""]
