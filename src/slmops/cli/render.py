@@ -1,9 +1,17 @@
-"""Output for the CLI: JSON or rich tables on stdout, messages and progress bars on stderr."""
+"""Output for the CLI: JSON or rich tables on stdout, messages and progress on stderr.
+
+Progress is drawn as rich bars on a terminal, and as plain lines (:class:`PlainSink`) when stderr
+is a file or a pipe (``| tee``, nohup, CI): one line when a task starts, then one every
+``SLMOPS_PROGRESS_INTERVAL`` seconds (default 10) or every 10% of the work, whichever comes first,
+and one when it ends.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,11 +68,83 @@ class RichSink:
             self.progress.stop_task(tid)
 
 
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _fields_text(fields: dict[str, Any]) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+
+
+class PlainSink:
+    """A progress sink writing plain lines (no cursor movement) for logs: at intervals of time or of work."""
+
+    def __init__(self, write: Callable[[str], None], *, interval_s: float | None = None, step_pct: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.write = write
+        if interval_s is None:
+            try:
+                interval_s = float(os.environ.get("SLMOPS_PROGRESS_INTERVAL", "10"))
+            except ValueError:
+                interval_s = 10.0
+        self.interval_s, self.step_pct, self.clock = max(0.0, interval_s), step_pct, clock
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def _line(self, t: dict[str, Any], completed: float, fields: dict[str, Any], end: str = "") -> str:
+        elapsed = self.clock() - t["t0"]
+        total = t["total"]
+        if total:
+            pct = 100.0 * completed / total
+            head = f"{completed:g}/{total:g} ({pct:.0f}%)"
+            if 0 < completed < total:
+                head += f", {_clock(elapsed)} elapsed, ~{_clock(elapsed * (total - completed) / completed)} left"
+            else:
+                head += f", {_clock(elapsed)}"
+        else:
+            head = f"{completed:g} done, {_clock(elapsed)}"
+        extra = _fields_text(fields)
+        return f"{t['description']}: {head}{end}" + (f"  {extra}" if extra else "")
+
+    def start(self, task_id: int, description: str, total: float | None) -> None:
+        now = self.clock()
+        self.tasks[task_id] = {"description": description, "total": total, "t0": now, "last_t": now, "last_pct": 0.0,
+                               "completed": 0.0, "fields": {}, "written": None}
+        self.write(f"{description}: started" + (f" ({total:g} steps)" if total else ""))
+
+    def update(self, task_id: int, completed: float, fields: dict[str, Any]) -> None:
+        t = self.tasks.get(task_id)
+        if t is None:
+            return
+        t["completed"], t["fields"] = completed, fields
+        now = self.clock()
+        pct = 100.0 * completed / t["total"] if t["total"] else None
+        due = now - t["last_t"] >= self.interval_s or (pct is not None and pct - t["last_pct"] >= self.step_pct)
+        if due and completed != t["written"]:
+            self.write(self._line(t, completed, fields))
+            t["last_t"], t["written"] = now, completed
+            if pct is not None:
+                t["last_pct"] = pct - pct % self.step_pct
+
+    def finish(self, task_id: int) -> None:
+        t = self.tasks.pop(task_id, None)
+        if t is not None:
+            self.write(self._line(t, t["completed"], t["fields"], end=", finished"))
+
+
 @contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[None]:
-    """Show library progress as rich bars on stderr (disabled for --json or a non-terminal stderr)."""
+    """Show library progress on stderr: rich bars on a terminal, plain lines at intervals otherwise (nothing for --json)."""
     if not enabled:
         yield
+        return
+    if not err.is_terminal:
+        def write(line: str) -> None:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+        with use_sink(PlainSink(write)):
+            yield
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"),

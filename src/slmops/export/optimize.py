@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slmops.errors import ConfigError, SlmopsError
+from slmops.export.parity import DEFAULT_GATES
 from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,11 @@ class OptimizeConfig(BaseModel):
 
     targets: list[str] = Field(default_factory=lambda: ["gguf:q8_0", "gguf:q4_k_m"], description="Candidates as FORMAT:TYPE (gguf:q4_k_m, onnx:int4 …)")
     objective: Literal["smallest", "fastest"] = Field("smallest", description="Which passing candidate to choose")
-    max_kl: float | None = Field(0.05, ge=0, description="Gate: mean KL divergence from the model (nats)")
-    min_top1: float | None = Field(None, ge=0, le=1, description="Gate: top-1 agreement with the model")
+    max_kl: float | None = Field(DEFAULT_GATES["max_kl"], ge=0, description="Gate: mean KL divergence from the model (nats)")
+    min_top1: float | None = Field(DEFAULT_GATES["min_top1"], ge=0, le=1, description="Gate: top-1 agreement with the model")
     max_ppl_increase: float | None = Field(None, ge=0, description="Gate: relative perplexity increase (0.05 = 5%)")
-    min_greedy_match: float | None = Field(None, ge=0, le=1, description="Gate: share of identical greedy outputs")
-    max_task_drop: float | None = Field(None, ge=0, description="Gate: largest allowed drop of the task score")
+    min_greedy_match: float | None = Field(DEFAULT_GATES["min_greedy_match"], ge=0, le=1, description="Gate: share of identical greedy outputs")
+    max_task_drop: float | None = Field(DEFAULT_GATES["max_task_drop"], ge=0, description="Gate: largest allowed drop of the task score")
     max_size_bytes: int | None = Field(None, ge=1, description="Gate: largest size on disk (accepts 500MB, 1.5GiB …)")
     min_tokens_per_s: float | None = Field(None, gt=0, description="Gate: slowest acceptable decode speed")
     parity_texts: int = Field(16, ge=1, description="Records scored by each parity check")
