@@ -6,7 +6,9 @@ from typing import Any
 
 from rich.table import Table
 
-from slmops.cli.render import human_bytes, out
+from rich.markup import escape
+
+from slmops.cli.render import fitted_tables, human_bytes, out
 
 
 def _n(v: Any, fmt: str = "{:.4g}") -> str:
@@ -86,12 +88,10 @@ def show_compare(d: dict[str, Any]) -> None:
     from slmops.report.html import table as compare_table
 
     head, body = compare_table(d["report"])
-    table = Table(title=d["report"].get("title"))
-    for i, h in enumerate(head):
-        table.add_column(h, justify="left" if i == 0 else "right")
-    for row in body:
-        table.add_row(*row)
-    out.print(table)
+    for table in fitted_tables(head, body, title=d["report"].get("title"), console=out):
+        out.print(table)
+    for w in d["report"].get("warnings") or []:
+        out.print(f"[yellow]warning:[/] {escape(w)}")
     out.print(f"[dim]report sha256:{d['digest'][:12]} ({d['path']}); open report.html there, or pass --html FILE[/]")
 
 

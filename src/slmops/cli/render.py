@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from slmops.progress import use_sink
@@ -46,6 +48,48 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def fits(table: Any, console: Console | None = None) -> bool:
+    """Whether ``table`` prints at its natural width (no cell cut to "…") on ``console``."""
+    console = console or out
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width
+
+
+def fitted_tables(head: list[str], body: list[list[str]], *, title: str | None = None, console: Console | None = None) -> list[Table]:
+    """One table, columns as given, when it fits the terminal; otherwise turned on its side.
+
+    Sideways, each column of ``head`` (after the first) is a row and each row of ``body`` a column named
+    by its first cell, split into as many tables as it takes for every value to print whole (80 columns).
+    """
+    console = console or out
+    wide = Table(title=title)
+    for i, h in enumerate(head):
+        wide.add_column(h, justify="left" if i == 0 else "right")
+    for row in body:
+        wide.add_row(*row)
+    if fits(wide, console):
+        return [wide]
+    name_w = max(len(h) for h in head[1:]) if len(head) > 1 else 8
+    widths = [max([len(row[0])] + [len(c) for c in row[1:]]) for row in body]
+    groups: list[list[int]] = [[]]
+    used = name_w + 4
+    for i, w in enumerate(widths):
+        if groups[-1] and used + w + 3 > console.width:
+            groups.append([])
+            used = name_w + 4
+        groups[-1].append(i)
+        used += w + 3
+    tables = []
+    for n, group in enumerate(groups):
+        t = Table(title=title if n == 0 else None)
+        t.add_column(head[0], justify="left", overflow="fold")
+        for i in group:
+            t.add_column(body[i][0], justify="right", overflow="fold")
+        for j, h in enumerate(head[1:], start=1):
+            t.add_row(h, *[body[i][j] for i in group])
+        tables.append(t)
+    return tables
 
 
 class RichSink:
