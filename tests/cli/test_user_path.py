@@ -97,7 +97,7 @@ def test_progress_is_plain_lines_when_not_a_terminal() -> None:
             bar.advance(1, loss=1.25, tok_s=312.5)
     assert lines[0] == "fine-tune lora: started (8 steps)"
     assert lines[1].startswith("fine-tune lora: 2/8 (25%), 0:02 elapsed, ~0:06 left") and "loss=1.25" in lines[1]
-    assert [ln.split(":")[1].split()[0] for ln in lines[1:-1]] == ["2/8", "4/8", "6/8", "8/8"]
+    assert [ln.split(":")[1].split()[0] for ln in lines[1:-1]] == ["2/8", "4/8", "6/8"]
     assert lines[-1].startswith("fine-tune lora: 8/8 (100%), 0:08, finished")
     lines.clear()
     with use_sink(PlainSink(lines.append, interval_s=10, step_pct=100, clock=lambda: now[0])), progress.task("eval", total=1000) as bar:
@@ -117,7 +117,8 @@ def test_cli_progress_reaches_a_redirected_stderr(tmp_path: Path) -> None:
                            cwd=tmp_path, timeout=300)
     text = (tmp_path / "log.txt").read_text()
     assert r.returncode == 0, text
-    assert "recipe logged: started (2 steps)" in text and "recipe logged: 1/2 (50%)" in text and "recipe logged: 2/2 (100%)" in text
+    assert "recipe logged: started (2 steps)" in text and "recipe logged: 1/2 (50%)" in text
+    assert text.count("recipe logged: 2/2 (100%)") == 1 and "recipe logged: 2/2 (100%), 0:00, finished" in text
     assert "\x1b[" not in text, "no cursor movement in a log"
 
 
@@ -146,3 +147,21 @@ def test_chat_help_is_answered_locally(cli: Any, monkeypatch: pytest.MonkeyPatch
     assert "model>" not in r.out, "nothing was sent to the model"
     assert r.err.count("/reset clears the history") == 2 and "unknown command /nonsense" in r.err
     assert chat_command("what does /help do?") is None and chat_command("/usr/bin/env") is None and chat_command(" /EXIT ") == "/exit"
+
+
+def test_torch_work_prints_no_library_noise(tmp_path: Path) -> None:
+    """No hub-trust WARNING (slmops is offline on purpose) and no transformers FutureWarning raised by PEFT's code."""
+    env = {**os.environ, "PYTHONPATH": SRC, "SLMOPS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    script = (
+        "from slmops.pipeline.runner import run_stage\n"
+        "from slmops.store import Store\n"
+        "from slmops.testing.tiny import tiny_model\n"
+        "from slmops.finetune.api import finetune\n"
+        "store = Store()\n"
+        "model = tiny_model('llama', store=store)\n"
+        "data = run_stage('data.synth', {}, {'task': 'support-intent', 'n': 24}, store=store).artifact\n"
+        "finetune(model, data, method='lora', config={'max_steps': 1, 'batch_size': 4}, store=store)\n"
+    )
+    r = subprocess.run([sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "trust check" not in r.stderr and "is_gradient_checkpointing" not in r.stderr, r.stderr

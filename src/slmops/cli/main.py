@@ -91,12 +91,11 @@ PLAIN_HELP_BELOW = 100
 @contextlib.contextmanager
 def _narrow_help(args: list[str]) -> Iterator[None]:
     """On a narrow terminal (80 columns) ``--help`` uses click's plain two-column layout, which wraps help text whole."""
-    import shutil
-
     import typer.core
+    from rich.console import Console
 
     before = typer.core.HAS_RICH
-    if (not args or "-h" in args or "--help" in args) and shutil.get_terminal_size((120, 24)).columns < PLAIN_HELP_BELOW:
+    if (not args or "-h" in args or "--help" in args) and Console().width < PLAIN_HELP_BELOW:  # the width rich would draw at
         typer.core.HAS_RICH = False  # read by typer when it formats help
     try:
         yield

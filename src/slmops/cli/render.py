@@ -164,7 +164,7 @@ class PlainSink:
         now = self.clock()
         pct = 100.0 * completed / t["total"] if t["total"] else None
         due = now - t["last_t"] >= self.interval_s or (pct is not None and pct - t["last_pct"] >= self.step_pct)
-        if due and completed != t["written"]:
+        if due and completed != t["written"] and not (t["total"] and completed >= t["total"]):  # the end line says it
             self.write(self._line(t, completed, fields))
             t["last_t"], t["written"] = now, completed
             if pct is not None:
