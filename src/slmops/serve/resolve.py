@@ -91,14 +91,14 @@ class Catalog:
             refs = self.config.canary[model_id]
             ref = self._rng.choices(list(refs), weights=list(refs.values()))[0]
             t = self._lookup(ref)
-            return Target(model_id, ref, t.digest, t.version, t.base, t.adapter, t.adapter_path)
+            return Target(model_id, ref, t.digest, t.version, t.base, t.adapter, t.adapter_path, t.base_label)
         packaged = self._packaged_target(model_id)
         if packaged is not None:
             return packaged
         if self.restricted() and model_id not in self.allowed():
             raise not_found(model_id, sorted(self.allowed() | set(self.loras)))
         t = self._lookup(model_id)
-        return Target(model_id, model_id, t.digest, t.version, t.base, t.adapter, t.adapter_path)
+        return Target(model_id, model_id, t.digest, t.version, t.base, t.adapter, t.adapter_path, t.base_label)
 
     def name_of(self, digest: str) -> str | None:
         """``name:version`` of an artifact (a full digest or a prefix), or None when it has no name (or is gone)."""
