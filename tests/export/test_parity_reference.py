@@ -64,3 +64,18 @@ def test_default_gates_pass_a_4bit_export_and_skip_what_is_not_measured(gstore: 
     assert rows["max_task_drop"]["skipped"] and rows["max_task_drop"]["passed"] and texts_only, "no answers, no task gate"
     rows = {g["gate"]: g for g in check_gates({**m, "top1_agreement": 0.5}, ParityConfig())}
     assert rows["min_top1"]["passed"] is False
+
+
+def test_an_adapter_opens_on_its_base_on_torch_or_on_a_gguf_export(gstore: Any, tiny: dict[str, Any], f32: dict[str, Any],
+                                                                   lora: tuple[Any, Any]) -> None:
+    import numpy as np
+
+    from slmops.runtimes import open_runtime
+
+    _, adapter = lora
+    with open_runtime(tiny["llama"]) as base, open_runtime(adapter) as on_torch, open_runtime(adapter, runtime="llamacpp") as on_gguf:
+        assert on_torch.name == "torch" and on_gguf.name == "llamacpp" and on_gguf.info.extra["adapters"]
+        ids = base.tokenize("the quick brown fox jumps over the lazy dog", add_special_tokens=True)
+        b, t, g = (np.asarray(rt.sequence_logits(ids)) for rt in (base, on_torch, on_gguf))
+    assert np.abs(t - b).max() > 0.05, "the adapter changes the model"
+    assert np.abs(g - t).max() < 0.1 * np.abs(g - b).max(), "llama.cpp with the converted adapter follows the adapted model"

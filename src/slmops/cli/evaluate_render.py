@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
-
 from rich.markup import escape
+from rich.table import Table
 
 from slmops.cli.render import fitted_tables, human_bytes, out
 

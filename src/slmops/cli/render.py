@@ -18,8 +18,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.measure import Measurement
-from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from slmops.progress import use_sink
 
