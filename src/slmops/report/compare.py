@@ -10,10 +10,10 @@ percentage of the reference's (inverted for perplexity, where lower is better).
 
 An evaluation already in the store for the same model, data and answer-changing settings is reused
 as it is (:func:`cached_eval`; batch size, sample logging and timeouts do not change an answer), so
-``compare`` after ``eval`` re-runs nothing. Speed is different: a benchmark whose report says it was
-measured under contention or with a wide run-to-run spread (:mod:`slmops.bench.contention`) is
-measured again once, and the comparison carries ``warnings`` — unreliable rows, and latency
-differences smaller than the runs' own spread — which every rendering shows.
+``compare`` after ``eval`` re-runs nothing. Each benchmark report says whether it was measured under
+contention or with a wide run-to-run spread (:mod:`slmops.bench.contention`), and the comparison
+carries ``warnings`` — unreliable rows, and latency differences smaller than the runs' own spread —
+which every rendering shows (``--force`` measures again).
 """
 
 from __future__ import annotations
@@ -158,9 +158,6 @@ def compare(targets: Sequence[str], data: str, *, store: Store, ref: str | None 
         if found is not None:
             log.info("compare: reusing the evaluation sha256:%s of %s", found.short, label)
         inputs[f"eval{i}"] = found or run_stage("eval", {"model": model, "data": data_art}, eval_config or {}, store=store, force=force).artifact
-        bench = run_stage("bench", {"model": model}, bench_config or {}, store=store, force=force)
-        if bench.cached and not bench.artifact.manifest.metrics.get("speed_reliable", True):  # measured under load: once more, now
-            bench = run_stage("bench", {"model": model}, bench_config or {}, store=store, force=True)
-        inputs[f"bench{i}"] = bench.artifact
+        inputs[f"bench{i}"] = run_stage("bench", {"model": model}, bench_config or {}, store=store, force=force).artifact
     cfg = {"labels": labels, "ref": ref or labels[0], "title": title}
     return run_stage("compare", inputs, cfg, store=store, output_name=name)
