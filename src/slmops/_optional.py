@@ -1,8 +1,17 @@
-"""The one place optional (heavy) dependencies are imported, with an error naming the extra."""
+"""The one place optional (heavy) dependencies are imported, with an error naming the extra.
+
+Importing the training stack also quiets two messages every torch command printed that are about
+the libraries, not about the user's work (:func:`_quiet_training_stack`): the ``kernels`` package's
+"Skipping publisher trust check … Hugging Face Hub is in offline mode" (slmops runs offline on
+purpose) and transformers' ``is_gradient_checkpointing`` FutureWarning, raised by PEFT's own code.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
+import warnings
 from importlib import metadata
 from types import ModuleType
 
@@ -24,6 +33,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 
 def require(module: str, *, extra: str, purpose: str | None = None) -> ModuleType:
     """Import ``module`` or raise :class:`MissingDependency` saying which extra installs it."""
+    if module.split(".")[0] in _TRAINING_STACK:
+        _quiet_training_stack()
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -33,6 +44,15 @@ def require(module: str, *, extra: str, purpose: str | None = None) -> ModuleTyp
             why=str(exc),
             fix=f"pip install 'slmops[{extra}]'",
         ) from exc
+
+
+_TRAINING_STACK = frozenset({"torch", "transformers", "peft", "accelerate", "bitsandbytes"})
+
+
+@functools.cache
+def _quiet_training_stack() -> None:
+    logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)  # the offline hub-trust notice
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def installed_version(dist: str) -> str | None:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from slmops.data.render_worker import RenderBudget, RenderPool, RendererStopped, TemplateBudgetExceeded, render_budget
+from slmops.data.render_worker import RenderBudget, RendererStopped, RenderPool, TemplateBudgetExceeded, render_budget
 from slmops.data.templates import ChatTemplateError, render_chat
 from slmops.errors import ConfigError, DataError
 

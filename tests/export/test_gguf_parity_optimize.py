@@ -24,7 +24,8 @@ def test_parity_report_links_both_and_passes(gstore: Any, tiny: dict[str, Any], 
     assert m["greedy_match"] == 1.0 and m["tokenizer_match"] == 1.0 and m["texts_scored"] == 8
     report = json.loads((art.path / "report.json").read_text())
     assert report["runtimes"] == {"candidate": "llamacpp", "reference": "torch"}
-    assert report["gates"] == [{"gate": "max_kl", "metric": "kl_mean", "op": "<=", "value": m["kl_mean"], "limit": 0.05, "passed": True}]
+    assert {g["gate"]: (g["limit"], g["passed"]) for g in report["gates"]} == {
+        "max_kl": (0.25, True), "min_top1": (0.7, True), "min_greedy_match": (0.5, True), "max_task_drop": (0.05, True)}
     assert "| kl_mean |" in (art.path / "report.md").read_text()
 
 

@@ -113,6 +113,9 @@ def test_interrupted_run_resumes_to_the_same_losses(ft_store, base, task, store,
     assert _curves(resumed) == _curves(reference)
     assert (resumed.path / "adapter_model.safetensors").read_bytes() == (reference.path / "adapter_model.safetensors").read_bytes()
     assert resumed.manifest.meta["run_dir"] is None  # checkpoints are removed after success
+    m = resumed.manifest.metrics  # tokens/s covers the whole run (both segments), the resumed segment's is apart
+    assert m["train_tokens_per_s"] == pytest.approx(m["tokens"] / m["train_seconds"], rel=0.01)
+    assert m["segment_tokens_per_s"] > 0 and reference.manifest.metrics["segment_tokens_per_s"] is None
 
 
 def test_sigterm_in_process_writes_a_checkpoint(ft_store, base, task, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,24 @@ def _browser(url: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess[st
     return subprocess.run(args, capture_output=True, text=True, timeout=90, check=False)
 
 
+def test_dashboard_names_versions_and_shows_the_users_turn(start_server: Any) -> None:
+    """An adapter id's base is shown as ``name:version`` (not ``sha256:…``) and the prompt column starts at the user's turn."""
+    from slmops.serve.dashboard.router import prompt_preview
+
+    server = start_server(models=["bot-lora"], log_content=True)
+    messages = [{"role": "system", "content": "You are a support bot. Answer with one intent label."},
+                {"role": "user", "content": "my card was charged twice"}]
+    server.client().chat.completions.create(model="bot-lora", messages=messages, max_tokens=2)
+    server.service.requestlog.flush()
+    d = httpx.get(f"{server.url}/dashboard/data").json()
+    assert [e["label"] for e in d["loaded"]] == ["bot:1"], d["loaded"]
+    assert [m["version"] for m in d["models"]] == ["bot-lora:1"]
+    assert d["latest"][0]["prompt"] == "my card was charged twice"
+    assert prompt_preview('[{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},'
+                          ' {"role": "user", "content": "c"}]') == "user: a\nassistant: b\nuser: c"
+    assert prompt_preview("plain completion prompt") == "plain completion prompt"
+
+
 def test_dashboard_after_real_requests(start_server: Any, tmp_path: Path) -> None:
     server = start_server(models=["bot"], api_key="k3y", log_content=True)
     c = server.client(api_key="k3y")

@@ -193,3 +193,19 @@ def test_adapter_paths_are_checked_before_any_runtime_sees_them(server: Any, art
     refused(load(server, "x", tmp_path / "missing", base="ra-gguf"), "invalid_lora", "no adapter at")
     refused(load(server, "x", "no-such-adapter", base="ra-gguf"), "invalid_lora", "no adapter")
     assert "x" not in [m.id for m in server.client().models.list().data]
+
+
+def test_adapter_id_served_next_to_a_gguf_goes_on_that_gguf(start_server: Any, arts: dict[str, Any]) -> None:
+    """A PEFT adapter id served beside a GGUF export of its base runs on that GGUF (converted to a GGUF LoRA on load),
+    not on a second, fp32 torch copy of the base; with the torch base served too, it goes on the torch base."""
+    server = start_server(models=["ra-gguf", "bot-lora"], max_loaded=2)
+    want = local(arts["gguf"], ("t", arts["peft"].path))
+    assert want != local(arts["gguf"])
+    assert greedy(server, "bot-lora") == want
+    entries = list(server.service.pool.entries.values())
+    assert [e.runtime.name for e in entries] == ["llamacpp"], "no fp32 torch base loaded next to the GGUF"
+    assert entries[0].label.startswith("ra-gguf:") and "bot-lora" in entries[0].adapters.values()
+    assert greedy(server, "ra-gguf") == local(arts["gguf"]), "the GGUF itself still answers as the base"
+
+    both = start_server(models=["bot:1", "ra-gguf", "bot-lora"], max_loaded=3)
+    assert both.service.catalog.resolve("bot-lora").base.kind == "model", "the model it was trained on, when served, takes it"

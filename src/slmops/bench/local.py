@@ -158,8 +158,9 @@ def worker_main(stdin: str) -> dict[str, Any]:
     job = json.loads(stdin)
     path = Path(job["model_path"])
     cfg = BenchConfig.model_validate(job["config"])
-    fmt = read_manifest(path).format if (path / MANIFEST).is_file() else detect_format(path)
-    engine = cfg.runtime if cfg.runtime != "auto" else FORMAT_RUNTIMES.get(fmt, "")
+    m = read_manifest(path) if (path / MANIFEST).is_file() else None
+    fmt = m.format if m is not None else detect_format(path)
+    engine = cfg.runtime if cfg.runtime != "auto" else "torch" if m is not None and m.kind == "adapter" else FORMAT_RUNTIMES.get(fmt, "")
     t_warm = time.perf_counter()
     for mod in {"torch": ("torch", "transformers"), "ort-genai": ("onnxruntime_genai",), "llamacpp": ("llama_cpp",)}.get(engine, ()):
         try:  # import the engine first, so load time is the model's and not the library's

@@ -8,6 +8,7 @@ re-measures unless asked to reuse (``--reuse``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from pathlib import Path
@@ -16,7 +17,10 @@ from typing import Any
 from slmops.bench.config import BenchConfig
 from slmops.errors import ConfigError
 from slmops.pipeline.stages import StageOutput, stage
+from slmops.runtimes import TARGET_KINDS
 from slmops.store.artifact import Artifact
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "slmops.bench/1"
 
@@ -43,6 +47,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         out.update(requests_per_s=s["requests_per_s"], concurrency=s["concurrency"], goodput_requests_per_s=s.get("goodput_requests_per_s"))
     else:
         out.update(peak_rss_bytes=report["memory"]["peak_rss_bytes"], load_s=report["load_s"], size_bytes=report["size_bytes"])
+    rel = report.get("reliability")
+    if rel:
+        out.update(speed_reliable=rel["reliable"], spread_pct=rel["spread_pct"], other_cores=rel["other_cores"])
     return out
 
 
@@ -66,6 +73,10 @@ def markdown(report: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {c['prompt_tokens']} | {c['output_tokens']} | {_ms(c['ttft_s']['p50'])} | {_ms(c['tpot_s']['p50'])} | "
                          f"{_ms(c['itl_s']['p99'])} | {_f(c['e2e_s']['p50'])} | {_f(c['output_tokens_per_s'])} |")
+        rel = report.get("reliability")
+        if rel:
+            lines += ["", f"Other work on the machine: {_f(rel['other_cores'])} of {rel['cpus']} cores; run-to-run spread "
+                          f"{_f(rel['spread_pct'])}% of the median latency." + ("" if rel["reliable"] else " **Unreliable:** " + "; ".join(rel["why"]) + ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -91,13 +102,19 @@ def bench_stage(inputs: dict[str, Artifact], cfg: BenchConfig, out: Path) -> Sta
         report: dict[str, Any] = bench_http(cfg)
     else:
         assert model is not None
-        if model.kind not in ("model", "onnx", "gguf"):
-            raise ConfigError(f"artifact {model.short} is a {model.kind}, not a model", fix="benchmark a model, onnx or gguf artifact")
-        run = bench_isolated if cfg.isolate else bench_in_process
-        report = run(model.path, cfg, size_bytes=model.manifest.size_bytes)
+        if model.kind not in TARGET_KINDS:
+            raise ConfigError(f"artifact {model.short} is a {model.kind}, not a model", fix="benchmark a model, onnx, gguf or adapter artifact")
+        from slmops.bench.contention import Contention, reliability
         from slmops.evaluate.targets import model_facts
 
-        report["target"] = {"kind": "local", **model_facts(model), "runtime": report.get("runtime")}
+        facts = model_facts(model)
+        run = bench_isolated if cfg.isolate else bench_in_process
+        with Contention() as busy:
+            report = run(model.path, cfg, size_bytes=facts["size_bytes"])
+        report["reliability"] = reliability(busy.other_cores, report.get("cells", []))
+        for why in report["reliability"]["why"]:
+            log.warning("speed of sha256:%s may be unreliable: %s", model.short, why)
+        report["target"] = {"kind": "local", **facts, "runtime": report.get("runtime")}
     report.update(schema=SCHEMA, config=cfg.model_dump(mode="json"), machine=machine_fingerprint())
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown(report), encoding="utf-8")

@@ -19,7 +19,8 @@ from slmops.cli.evaluate_render import show_bench, show_compare, show_eval, show
 from slmops.cli.render import emit, err, progress_bars
 from slmops.errors import ConfigError
 
-Target = Annotated[str | None, typer.Argument(help="Model reference (name, name:3, name@prod, sha256:…, ./folder); omit with --url.")]
+Target = Annotated[str | None, typer.Argument(help="Model or adapter reference (name, name:3, name@prod, sha256:…, ./folder); "
+                                                   "an adapter runs on its recorded base; omit with --url.")]
 Url = Annotated[str | None, typer.Option("--url", help="An OpenAI-compatible server instead of a local model, e.g. http://127.0.0.1:8000/v1.")]
 ModelName = Annotated[str | None, typer.Option("--model-name", help="Model to request from --url (default: the first it lists).")]
 KeyEnv = Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the API key for --url (never stored).")]
@@ -69,7 +70,9 @@ def _model_or_url(store: Any, target: str | None, url: str | None) -> Any:
 
     if (target is None) == (url is None):
         raise ConfigError("give a TARGET or --url (one of them)", fix="slmops eval bot@prod --data d, or slmops eval --url http://127.0.0.1:8000/v1 --data d")
-    return resolve_input(target, store, kind=("model", "onnx", "gguf")) if target else None
+    from slmops.runtimes import TARGET_KINDS
+
+    return resolve_input(target, store, kind=TARGET_KINDS) if target else None
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from slmops.cli.render import esc, human_bytes, out
+from slmops.cli.render import esc, fitted_tables, human_bytes, out
 
 
 def _n(v: Any, fmt: str = "{:.4g}") -> str:
@@ -87,12 +87,10 @@ def show_compare(d: dict[str, Any]) -> None:
     from slmops.report.html import table as compare_table
 
     head, body = compare_table(d["report"])
-    table = Table(title=d["report"].get("title"))
-    for i, h in enumerate(head):
-        table.add_column(h, justify="left" if i == 0 else "right")
-    for row in body:
-        table.add_row(*row)
-    out.print(table)
+    for table in fitted_tables(head, body, title=d["report"].get("title"), console=out):
+        out.print(table)
+    for w in d["report"].get("warnings") or []:
+        out.print(Text.assemble(("warning:", "yellow"), f" {w}"))
     out.print(f"report sha256:{d['digest'][:12]} ({d['path']}); open report.html there, or pass --html FILE", style="dim")
 
 

@@ -142,7 +142,8 @@ def _print_finetune(d: dict[str, Any]) -> None:
         return format(v, fmt) if isinstance(v, int | float) else "-"
 
     out.print(f"  steps: {m.get('steps')}/{m.get('total_steps')} ({m.get('stopped')}), epochs {num(m.get('epochs'), '.2f')}, "
-              f"tokens {m.get('tokens')}, {num(m.get('train_tokens_per_s'), '.0f')} tokens/s")
+              f"tokens {m.get('tokens')}, {num(m.get('train_tokens_per_s'), '.0f')} tokens/s over the whole run"
+              + (f" ({num(m.get('segment_tokens_per_s'), '.0f')} in the resumed segment)" if m.get("segment_tokens_per_s") is not None else ""))
     out.print(f"  validation loss: {num(m.get('val_loss_start'))} → {num(m.get('val_loss'))} (best {num(m.get('best_val_loss'))} "
               f"at step {m.get('best_step')}); training loss {num(m.get('train_loss'))}")
     out.print(f"  trainable: {m.get('trainable_params')} of {m.get('total_params')} parameters ({num(m.get('trainable_pct'), '.3f')}%), "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, err, out
 from slmops.pipeline.inputs import resolve_input
+from slmops.runtimes import TARGET_KINDS
 
 MaxTok = Annotated[int, typer.Option("--max-tokens", help="Most new tokens to generate.")]
 Temp = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; higher = more random.")]
@@ -20,6 +22,16 @@ Seed = Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")]
 Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable); never included in the output.")]
 System = Annotated[str | None, typer.Option("--system", help="System message (chat mode).")]
 Runtime = Annotated[str, typer.Option("--runtime", help="auto (by the artifact's format), torch, ort-genai or llamacpp.")]
+
+
+CHAT_HELP = "commands: /reset clears the history, /exit (or /quit, Ctrl-D) quits, /help shows this"
+_COMMAND = re.compile(r"^/[A-Za-z?]+$")
+
+
+def chat_command(line: str) -> str | None:
+    """The chat command a line is (``/help``, ``/reset`` …, lower-cased), or None for a message to the model."""
+    text = line.strip()
+    return text.lower() if _COMMAND.match(text) else None
 
 
 def _params(max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: list[str] | None) -> Any:
@@ -58,7 +70,7 @@ def register(app: typer.Typer) -> None:
 
         params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
         with open_cli_store() as store:
-            art = resolve_input(model, store, kind=("model", "onnx", "gguf"))
+            art = resolve_input(model, store, kind=TARGET_KINDS)
         rt = open_runtime(art, runtime=runtime)
         try:
             text = prompt if raw else rt.apply_chat_template(
@@ -118,7 +130,7 @@ def register(app: typer.Typer) -> None:
             def respond(history: list[dict[str, str]]) -> Iterator[str]:
                 return stream_chat(url, name, history, api_key=key, **opts)
 
-            err.print(f"chatting with {name} at {url}; /reset clears the history, /exit quits", style="dim")
+            err.print(f"chatting with {name} at {url}; /help lists the commands", style="dim")
         else:
             from slmops.runtimes import open_runtime
 
@@ -126,14 +138,14 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("chat needs a MODEL, or --url URL for a server", fix="e.g. `slmops chat bot@prod` or `slmops chat --url http://127.0.0.1:8000/v1 --model bot`")
             params = _params(max_tokens, temperature, top_p, top_k, seed, None)
             with open_cli_store() as store:
-                art = resolve_input(model, store, kind=("model", "onnx", "gguf"))
+                art = resolve_input(model, store, kind=TARGET_KINDS)
             rt = open_runtime(art, runtime=runtime)
             local = rt
 
             def respond(history: list[dict[str, str]]) -> Iterator[str]:
                 return (ev.text for ev in local.stream(local.apply_chat_template(history), params))
 
-            err.print(f"chatting with {model} (sha256:{art.short}); /reset clears the history, /exit quits", style="dim")
+            err.print(f"chatting with {model} (sha256:{art.short}); /help lists the commands", style="dim")
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
         try:
             while True:
@@ -141,10 +153,14 @@ def register(app: typer.Typer) -> None:
                     line = input("you> ")
                 except EOFError:
                     break
-                if line.strip() in ("/exit", "/quit"):
+                command = chat_command(line)
+                if command in ("/exit", "/quit"):
                     break
-                if line.strip() == "/reset":
+                if command == "/reset":
                     history = history[:1] if system else []
+                    continue
+                if command is not None:  # /help, /? or an unknown /word: answered here, never sent to the model
+                    err.print(CHAT_HELP if command in ("/help", "/?") else f"unknown command {command}; {CHAT_HELP}", markup=False)
                     continue
                 if not line.strip():
                     continue

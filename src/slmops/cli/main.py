@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -85,8 +87,32 @@ def _register() -> None:
 _register()
 
 
+#: Below this many columns typer's rich help panels squeeze each option's help into a few words a line.
+PLAIN_HELP_BELOW = 100
+
+
+@contextlib.contextmanager
+def _narrow_help(args: list[str]) -> Iterator[None]:
+    """On a narrow terminal (80 columns) ``--help`` uses click's plain two-column layout, which wraps help text whole."""
+    import typer.core
+    from rich.console import Console
+
+    before = typer.core.HAS_RICH
+    if (not args or "-h" in args or "--help" in args) and Console().width < PLAIN_HELP_BELOW:  # the width rich would draw at
+        typer.core.HAS_RICH = False  # read by typer when it formats help
+    try:
+        yield
+    finally:
+        typer.core.HAS_RICH = before
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m slmops``."""
+    with _narrow_help(sys.argv[1:] if argv is None else list(argv)):
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except SlmopsError as exc:

@@ -11,7 +11,7 @@ from rich.tree import Tree
 
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, err, esc, human_bytes, out, progress_bars
-from slmops.errors import ConfigError, StoreError
+from slmops.errors import ConfigError, SlmopsError, StoreError
 from slmops.pipeline.inputs import resolve_input
 from slmops.pipeline.runner import RunResult, run_stage
 from slmops.store.artifact import KINDS
@@ -126,7 +126,21 @@ def lineage(
     with open_cli_store() as store:
         art = resolve_input(ref, store)
         tree = store.lineage(art.digest, direction="down" if down else "up")
+        _add_external(store, tree)
     emit(tree, as_json, _print_tree)
+
+
+def _add_external(store: Any, node: dict[str, Any]) -> None:
+    """Put what an artifact came from outside the store (an HTTP teacher: its URL and model) on its node as ``external``."""
+    if not node.get("missing"):
+        try:
+            teacher = store.get(node["digest"]).manifest.meta.get("teacher")
+        except SlmopsError:
+            teacher = None
+        if isinstance(teacher, dict) and teacher.get("type") == "http":
+            node["external"] = {"role": "teacher", "type": "http", "url": teacher.get("base_url"), "model": teacher.get("model")}
+    for child in node["children"]:
+        _add_external(store, child)
 
 
 def _label(n: dict[str, Any]) -> Text:
@@ -137,6 +151,10 @@ def _label(n: dict[str, Any]) -> Text:
 
 def _print_tree(root: dict[str, Any]) -> None:
     def add(t: Tree, n: dict[str, Any]) -> None:
+        ext = n.get("external")
+        if ext:
+            t.add(Text.assemble((f"{ext['role']}:", "dim"), " ", ("http", "bold"), f" {ext.get('model') or '-'} ",
+                                (f"at {ext.get('url') or '-'}", "dim")))
         for c in n["children"]:
             add(t.add(_label(c)), c)
 

@@ -23,7 +23,7 @@ def register(parent: typer.Typer) -> None:
         model: Annotated[str, typer.Argument(help="The model to export (name, ref, ./hf-folder).")],
         data: Annotated[str, Opt("--data", "-d", help="Dataset (ref or file) for the parity checks.")],
         targets: Annotated[str, Opt("--targets", "-t", help="Comma-separated FORMAT:TYPE, e.g. onnx:int4,onnx:int8,gguf:q4_k_m,gguf:q8_0.")] = "gguf:q8_0,gguf:q4_k_m",
-        max_kl: Annotated[float | None, Opt("--max-kl", help="Gate: mean KL divergence from the model (nats). Default 0.05.")] = None,
+        max_kl: Annotated[float | None, Opt("--max-kl", help="Gate: mean KL divergence from the model (nats). Default 0.25.")] = None,
         min_top1: Annotated[float | None, Opt("--min-top1", help="Gate: top-1 agreement (0-1).")] = None,
         max_ppl_increase: Annotated[float | None, Opt("--max-ppl-increase", help="Gate: relative perplexity increase (0.05 = 5%).")] = None,
         min_greedy_match: Annotated[float | None, Opt("--min-greedy-match", help="Gate: share of identical greedy outputs.")] = None,

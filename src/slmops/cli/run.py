@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from slmops.cli.common import JsonOpt, open_cli_store
-from slmops.cli.render import emit, err, out, progress_bars
+from slmops.cli.render import emit, err, fits, out, progress_bars
 from slmops.errors import ConfigError
 
 
@@ -76,15 +77,31 @@ def _line(r: Any) -> Text:
 
 
 def _summary(data: dict[str, Any]) -> None:
-    t = Table(title=f"recipe {data['recipe']}" + (" (dry run)" if data["dry_run"] else ""))
-    for col in ("step", "stage/action", "status", "output", "seconds", "metrics"):
-        t.add_column(col)
+    """The final table; on a narrow terminal (80 columns) the metrics move under it, one line per step, so no cell is cut."""
+    title = f"recipe {data['recipe']}" + (" (dry run)" if data["dry_run"] else "")
+    rows = []
     for s in data["steps"]:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(s["metrics"].items())[:4]
                             if not isinstance(v, dict | list))
         output = s["name"] or (f"sha256:{s['digest'][:12]}" if s["digest"] else (s["detail"] or ""))
-        t.add_row(s["step"], s["kind"], s["status"], output, f"{s['seconds']:.1f}", metrics)
-    out.print(t)
+        rows.append((s["step"], s["kind"], s["status"], output, f"{s['seconds']:.1f}", metrics))
+    t = Table(title=title)
+    for col in ("step", "stage/action", "status", "output", "seconds", "metrics"):
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)
+    if fits(t):
+        out.print(t)
+    else:
+        t = Table(title=title)
+        for col in ("step", "stage/action", "status", "output", "s"):
+            t.add_column(col, overflow="fold", justify="right" if col == "s" else "left")
+        for row in rows:
+            t.add_row(*row[:5])
+        out.print(t)
+        for row in rows:
+            if row[5]:
+                out.print(Text.assemble("  ", (row[0], "bold"), f": {row[5]}"), soft_wrap=False)
     if data.get("report"):
         out.print(f"report: {data['report']}")
 
@@ -94,7 +111,6 @@ def _print_stages(rows: list[dict[str, Any]]) -> None:
     for col in ("stage", "inputs", "output", "description"):
         t.add_column(col)
     for r in rows:
-        from rich.markup import escape
 
         optional = r["optional_inputs"] if len(r["optional_inputs"]) <= 4 else [*r["optional_inputs"][:2], "…"]
         ins = escape(", ".join(r["inputs"] + [f"[{x}]" for x in optional]) or "-")

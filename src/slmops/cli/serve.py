@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
         """Show the server's request log (metadata; prompts and completions only if served with --log-content)."""
         from slmops.serve.requestlog import default_path, query
         from slmops.settings import slmops_home
-        from slmops.units import parse_duration, parse_size
+        from slmops.units import parse_duration
 
         path = log_db or default_path(slmops_home())
         since_ts = time.time() - parse_duration(since, flag="--since") if since else None

@@ -119,7 +119,7 @@ def _exceeded(limit: str, budget: RenderBudget) -> TemplateBudgetExceeded:
     )
 
 
-_ERRORS: dict[str, type[ConfigError] | type[DataError]] = {"ConfigError": ConfigError, "DataError": DataError}
+_ERRORS: dict[str, type[ConfigError | DataError]] = {"ConfigError": ConfigError, "DataError": DataError}
 
 
 def _raise_reply(reply: dict[str, Any], budget: RenderBudget) -> str:
@@ -168,7 +168,7 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join([root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
         self.memory_mb = memory_mb
         try:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own module under the running interpreter
+            self.proc = subprocess.Popen(
                 [sys.executable, "-m", "slmops.data.render_worker", str(memory_mb)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -321,7 +321,7 @@ def shutdown() -> None:
             pool.close()
 
 
-import atexit  # noqa: E402 - registered next to what it cleans up
+import atexit
 
 atexit.register(shutdown)
 

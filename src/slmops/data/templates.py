@@ -244,7 +244,7 @@ def _render_here(template: str, messages: list[Any], variables: dict[str, Any], 
         ) from exc
     except (MemoryError, SlmopsError):
         raise
-    except Exception as exc:  # noqa: BLE001 - whatever a template's own code raises is the template's fault
+    except Exception as exc:
         raise ChatTemplateError(
             "the chat template failed to render",
             why=f"{type(exc).__name__}: {exc}",

@@ -227,7 +227,8 @@ def build_dataset(
             Record(
                 kind="chat",
                 id=rid,
-                label=p.record.label,
+                # a classification prompt without a label is labelled by the teacher's (validated) answer
+                label=p.record.label if p.record.label is not None or cfg.task != "classification" else answer,
                 messages=[*p.messages, {"role": "assistant", "content": answer}],  # type: ignore[list-item]
                 meta={**p.record.meta, "teacher": teacher_meta},
             )

@@ -29,8 +29,8 @@ from slmops.settings import slmops_home
 
 if TYPE_CHECKING:
     from slmops.data.records import Record
-    from slmops.store.artifact import Artifact
     from slmops.evaluate.similarity import Embedder
+    from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
 

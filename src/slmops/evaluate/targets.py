@@ -66,7 +66,19 @@ class Target(Protocol):
 
 
 def model_facts(artifact: Artifact) -> dict[str, Any]:
-    """Parameters, size on disk, format and precision of a model artifact, from its manifest."""
+    """Parameters, size on disk, format and precision of a model artifact, from its manifest.
+
+    An adapter is described as what runs: its base's facts, the size of base + adapter, and both digests.
+    """
+    if artifact.kind == "adapter":
+        from slmops.runtimes.adapted import adapter_base
+
+        base = adapter_base(artifact)
+        facts = model_facts(base)
+        return {**facts, "digest": artifact.digest, "artifact_kind": "adapter", "base": base.digest,
+                "format": f"{facts['format']}+{artifact.manifest.format}",
+                "size_bytes": (facts["size_bytes"] or 0) + (artifact.manifest.size_bytes or 0),
+                "adapter_size_bytes": artifact.manifest.size_bytes}
     m = artifact.manifest
     meta = m.meta
     precision = next((str(meta[k]) for k in ("precision", "qtype", "quantization", "dtype", "torch_dtype") if meta.get(k)), None)

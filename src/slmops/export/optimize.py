@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slmops.errors import ConfigError, SlmopsError
+from slmops.export.parity import DEFAULT_GATES
 from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class OptimizeConfig(BaseModel):
 
     targets: list[str] = Field(default_factory=lambda: ["gguf:q8_0", "gguf:q4_k_m"], description="Candidates as FORMAT:TYPE (gguf:q4_k_m, onnx:int4 …)")
     objective: Literal["smallest", "fastest"] = Field("smallest", description="Which passing candidate to choose")
-    max_kl: float | None = Field(0.05, ge=0, description="Gate: mean KL divergence from the model (nats)")
+    max_kl: float | None = Field(DEFAULT_GATES["max_kl"], ge=0, description="Gate: mean KL divergence from the model (nats)")
     min_top1: float | None = Field(None, ge=0, le=1, description="Gate: top-1 agreement with the model")
     max_ppl_increase: float | None = Field(None, ge=0, description="Gate: relative perplexity increase (0.05 = 5%)")
     min_greedy_match: float | None = Field(None, ge=0, le=1, description="Gate: share of identical greedy outputs")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slmops.errors import DataError
+from slmops.errors import ConfigError, DataError
 from slmops.export.optimize import OptimizeConfig
 from slmops.export.parity import ParityConfig
 from slmops.pipeline.stages import StageOutput, stage
@@ -38,6 +38,42 @@ def _write(out: Path, report: dict[str, Any], markdown: str) -> None:
     (out / REPORT_MD).write_text(markdown, encoding="utf-8")
 
 
+def parity_reference(candidate: Artifact, store: Any) -> Artifact:
+    """The exact fp32 model ``candidate`` was exported from: its ``model`` parent, or — when the export
+    carries or merged an ``adapter`` — that adapter, which :func:`slmops.runtimes.open_runtime` opens on its base.
+
+    A package made from another export (``export.ollama``, ``export.foundry``) leads back through it.
+    """
+    art = candidate
+    for _ in range(8):
+        roles = {p.role: p.digest for p in art.manifest.parents}
+        if "adapter" in roles:
+            adapter = store.get(roles["adapter"])
+            trained_on = [p.digest for p in adapter.manifest.parents if p.role == "model"]
+            if trained_on and trained_on[0] == roles.get("model"):
+                return adapter
+            raise ConfigError(f"sha256:{candidate.short} was exported with an adapter trained on another base",
+                              fix="name the reference with --ref (the merged model: slmops adapters merge BASE ADAPTER)")
+        parent = roles.get("model") or roles.get("onnx")
+        if parent is None:
+            break
+        art = store.get(parent)
+        if art.kind == "model":
+            return art
+    raise ConfigError(f"sha256:{candidate.short} has no parent model to compare with", fix="name the reference with --ref")
+
+
+def with_active_adapter(rt: Any, art: Artifact) -> Any:
+    """An ONNX export's runtime with its run-time adapter on (``--adapter-mode runtime``), as the export was meant to run."""
+    adapter = art.manifest.meta.get("adapter") or {}
+    names = list(art.manifest.meta.get("adapters") or {})
+    if art.kind == "onnx" and adapter.get("mode") == "runtime" and len(names) == 1:
+        from slmops.export.stages_onnx import WithAdapter
+
+        return WithAdapter(rt, names[0])
+    return rt
+
+
 def store_of(art: Artifact) -> Any:
     """The store an artifact lives in (``<home>/artifacts/<digest>``)."""
     from slmops.store.registry import Store
@@ -57,7 +93,7 @@ def parity(inputs: dict[str, Artifact], cfg: ParityConfig, out: Path) -> StageOu
     try:
         cand = open_runtime(cand_art, **cfg.candidate_options)
         try:
-            metrics = measure_parity(cand, ref, records, cfg)
+            metrics = measure_parity(with_active_adapter(cand, cand_art), ref, records, cfg)
             runtimes = {"candidate": cand.name, "reference": ref.name}
         finally:
             cand.close()

@@ -29,7 +29,7 @@ _PARITY_KEYS = ("kl_mean", "kl_p95", "kl_max", "top1_agreement", "ppl_increase",
 _CHATS = (("What is the capital of France?", "Paris."), ("How many days are in a week?", "Seven."))
 
 
-class _WithAdapter:
+class WithAdapter:
     """A runtime whose scoring and generation always use one run-time adapter (for the parity check)."""
 
     def __init__(self, rt: Any, adapter: str) -> None:
@@ -64,7 +64,7 @@ def onnx_parity(reference_dir: Path, onnx_dir: Path, cfg: OnnxExportConfig, *, a
     pcfg = ParityConfig(max_texts=cfg.parity_texts, max_tokens=cfg.parity_tokens, greedy_prompts=min(2, cfg.parity_texts), greedy_tokens=8,
                         max_kl=None)
     with TorchRuntime.from_path(reference_dir) as ref, OrtGenAIRuntime.from_path(onnx_dir) as cand:
-        candidate: Any = _WithAdapter(cand, adapter) if adapter else cand
+        candidate: Any = WithAdapter(cand, adapter) if adapter else cand
         metrics = measure_parity(candidate, ref, parity_records(cfg.parity_texts), pcfg)
     return {k: metrics.get(k) for k in _PARITY_KEYS}
 

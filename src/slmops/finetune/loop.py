@@ -44,7 +44,8 @@ class LoopResult:
     stopped: str  # completed | early_stopping
     resumed_from: int | None
     train_seconds: float
-    tokens_per_s: float
+    tokens_per_s: float  # the whole run (every segment, a resumed run included): tokens / training seconds
+    segment_tokens_per_s: float  # this process's segment only (differs after a resume)
     restored_best_step: int | None
     epochs: float
 
@@ -275,6 +276,7 @@ def train(
         writer.close()
     return LoopResult(
         history=history, step=step, total_steps=total, stopped=stopped, resumed_from=resumed_from, train_seconds=train_seconds,
-        tokens_per_s=tokens_run / max(run_seconds, 1e-9) if tokens_run else 0.0, restored_best_step=restored,
+        tokens_per_s=history.tokens / train_seconds if history.tokens and train_seconds > 0 else 0.0,
+        segment_tokens_per_s=tokens_run / max(run_seconds, 1e-9) if tokens_run else 0.0, restored_best_step=restored,
         epochs=history.train[-1]["epoch"] if history.train else 0.0,
     )

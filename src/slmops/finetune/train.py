@@ -174,7 +174,8 @@ def run_finetune(method: str, inputs: dict[str, Artifact], cfg: TrainConfig, out
         "total_steps": result.total_steps,
         "epochs": result.epochs,
         "tokens": h.tokens,
-        "train_tokens_per_s": round(result.tokens_per_s, 2),
+        "train_tokens_per_s": round(result.tokens_per_s, 2),  # whole run, resumed segments included
+        "segment_tokens_per_s": round(result.segment_tokens_per_s, 2) if result.resumed_from is not None else None,
         "train_seconds": round(result.train_seconds, 3),
         "peak_rss_mb": peak_rss_mb(),
         "stopped": result.stopped,

@@ -8,6 +8,9 @@ through the cached stage runner, so imports leave lineage like any other step.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from slmops.errors import StoreError
 from slmops.pipeline.runner import run_stage
 from slmops.store.artifact import Artifact
 from slmops.store.refs import ModelRef, resolve
@@ -28,4 +31,15 @@ def resolve_input(text: str, store: Store, *, kind: str | tuple[str, ...] | None
             return run_stage("models.import", {}, {"path": str(path), "allow_pickle": allow_pickle}, store=store).artifact
         return run_stage("data.import", {}, {"path": str(path)}, store=store).artifact
 
-    return resolve(ModelRef.parse(text), store, importer=importer, kind=kind)
+    return resolve(_bare_file(ModelRef.parse(text), store), store, importer=importer, kind=kind)
+
+
+def _bare_file(ref: ModelRef, store: Store) -> ModelRef:
+    """A bare word naming a file or folder here (``prompts.jsonl``) is that path, unless the registry has that name."""
+    if ref.scheme != "name" or ref.version is not None or ref.alias is not None or not Path(ref.value).exists():
+        return ref
+    try:
+        store.lookup(ref.value)
+    except StoreError:
+        return ModelRef("path", ref.value)
+    return ref

@@ -81,7 +81,7 @@ table{border-collapse:collapse;font-size:.86em;margin-bottom:24px} th,td{border:
 th{background:#f4f6f8} td:first-child,th:first-child{text-align:left;font-weight:600}
 tr.ref td{background:#fffbe6} .plots{display:flex;flex-wrap:wrap;gap:18px}
 figure{margin:0;border:1px solid #e4e4e4;padding:8px;border-radius:6px}
-img{max-width:100%;height:auto;display:block}
+img{max-width:100%;height:auto;display:block} ul.warn{color:#8a5a00;font-size:.9em}
 </style></head><body>
 <h1>{{ title }}</h1>
 <p class="sub">{{ labels|length }} models{% if data %} · data sha256:{{ data.digest[:12] }} ({{ data.split }}){% endif %}
@@ -89,6 +89,7 @@ img{max-width:100%;height:auto;display:block}
 <table><thead><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for row in body %}<tr{% if labels[loop.index0] == ref %} class="ref"{% endif %}>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
+{% if warnings %}<ul class="warn">{% for w in warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% endif %}
 <div class="plots">{% for p in plots %}<figure><img alt="{{ p.title }}" src="data:image/png;base64,{{ p.data }}"></figure>
 {% endfor %}</div>
 </body></html>
@@ -99,7 +100,8 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     head, body = table(report)
     figs = [{"title": _TITLES.get(k, k), "data": base64.b64encode(v).decode()} for k, v in plots.items()]
     return _PAGE.render(title=report.get("title") or "Model comparison", head=head, body=body, plots=figs, ref=report.get("ref"),
-                        labels=[r["label"] for r in report["rows"]], data=report.get("data"), machine=report.get("machine"))
+                        labels=[r["label"] for r in report["rows"]], data=report.get("data"), machine=report.get("machine"),
+                        warnings=report.get("warnings") or [])
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -108,6 +110,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# {report.get('title') or 'Model comparison'}", "", "| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(map(esc, row)) + " |" for row in body]
     lines.append("")
+    if report.get("warnings"):
+        lines += [f"> **warning:** {w}" for w in report["warnings"]] + [""]
     for stem in report.get("plots", []):
         lines += [f"![{_TITLES.get(stem, stem)}](plots/{stem}.png)", ""]
     return "\n".join(lines)

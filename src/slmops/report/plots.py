@@ -34,6 +34,12 @@ def _png(fig: Any) -> bytes:
 
 
 def quality_vs_size(rows: Sequence[dict[str, Any]], metric: str) -> bytes | None:
+    fig = quality_vs_size_figure(rows, metric)
+    return None if fig is None else _png(fig)
+
+
+def quality_vs_size_figure(rows: Sequence[dict[str, Any]], metric: str) -> Any:
+    """The quality-vs-size figure (None without data); sizes read whole on the axis (no "+5.1652e2" offset)."""
     pts = [(r["size_bytes"] / 2**20, r["metrics"].get(metric), r["label"]) for r in rows
            if r.get("size_bytes") and r["metrics"].get(metric) is not None]
     if not pts:
@@ -46,11 +52,17 @@ def quality_vs_size(rows: Sequence[dict[str, Any]], metric: str) -> bytes | None
     sizes = [p[0] for p in pts]
     if min(sizes) > 0 and max(sizes) / min(sizes) > 20:
         ax.set_xscale("log")
+    else:  # models of (nearly) one size: pad the range so the ticks are whole sizes, and never print an offset
+        lo, hi = min(sizes), max(sizes)
+        pad = max((hi - lo) * 0.15, hi * 0.05, 0.5)
+        ax.set_xlim(max(0.0, lo - pad), hi + pad)
+        ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
     ax.set_xlabel("size on disk (MiB)")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs size")
     ax.grid(True, alpha=0.3)
-    return _png(fig)
+    return fig
 
 
 def tokens_per_s_by_precision(rows: Sequence[dict[str, Any]]) -> bytes | None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_RUNTIMES",
+    "TARGET_KINDS",
     "Capabilities",
     "GenerationParams",
     "GenerationResult",
@@ -47,6 +48,9 @@ FORMAT_RUNTIMES: dict[str, str] = {
     "foundry-local": "ort-genai",
     "gguf": "llamacpp",
 }
+
+#: Artifact kinds :func:`open_runtime` opens (an adapter on its recorded base).
+TARGET_KINDS: tuple[str, ...] = ("model", "onnx", "gguf", "adapter")
 
 RuntimeFactory = Callable[..., Runtime]
 _FACTORIES: dict[str, RuntimeFactory] = {}
@@ -150,16 +154,18 @@ def _locate(artifact: Artifact | str | Path) -> tuple[Path, str, str | None]:
 def open_runtime(artifact: Artifact | str | Path, runtime: str = "auto", **options: Any) -> Runtime:
     """Open a model for inference on ``runtime`` (``auto``: the engine made for the artifact's format).
 
-    ``artifact`` is an :class:`~slmops.store.artifact.Artifact`, a folder path, or a reference the
-    store resolves (``name``, ``name:3``, ``name@prod``, ``sha256:…``). ``options`` go to the engine
+    ``artifact`` is an :class:`~slmops.store.artifact.Artifact` (an ``adapter`` opens on its recorded
+    base, see :mod:`slmops.runtimes.adapted`), a folder path, or a reference the store resolves (``name``, ``name:3``, ``name@prod``, ``sha256:…``). ``options`` go to the engine
     (torch: ``dtype``, ``device``, ``allow_pickle``, ``chat_template``).
     """
     path, fmt, kind = _locate(artifact)
-    if kind is not None and kind not in ("model", "onnx", "gguf"):
-        raise ConfigError(
-            f"{artifact} is a {kind} artifact, not a model",
-            fix="open the base model (adapters load on top of it)" if kind == "adapter" else "pass a model, onnx or gguf artifact",
-        )
+    if kind == "adapter":  # its recorded base with the adapter applied in memory (see runtimes/adapted.py)
+        from slmops.runtimes.adapted import open_adapter
+        from slmops.store.artifact import Artifact, read_manifest
+
+        return open_adapter(artifact if isinstance(artifact, Artifact) else Artifact(path, read_manifest(path)), runtime, **options)
+    if kind is not None and kind not in TARGET_KINDS:
+        raise ConfigError(f"{artifact} is a {kind} artifact, not a model", fix="pass a model, onnx, gguf or adapter artifact")
     if runtime == "auto":
         name = FORMAT_RUNTIMES.get(fmt)
         if name is None:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names of "every interface", never a Host header
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 Reject = Callable[[Scope, int, str], None]
 

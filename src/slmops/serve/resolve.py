@@ -6,7 +6,9 @@ with. Lookups are cached for :data:`CACHE_S` seconds to keep the registry off th
 
 A canary group (``--canary bot@prod=90,bot@canary=10``) is served under its first ref; each request
 draws one of the refs by weight. An adapter artifact (kind ``adapter``) resolves to a base plus the
-adapter: a PEFT adapter to its ``model`` parent, a GGUF LoRA (``export.gguf_lora``) to the one GGUF
+adapter: a PEFT adapter to its ``model`` parent — or, when that model is not served here but a
+GGUF export of it is, to that GGUF (llama.cpp converts the adapter to a GGUF LoRA on load, so no fp32
+torch copy is loaded next to the GGUF) —, a GGUF LoRA (``export.gguf_lora``) to the one GGUF
 export of that parent it can go on. An adapter packaged in an ONNX export is the id ``MODEL/NAME``
 (``bot-onnx/tuned``) on top of ``MODEL``. An adapter loaded at run time (``/v1/load_lora_adapter``)
 is an id of its own on the base it was loaded for; :mod:`slmops.serve.adapters` says which adapter
@@ -89,14 +91,24 @@ class Catalog:
             refs = self.config.canary[model_id]
             ref = self._rng.choices(list(refs), weights=list(refs.values()))[0]
             t = self._lookup(ref)
-            return Target(model_id, ref, t.digest, t.version, t.base, t.adapter, t.adapter_path)
+            return Target(model_id, ref, t.digest, t.version, t.base, t.adapter, t.adapter_path, t.base_label)
         packaged = self._packaged_target(model_id)
         if packaged is not None:
             return packaged
         if self.restricted() and model_id not in self.allowed():
             raise not_found(model_id, sorted(self.allowed() | set(self.loras)))
         t = self._lookup(model_id)
-        return Target(model_id, model_id, t.digest, t.version, t.base, t.adapter, t.adapter_path)
+        return Target(model_id, model_id, t.digest, t.version, t.base, t.adapter, t.adapter_path, t.base_label)
+
+    def name_of(self, digest: str) -> str | None:
+        """``name:version`` of an artifact (a full digest or a prefix), or None when it has no name (or is gone)."""
+        with self._lock:
+            try:
+                art = self.store.get(digest) if len(digest) == 64 else self.store.find_prefix(digest)
+                names = self.store.names_of(art.digest)
+            except SlmopsError:
+                return None
+        return names[-1] if names else None
 
     def label(self, model_id: str, target: Target | None) -> str:
         """The ``model`` label of a request's metrics: a served id, or a bounded stand-in — never raw client text.
@@ -169,6 +181,7 @@ class Catalog:
             base = self._lookup(base_ref).base
         else:
             base = self._adapter_base(art, text)
+            base = self._served_gguf_of(base, text) or base
         with self._lock:
             names = self.store.names_of(base.digest)
         return Target(text, text, art.digest, version, base, adapter=f"adapter-{art.short}", adapter_path=art.path,
@@ -199,6 +212,27 @@ class Catalog:
             )
         with self._lock:
             return self.store.get(parent)
+
+    def _served_gguf_of(self, base: Artifact, adapter_id: str) -> Artifact | None:
+        """A GGUF export of ``base`` served here (listed, loaded or in a canary), carrying no adapter of its own,
+        when ``base`` itself is not served: a PEFT adapter id then runs on it, converted to a GGUF LoRA on load."""
+        ids = [i for i in self._served_ids() if i != adapter_id]
+        found: list[Artifact] = []
+        for ref in ids:
+            try:
+                art, _ = self._artifact(ref)
+            except APIError:
+                continue
+            if art.digest == base.digest:
+                return None  # the model it was trained on is served: the adapter goes on it, exactly
+            if art.kind != "gguf":
+                continue
+            with self._lock:
+                roles = {role for _, role in self.store.parents(art.digest)}
+                made_from = ad.source_model(self.store, art)
+            if made_from == base.digest and "adapter" not in roles:
+                found.append(art)
+        return found[0] if found else None
 
     def _packaged_target(self, model_id: str) -> Target | None:
         """``MODEL/NAME``: the adapter ``NAME`` packaged in the ONNX export ``MODEL`` (None: not that form)."""

@@ -96,8 +96,25 @@ def resolve(ref: ModelRef | str, store: Store, *, importer: Importer | None = No
         raise RefError(exc.what, why=exc.why, fix=exc.fix) from exc
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and art.kind not in kinds:
-        raise RefError(f"{ref} is a {art.kind} artifact", why=f"this needs a {' or '.join(kinds)}")
+        raise RefError(f"{ref} is {_a(art.kind)} {art.kind} artifact", why=f"this needs {' or '.join(f'{_a(k)} {k}' for k in kinds)}",
+                       fix=_kind_hint(art.kind, kinds))
     return art
+
+
+def _a(word: str) -> str:
+    """The indefinite article for ``word`` ("an adapter", "a model")."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _kind_hint(have: str, wanted: tuple[str, ...]) -> str | None:
+    """What to do when an artifact of kind ``have`` was given where ``wanted`` kinds are needed."""
+    if have == "adapter" and "model" in wanted:
+        return "merge it onto its base first (slmops adapters merge BASE ADAPTER), or pass the base model with --adapter where the command has it"
+    if have == "report":
+        return "pass the model the report was made for (slmops models lineage REPORT shows it)"
+    if "dataset" in wanted:
+        return "pass a dataset (a .jsonl/.csv file or a dataset artifact)"
+    return None
 
 
 def _resolve_path(ref: ModelRef, store: Store, importer: Importer | None) -> Artifact:

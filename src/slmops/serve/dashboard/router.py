@@ -1,7 +1,13 @@
-"""The dashboard routes and the JSON they poll, built from the Prometheus registry and the request log."""
+"""The dashboard routes and the JSON they poll, built from the Prometheus registry and the request log.
+
+Versions are shown as ``name:version`` wherever the registry has a name for the artifact (an
+unnamed one logged as ``sha256:…`` is renamed once it is named); a logged chat prompt is shown from
+its first user turn (the system prompt, the same on every request, is left out of the column).
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from importlib import resources
 from typing import Any
@@ -55,6 +61,43 @@ def _memory(runtime: Any) -> int | None:
         return None
 
 
+def prompt_preview(prompt: str | None) -> str | None:
+    """The logged prompt as the dashboard shows it: a chat's turns from the first non-system one, as ``role: text`` lines."""
+    if not prompt or not prompt.startswith("["):
+        return prompt
+    try:
+        messages = json.loads(prompt)
+    except ValueError:
+        return prompt
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return prompt
+    turns = [m for m in messages if m.get("role") != "system"] or messages
+    if len(turns) == 1:
+        return _content_text(turns[0].get("content"))
+    return "\n".join(f"{m.get('role')}: {_content_text(m.get('content'))}" for m in turns)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+class _Names:
+    """``sha256:…`` → ``name:version`` from the registry (asked once per digest per page load)."""
+
+    def __init__(self, catalog: Any) -> None:
+        self.catalog, self.cache = catalog, {}
+
+    def version(self, label: str | None, digest: str | None = None) -> str | None:
+        if not label or not label.startswith("sha256:"):
+            return label
+        key = digest or label[7:]
+        if key not in self.cache:
+            self.cache[key] = self.catalog.name_of(key)
+        return self.cache[key] or label
+
+
 def _prometheus(registry: Any) -> dict[str, Any]:
     """Totals per (model, version) and queue gauges per model, read from the registry."""
     totals: dict[tuple[str, str], dict[str, float]] = {}
@@ -85,6 +128,16 @@ def dashboard_data(app: Any, *, now: float | None = None, window_s: float = WIND
     svc.refresh_gauges()
     prom = _prometheus(svc.metrics.registry)
     rows = query(svc.requestlog.path, since=now - window_s, limit=5000) if svc.requestlog is not None else []
+    names = _Names(svc.catalog)
+    for r in rows:
+        r["version"] = names.version(r["version"], r.get("digest"))
+    totals: dict[tuple[str, str], dict[str, int]] = {}
+    for (model, version), t in prom["totals"].items():
+        into = totals.setdefault((model, names.version(version) or version), {"requests": 0, "errors": 0})
+        into["requests"] += t["requests"]
+        into["errors"] += t["errors"]
+    prom["totals"] = totals
+    prom["quality"] = {names.version(v) or v: q for v, q in prom["quality"].items()}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         if r["model"]:
@@ -117,11 +170,11 @@ def dashboard_data(app: Any, *, now: float | None = None, window_s: float = WIND
         timeline[i]["requests"] += 1
         timeline[i]["latency"] = max(timeline[i]["latency"], r["latency_s"] or 0.0)
         timeline[i]["tokens"] += r["completion_tokens"] or 0
-    loaded = [{"label": e.label, "runtime": getattr(e.runtime, "name", "?"), "adapters": sorted(e.adapters.values()),
+    loaded = [{"label": names.version(e.label, e.key), "runtime": getattr(e.runtime, "name", "?"), "adapters": sorted(e.adapters.values()),
                "memory_bytes": _memory(e.runtime), "loaded_at": e.loaded_at, "active": e.active}
               for e in list(svc.pool.entries.values())]
-    latest = [{k: r.get(k) for k in ("time", "model", "version", "route", "status", "prompt_tokens", "completion_tokens",
-                                      "ttft_s", "latency_s", "prompt", "completion")} for r in rows[:20]]
+    latest = [{**{k: r.get(k) for k in ("time", "model", "version", "route", "status", "prompt_tokens", "completion_tokens",
+                                         "ttft_s", "latency_s", "completion")}, "prompt": prompt_preview(r.get("prompt"))} for r in rows[:20]]
     return {"now": now, "window_s": window_s, "models": models, "timeline": timeline, "loaded": loaded, "latest": latest,
             "content_logged": bool(svc.requestlog and svc.requestlog.log_content)}
 
