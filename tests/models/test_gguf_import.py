@@ -174,3 +174,58 @@ def test_gguf_path_works_where_a_model_reference_is_accepted(exported: dict[str,
     m = r.json
     assert m["kind"] == "gguf" and m["stage"]["name"] == "models.import_gguf"
     assert m["meta"]["source"] == str(copy) and len(m["meta"]["file_sha256"]) == 64
+
+
+def test_llama3_rope_scaling_is_read_back_from_rope_freqs(store: Any, tmp_path: Path) -> None:
+    """Llama 3.1/3.2 keep their rope scaling in GGUF only as a ``rope_freqs`` tensor; it comes back as the same rope_parameters."""
+    import torch
+    import transformers
+
+    from slmops.pipeline.inputs import as_model
+    from slmops.pipeline.runner import run_stage
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    cfg = transformers.LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=1024, rope_parameters=rope, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    folder = tmp_path / "llama3"
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    from slmops.testing.tiny import tiny_corpus
+
+    from slmops.models.tokenizer import save_tokenizer, train_tokenizer
+
+    save_tokenizer(train_tokenizer(tiny_corpus(200), vocab_size=400), folder)
+    with store.staging() as tmp:
+        for f in folder.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        art = store.commit(tmp, kind="model", format="hf-safetensors")
+    g = run_stage("export.gguf", {"model": art}, {"qtype": "f32"}, store=store).artifact
+    back = json.loads((as_model(g, store).path / "config.json").read_text())
+    assert back["rope_parameters"] == rope
+
+
+def test_served_file_gets_a_registry_id_and_answers_without_preload(exported: dict[str, Any], tmp_path: Path, store: Any) -> None:
+    """``slmops serve ./tiny.gguf`` (no --preload): imported, served as ``tiny``, loaded on the first request."""
+    import openai
+
+    from slmops.serve import ServeConfig
+    from slmops.serve.app import create_app
+    from slmops.serve.paths import served_id
+    from slmops.testing.server import running_server
+
+    copy = tmp_path / "tiny.gguf"
+    shutil.copyfile(exported["qwen2"].path / "model.gguf", copy)
+    assert served_id(str(copy), store) == "tiny" == served_id(str(copy), store)
+    assert served_id("tiny", store) == "tiny"
+    other = tmp_path / "other" / "tiny.gguf"  # same name, another model: served by digest, "tiny" untouched
+    other.parent.mkdir()
+    shutil.copyfile(exported["llama"].path / "model.gguf", other)
+    sid = served_id(str(other), store)
+    assert sid.startswith("sha256:") and len(store.versions("tiny")) == 1
+    app = create_app(ServeConfig(models=["tiny", sid], log_requests=False), store=store)
+    with running_server(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        assert sorted(m.id for m in client.models.list().data) == sorted(["tiny", sid])
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)
+        assert r.usage.completion_tokens > 0

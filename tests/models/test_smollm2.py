@@ -24,16 +24,9 @@ import pytest
 from slmops.testing import smollm2
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64) - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(top-1 agreement, mean KL(b || a)) of two [positions, vocab] logit arrays."""
-    la, lb = _log_softmax(a), _log_softmax(b)
-    kl = (np.exp(lb) * (lb - la)).sum(-1)
-    return float(np.mean(a.argmax(-1) == b.argmax(-1))), float(kl.mean())
+def _compare(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    m = smollm2.compare_logits(reference, candidate)
+    return m["top1"], m["mean_kl"]
 
 
 def test_packaged_gguf_imports_with_its_sha256_and_source(smollm2_gguf: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -71,29 +72,40 @@ def field_value(field: Any) -> Any:
 
 
 def open_gguf(path: Path) -> GGUFFile:
-    """Validate and open ``path``; :class:`DataError` (naming the file and the fix) when it is not a sound GGUF."""
-    from slmops.runtimes.llamacpp_lib import check_gguf_file
+    """Validate and open ``path``; :class:`DataError` (naming the file and the fix) when it is not a sound GGUF.
 
+    Parsing a GGUF's metadata costs seconds for a large vocabulary, so an opened file of at least
+    ``CACHE_MIN_BYTES`` is remembered per (path, size, modification time) for this process.
+    """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise DataError(f"no GGUF file at {path}", fix="check the path")
+    st = path.stat()
+    from slmops.runtimes.llamacpp_lib import CACHE_MIN_BYTES
+
+    return (_open_cached if st.st_size >= CACHE_MIN_BYTES else _open)(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _open(name: str, size: int, mtime_ns: int) -> GGUFFile:
+    from slmops.runtimes.llamacpp_lib import read_gguf
+
+    path = Path(name)
     try:
-        check_gguf_file(path)
+        reader, _ = read_gguf(path)
     except DataError as exc:
         raise DataError(f"{path} is not a usable GGUF file: {exc.what}", why=exc.why, fix=_FIX) from exc
-    gguf = require("gguf", extra="gguf", purpose="reading GGUF files")
     try:
-        reader = gguf.GGUFReader(str(path), "r")
-        meta = {name: field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
-        for t in reader.tensors:  # shapes must match the element counts the types imply
-            _ = int(t.n_elements), t.tensor_type.name
-    except Exception as exc:  # the reader raises ValueError, struct.error, IndexError… on damaged files
+        meta = {key: field_value(f) for key, f in reader.fields.items() if not key.startswith("GGUF.")}
+    except Exception as exc:  # a damaged value (bad UTF-8 length, index past the end…)
         raise DataError(f"{path} is a damaged GGUF file", why=f"{type(exc).__name__}: {exc}"[:300], fix=_FIX) from exc
     if not meta.get("general.architecture"):
         raise DataError(f"{path} has no general.architecture", why="every llama.cpp model file names its architecture", fix=_FIX)
     if not reader.tensors:
-        raise DataError(f"{path} holds no tensors", why="it may be a vocabulary-only GGUF", fix="use the model's full GGUF file")
+        raise DataError(f"{path} holds no tensors", why="it may be a vocabulary-only GGUF", fix="use the model's complete GGUF file")
     return GGUFFile(path, reader, meta)
+
+
+_open_cached = lru_cache(maxsize=4)(_open)
 
 
 def dequantizable(qtype: Any) -> bool:

@@ -127,7 +127,8 @@ def import_gguf_file(cfg: ImportGGUFConfig, out: Path) -> dict[str, Any]:
     sha = file_digest(out / MODEL_FILE)
     if sha != file_sha256(src):
         raise ConfigError(f"{src} changed while it was being imported", fix="run the import again when the file is complete")
-    (out / SIDECAR).write_text(json.dumps({"model": MODEL_FILE, "adapters": [], "arch": f.arch, "qtype": facts["qtype"]}, indent=2, sort_keys=True) + "\n")
+    side = {"model": MODEL_FILE, "adapters": [], "arch": f.arch, "qtype": facts["qtype"], "imported": {"file": src.name, "sha256": sha}}
+    (out / SIDECAR).write_text(json.dumps(side, indent=2, sort_keys=True) + "\n")
     facts.update(source=cfg.source or str(src), file=src.name, file_sha256=sha, file_bytes=os.path.getsize(out / MODEL_FILE))
     log.info("models.import_gguf: %s (%s, %s, %d tensors)", src, f.arch, facts["qtype"], facts["tensors"])
     return facts

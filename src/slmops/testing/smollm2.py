@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 
 from slmops.errors import RefError
 from slmops.store.artifact import Artifact
@@ -93,3 +94,14 @@ def import_hf(store: Store, *, name: str | None = None, dtype: str = "float32") 
     from slmops.pipeline.inputs import import_ref
 
     return import_ref(REF, store, name=name, to="hf", dtype=dtype).artifact
+
+
+def compare_logits(reference: Any, candidate: Any) -> dict[str, float]:
+    """Mean/max KL(reference ‖ candidate) per position (nats) and top-1 agreement of two [positions, vocab] logit arrays."""
+    import numpy as np
+
+    from slmops.evaluate.perplexity import log_softmax_rows
+
+    lr, lc = log_softmax_rows(reference), log_softmax_rows(candidate)
+    kl = (np.exp(lr) * (lr - lc)).sum(-1)
+    return {"mean_kl": float(kl.mean()), "max_kl": float(kl.max()), "top1": float(np.mean(lr.argmax(-1) == lc.argmax(-1)))}
