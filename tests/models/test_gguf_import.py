@@ -218,6 +218,7 @@ def test_served_file_gets_a_registry_id_and_answers_without_preload(exported: di
     shutil.copyfile(exported["qwen2"].path / "model.gguf", copy)
     assert served_id(str(copy), store) == "tiny" == served_id(str(copy), store)
     assert served_id("tiny", store) == "tiny"
+    assert served_id("bot-onnx/tuned", store) == "bot-onnx/tuned"  # an id of a packaged adapter, not a path
     other = tmp_path / "other" / "tiny.gguf"  # same name, another model: served by digest, "tiny" untouched
     other.parent.mkdir()
     shutil.copyfile(exported["llama"].path / "model.gguf", other)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from slmops.errors import SlmopsError
 from slmops.store.refs import ModelRef
 from slmops.store.registry import NAME_RE, Store
 
@@ -33,9 +34,12 @@ def served_id(text: str, store: Store) -> str:
     """The model id under which ``text`` is served: unchanged for registry refs; a name (or digest) for paths and ``pkg:``."""
     from slmops.pipeline.inputs import resolve_input
 
-    ref = ModelRef.parse(text)
-    if ref.scheme not in ("path", "pkg"):
-        return text
+    try:
+        ref = ModelRef.parse(text)
+    except SlmopsError:
+        return text  # the server reports an id it cannot serve
+    if ref.scheme not in ("path", "pkg") or (ref.scheme == "path" and not ref.path.exists()):
+        return text  # a registry ref, or an id such as bot-onnx/tuned (an adapter packaged in an export)
     art = resolve_input(text, store, kind=BASE_KINDS)
     names = store.names_of(art.digest)  # "name:version"
     for label in names:
