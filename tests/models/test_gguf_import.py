@@ -230,3 +230,25 @@ def test_served_file_gets_a_registry_id_and_answers_without_preload(exported: di
         assert sorted(m.id for m in client.models.list().data) == sorted(["tiny", sid])
         r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)
         assert r.usage.completion_tokens > 0
+
+
+def test_recipe_takes_a_gguf_path_and_dequantizes_it_for_fine_tuning(exported: dict[str, Any], tmp_path: Path, cli: Any) -> None:
+    copy = tmp_path / "tiny.gguf"
+    shutil.copyfile(exported["llama"].path / "model.gguf", copy)
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"input": f"{i} plus one?", "output": str(i + 1)}) + "\n" for i in range(12)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""name: from-gguf
+steps:
+  hf:
+    stage: models.from_gguf
+    inputs: {{model: "{copy}"}}
+  tuned:
+    stage: finetune.lora
+    inputs: {{model: "${{hf}}", data: "{data}"}}
+    config: {{max_steps: 1, batch_size: 4}}
+""")
+    r = cli("run", str(recipe), "--json")
+    assert r.code == 0, r.err
+    steps = {s["step"]: s for s in r.json["steps"]}
+    assert steps["hf"]["artifact_kind"] == "model" and steps["tuned"]["artifact_kind"] == "adapter"
