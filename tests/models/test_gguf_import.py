@@ -169,6 +169,10 @@ def test_gguf_path_works_where_a_model_reference_is_accepted(exported: dict[str,
     shutil.copyfile(exported["qwen2"].path / "model.gguf", copy)
     r = cli("generate", str(copy), "hello", "--max-tokens", "4", "--json")
     assert r.code == 0, r.err
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"input": f"{i} plus one?", "output": str(i + 1)}) + "\n" for i in range(3)))
+    r = cli("eval", str(copy), "--data", str(data), "--max-tokens", "4", "--json")
+    assert r.code == 0, r.err
     r = cli("models", "show", str(copy), "--json")
     assert r.code == 0, r.err
     m = r.json
