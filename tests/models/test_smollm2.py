@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from slmops.testing import smollm2
 
@@ -102,7 +101,7 @@ def test_exported_back_to_gguf_llamacpp_runs_it(smollm2_hf: Any, smollm2_store: 
     assert answer.strip(), answer
 
 
-def test_serve_the_gguf_by_path_through_the_openai_client(tmp_path: Path) -> None:
+def test_serve_the_gguf_by_path_through_the_openai_client(smollm2_store: Any, tmp_path: Path) -> None:
     """``slmops serve FILE.gguf --preload``: a real server process on 127.0.0.1, called with the official client."""
     import httpx
     import openai
