@@ -43,6 +43,16 @@ def _import_folder(store: Store, tmp: Path) -> dict[str, Any]:
     return {"path": str(folder)}
 
 
+def _gguf(store: Store) -> Artifact:
+    return run_stage("export.gguf", {"model": _model(store)}, {"qtype": "f32"}, store=store).artifact
+
+
+def _import_gguf(store: Store, tmp: Path) -> dict[str, Any]:
+    f = tmp / "tiny.gguf"
+    shutil.copyfile(_gguf(store).path / "model.gguf", f)
+    return {"path": str(f), "source": "tests"}
+
+
 def _adapter(store: Store) -> Artifact:
     return run_stage("finetune.lora", {"model": _model(store), "data": _synth(store)}, {"max_steps": 2, "batch_size": 4}, store=store).artifact
 
@@ -54,6 +64,8 @@ EXAMPLES: dict[str, Example] = {
     "data.dedup": lambda s, t: ({"data": _synth(s)}, {}),
     "models.init": lambda s, t: ({"data": _synth(s)}, {"arch": "qwen2", "vocab_size": 400}),
     "models.import": lambda s, t: ({}, _import_folder(s, t)),
+    "models.import_gguf": lambda s, t: ({}, _import_gguf(s, t)),
+    "models.from_gguf": lambda s, t: ({"model": _gguf(s)}, {}),
     "finetune.lora": lambda s, t: ({"model": _model(s), "data": _synth(s)}, {"max_steps": 2, "batch_size": 4}),
     "finetune.full": lambda s, t: ({"model": _model(s), "data": _synth(s)}, {"max_steps": 2, "batch_size": 4}),
     "adapters.merge": lambda s, t: ({"model": _model(s), "adapter": _adapter(s)}, {}),

@@ -52,7 +52,7 @@ def _params(max_tokens: int, temperature: float, top_p: float, top_k: int, seed:
 def register(app: typer.Typer) -> None:
     @app.command()
     def generate(
-        model: Annotated[str, typer.Argument(help="Model reference (name, name:3, name@prod, sha256:…, ./folder).")],
+        model: Annotated[str, typer.Argument(help="Model reference (name, name:3, name@prod, sha256:…, ./folder, ./model.gguf, pkg:PACKAGE).")],
         prompt: Annotated[str, typer.Argument(help="The prompt.")],
         raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as-is instead of through the chat template.")] = False,
         system: System = None,

@@ -133,6 +133,10 @@ def _locate(artifact: Artifact | str | Path) -> tuple[Path, str, str | None]:
     from slmops.store.verified import ensure_verified
 
     label = None if isinstance(artifact, Artifact | Path) else str(artifact)
+    if isinstance(artifact, str) and artifact.startswith("pkg:"):
+        from slmops.models.packaged import locate
+
+        artifact = locate(artifact[4:])  # a packaged model file runs where it lies
     if not isinstance(artifact, Artifact):
         p = Path(str(artifact)).expanduser()
         if p.exists():

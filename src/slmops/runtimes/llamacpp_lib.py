@@ -17,6 +17,7 @@ Used by the llama.cpp runtime and by the GGUF quantizer.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -77,10 +78,30 @@ def check_gguf_file(path: Path) -> dict[str, Any]:
 
     Raises :class:`DataError` for anything that is not a complete, well-formed GGUF file.
     """
-    path = Path(path)
+    return read_gguf(path)[1]
+
+
+def read_gguf(path: Path) -> tuple[Any, dict[str, Any]]:
+    """:func:`check_gguf_file`, also returning the ``gguf.GGUFReader`` it validated.
+
+    Parsing the metadata of a large vocabulary costs seconds, so a validated file of at least
+    :data:`CACHE_MIN_BYTES` is remembered per (path, size, modification time) for this process; a
+    changed file is read again, and small files (cheap to parse) are read every time.
+    """
+    path = Path(path).resolve()
     if not path.is_file():
         raise DataError(f"no GGUF file at {path}", fix="check the path, or export the model again")
-    size = path.stat().st_size
+    st = path.stat()
+    read = _read_gguf_cached if st.st_size >= CACHE_MIN_BYTES else _read_gguf
+    reader, facts = read(str(path), st.st_size, st.st_mtime_ns)
+    return reader, dict(facts)
+
+
+CACHE_MIN_BYTES = 32 << 20
+
+
+def _read_gguf(name: str, size: int, mtime_ns: int) -> tuple[Any, dict[str, Any]]:
+    path = Path(name)
     with open(path, "rb") as f:
         head = f.read(8)
     if head[:4] != GGUF_MAGIC:
@@ -109,7 +130,10 @@ def check_gguf_file(path: Path) -> dict[str, Any]:
     stops = reader.fields.get("slmops.stop_token_ids")
     if stops is not None:
         facts["stop_token_ids"] = [int(stops.parts[i][0]) for i in stops.data]
-    return facts
+    return reader, facts
+
+
+_read_gguf_cached = functools.lru_cache(maxsize=8)(_read_gguf)
 
 
 def locate_gguf(path: Path) -> tuple[Path, list[tuple[Path, float, str]], dict[str, Any]]:
