@@ -202,6 +202,7 @@ class TokenDecoder:
         decode: Callable[[Sequence[int]], str],
         eos_token_ids: frozenset[int] | set[int],
         context_length: int,
+        timings: list[float] | None = None,
     ) -> None:
         from slmops.runtimes.sampling import Sampler
         from slmops.runtimes.stops import TextStream
@@ -215,11 +216,13 @@ class TokenDecoder:
         self.want_lp = params.logprobs or params.top_logprobs > 0
         self.output: list[int] = []
         self.done = False
+        self.timings = timings  # when given: [seconds sampling, seconds detokenising and stopping], added to per token
 
     def __call__(self, logits: np.ndarray) -> TokenEvent:
         from slmops.runtimes.sampling import log_softmax, top_logprobs
 
         i = len(self.output)
+        t0 = time.perf_counter() if self.timings is not None else 0.0
         tok = self.sampler(logits, prompt_ids=self.prompt, output_ids=self.output)
         self.output.append(tok)
         lp: float | None = None
@@ -230,6 +233,7 @@ class TokenDecoder:
             tops = top_logprobs(lps, self.params.top_logprobs) if self.params.top_logprobs else None
         finish: FinishReason | None = None
         stream = self.stream
+        t1 = time.perf_counter() if self.timings is not None else 0.0
         if tok in self.enders:
             text, finish = stream.finish(), "stop"
         else:
@@ -240,6 +244,9 @@ class TokenDecoder:
                 text += stream.finish()
                 finish = "stop" if stream.stopped else "length"
         self.done = finish is not None
+        if self.timings is not None:
+            self.timings[0] += t1 - t0
+            self.timings[1] += time.perf_counter() - t1
         return TokenEvent(text=text, token_id=tok, index=i, logprob=lp, top_logprobs=tops, finish_reason=finish)
 
 

@@ -92,9 +92,10 @@ class BatchStats:
     prefix_hits: int = 0
     prefix_hit_tokens: int = 0
     failed_sequences: int = 0
-    engine_s: float = 0.0
-    sample_s: float = 0.0
+    engine_s: float = 0.0  # inside llama_decode
+    step_s: float = 0.0  # the Python work around the steps: batch building, sampling, detokenising, handing out events
     tokens: int = 0
+    decoder_s: list[float] = field(default_factory=lambda: [0.0, 0.0])  # TokenDecoder: [sampling, detokenising + stops]
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -162,7 +163,7 @@ class LlamaBatcher:
         with self.rt._lock:
             key = (adapter, tuple(sorted(self.rt.adapters.items())))
         dec = TokenDecoder(ids, params, decode=self.rt._text.detokenize, eos_token_ids=self.rt.eos_token_ids,
-                           context_length=self.context_length)
+                           context_length=self.context_length, timings=self.stats.decoder_s)
         seq = _Seq(ids, params, key, dec)
         with self._cond:
             if self._closed:
@@ -316,25 +317,23 @@ class LlamaBatcher:
 
     def _step(self, active: list[_Seq]) -> None:
         """One ``llama_decode`` of the plan; if llama.cpp refuses it, each sequence alone (only those refused fail)."""
+        t_start = time.perf_counter()
         plan = self._plan(active)
         if not plan:
             return
-        t0 = time.perf_counter()
         rc = self._decode(plan)
-        self.stats.engine_s += time.perf_counter() - t0
         self.stats.steps += 1
         self.stats.step_sequences += len(plan)
         self.stats.last_batch = len(plan)
         self.stats.max_batch = max(self.stats.max_batch, len(plan))
         if rc == 0:
             self._sample(plan)
+            self.stats.step_s += time.perf_counter() - t_start
             return
         if len(plan) > 1:
             log.warning("a batched llama_decode failed (%d); running its %d sequences one by one", rc, len(plan))
         for item in plan if len(plan) > 1 else []:
-            t0 = time.perf_counter()
             rc = self._decode([item])
-            self.stats.engine_s += time.perf_counter() - t0
             if rc == 0:
                 self._sample([item])
                 continue
@@ -362,11 +361,13 @@ class LlamaBatcher:
                 b.logits[j] = wants and k == last
                 j += 1
         b.n_tokens = j
-        return int(self._L.llama_decode(self._ctx, b))
+        t0 = time.perf_counter()
+        rc = int(self._L.llama_decode(self._ctx, b))
+        self.stats.engine_s += time.perf_counter() - t0
+        return rc
 
     def _sample(self, plan: list[tuple[_Seq, list[int], bool]]) -> None:
         """After a good step: record what each sequence fed, sample those with logits, hand out their events."""
-        t0 = time.perf_counter()
         n_out = sum(1 for p in plan if p[2])
         logits = np.ctypeslib.as_array(self._L.llama_get_logits(self._ctx), shape=(n_out, self._n_vocab)) if n_out else None
         row = -1
@@ -398,7 +399,6 @@ class LlamaBatcher:
                     seq.out.put(_END)
             else:
                 seq.next_token = ev.token_id
-        self.stats.sample_s += time.perf_counter() - t0
 
     def _fail(self, seq: _Seq, exc: BaseException) -> None:
         """Hold ``_cond``. End ``seq`` with ``exc``; its slot's cells are dropped (they may be half-written)."""

@@ -47,6 +47,9 @@ class Metrics:
         self.prefix_hit_tokens = pc.Gauge("slmops_prefix_cache_hit_tokens", "Prompt tokens taken from the prefix cache instead of recomputed",
                                           ["model"], registry=r)
         self.prefix_prompt_tokens = pc.Gauge("slmops_prefix_cache_prompt_tokens", "Prompt tokens of the requests the batcher admitted", ["model"], registry=r)
+        self.batch_time = pc.Gauge("slmops_batch_seconds", "Seconds the llama.cpp batcher spent, by part: engine (llama_decode), "
+                                   "sampling, detokenise (with stop strings), other (building the batch, handing out events)", ["model", "part"], registry=r)
+        self.batch_tokens = pc.Gauge("slmops_batch_tokens", "Tokens the llama.cpp batcher generated", ["model"], registry=r)
         self.drift = pc.Gauge("slmops_drift_score", "Drift of logged prompts against the baseline (max PSI; >0.25 significant)", ["model"], registry=r)
 
     def observe_pool(self, pool: Any) -> None:
@@ -55,7 +58,7 @@ class Metrics:
         self.loaded.set(len(entries))
         self.adapters.set(sum(len(e.adapters) for e in entries))
         for g in (self.queue_depth, self.running, self.batch_steps, self.batch_size_mean, self.batch_size_max,
-                  self.prefix_hits, self.prefix_hit_tokens, self.prefix_prompt_tokens):
+                  self.prefix_hits, self.prefix_hit_tokens, self.prefix_prompt_tokens, self.batch_time, self.batch_tokens):
             g.clear()
         for e in entries:
             self.queue_depth.labels(e.label).set(e.scheduler.waiting)
@@ -68,6 +71,10 @@ class Metrics:
                 self.prefix_hits.labels(e.label).set(stats.prefix_hits)
                 self.prefix_hit_tokens.labels(e.label).set(stats.prefix_hit_tokens)
                 self.prefix_prompt_tokens.labels(e.label).set(stats.prompt_tokens)
+                self.batch_tokens.labels(e.label).set(stats.tokens)
+                for part, value in (("engine", stats.engine_s), ("sampling", stats.decoder_s[0]), ("detokenise", stats.decoder_s[1]),
+                                    ("other", stats.step_s - stats.engine_s - sum(stats.decoder_s))):
+                    self.batch_time.labels(e.label, part).set(value)
 
     def observe_quality(self, scores: dict[str, tuple[float, int]], served: list[tuple[str, str, str]]) -> None:
         """Set the quality gauges of each served ``(model id, version, digest)`` that the judge has scored."""
