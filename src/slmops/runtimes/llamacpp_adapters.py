@@ -79,6 +79,13 @@ class LoraSet:
             raise ConfigError(f"llama.cpp cannot load the LoRA adapter {file.name}", why=recent_problems(), fix="convert the adapter again against this base model")
         self._loras[name] = _Lora(ptr, float(scale), default_on)
 
+    def applied(self, only: str | None = None) -> tuple[tuple[str, float], ...]:
+        """(name, scale) of the adapters :meth:`activate` would apply: what a context's KV cells depend on."""
+        if only is not None:
+            lora = self._loras.get(only)
+            return ((only, lora.scale),) if lora is not None and lora.scale != 0.0 else ()
+        return tuple((n, a.scale) for n, a in self._loras.items() if a.default_on and a.scale != 0.0)
+
     def activate(self, only: str | None = None, *, ctx: Any = None) -> None:
         """Apply the default-on adapters (``only=None``), or just adapter ``only``, to the runtime's context (or ``ctx``)."""
         if only is not None and only not in self._loras:

@@ -161,7 +161,7 @@ class LlamaBatcher:
         if adapter is not None and adapter not in self.rt.adapters:
             raise ConfigError(f"no adapter named {adapter!r} is loaded", fix="load it with load_adapter()")
         with self.rt._lock:
-            key = (adapter, tuple(sorted(self.rt.adapters.items())))
+            key = (adapter, self.rt._loras.applied(adapter))  # KV cells are reused only under the same adapters
         dec = TokenDecoder(ids, params, decode=self.rt._text.detokenize, eos_token_ids=self.rt.eos_token_ids,
                            context_length=self.context_length, timings=self.stats.decoder_s)
         seq = _Seq(ids, params, key, dec)
