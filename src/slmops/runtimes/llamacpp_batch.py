@@ -172,20 +172,14 @@ class LlamaBatcher:
             self._cond.notify_all()
         return self._events(seq)
 
-    def _events(self, seq: _Seq) -> Iterator[TokenEvent]:
-        try:
-            while True:
-                item = seq.out.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            if not seq.finished:
-                with self._cond:
-                    seq.cancelled = True
-                    self._cond.notify_all()
+    def _events(self, seq: _Seq) -> _Events:
+        return _Events(self, seq)
+
+    def _cancel(self, seq: _Seq) -> None:
+        if not seq.finished:
+            with self._cond:
+                seq.cancelled = True
+                self._cond.notify_all()
 
     @property
     def running(self) -> int:
@@ -436,3 +430,33 @@ class LlamaBatcher:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=10)
+
+
+class _Events:
+    """A request's token events as they come from the batcher; closing it (even unread) cancels the request."""
+
+    def __init__(self, batcher: LlamaBatcher, seq: _Seq) -> None:
+        self._batcher, self._seq, self._done = batcher, seq, False
+
+    def __iter__(self) -> _Events:
+        return self
+
+    def __next__(self) -> TokenEvent:
+        if self._done:
+            raise StopIteration
+        item = self._seq.out.get()
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._done = True
+        self._batcher._cancel(self._seq)
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._batcher._cancel(self._seq)
