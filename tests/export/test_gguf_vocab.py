@@ -65,6 +65,27 @@ def test_sentencepiece_vocab_tokenizes_like_sentencepiece(store: Any, spm_model:
         assert np.allclose(rt.sequence_logits(ids), ref, atol=1e-3)
 
 
+def test_sentencepiece_gguf_comes_back_as_a_tokenizer_that_matches(store: Any, spm_model: tuple[Path, Any]) -> None:
+    """GGUF → HF (``models.from_gguf``) rebuilds a SentencePiece vocabulary as byte-fallback BPE with the same ids."""
+    import shutil
+
+    import transformers
+
+    from slmops.pipeline.inputs import as_model
+
+    folder, (sp, _) = spm_model
+    with store.staging() as tmp:
+        for f in folder.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        art = store.commit(tmp, kind="model", format="hf-safetensors")
+    back = as_model(run_stage("export.gguf", {"model": art}, {"qtype": "f32"}, store=store).artifact, store)
+    tok = transformers.AutoTokenizer.from_pretrained(str(back.path))
+    for text in [*TEXTS, "a\u00a0b <0x41> x" * 3]:
+        ids = tok.encode(text)
+        assert ids == [1, *sp.encode(text)], text
+        assert tok.decode(ids, skip_special_tokens=True) == sp.decode(ids[1:])
+
+
 def _byte_level_model(folder: Path, pre_tokenizer: Any) -> Any:
     """A tiny Llama whose byte-level BPE tokenizer uses ``pre_tokenizer`` (GPT-2 or SmolLM style)."""
     import tokenizers as tk

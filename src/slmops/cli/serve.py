@@ -17,7 +17,7 @@ from slmops.settings import api_key_from_env
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
-        models: Annotated[list[str] | None, typer.Argument(help="Model ids to serve (bot, bot:3, bot@prod, adapters); none = every model in the store.")] = None,
+        models: Annotated[list[str] | None, typer.Argument(help="Model ids to serve (bot, bot:3, bot@prod, adapters, or a ./file.gguf, ./folder or pkg:PACKAGE to import and serve); none = every model in the store.")] = None,
         host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1, or the bundle's serve.json); keep loopback unless you mean to expose it (then set --api-key-env).")] = None,
         port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8000, or the bundle's serve.json).")] = None,
         api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the API key; every route but /health then needs 'Authorization: Bearer KEY'.")] = None,
@@ -59,6 +59,18 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("--bundle serves the bundle's own model", why=f"model ids were given too: {', '.join(models)}",
                                   fix="drop the model ids, or serve from the registry without --bundle")
             spec = read_spec(bundle)  # serve.json gives the defaults; every checksum is verified before serving
+        if models and bundle is None:
+            from rich.markup import escape
+
+            from slmops.serve.paths import served_id
+            from slmops.store.registry import Store
+
+            with Store() as check:  # files, folders and pkg: refs are imported and served under a registry name
+                ids = [served_id(m, check) for m in models]
+            for m, i in zip(models, ids, strict=True):
+                if m != i:
+                    err.print(f"[dim]{escape(m)} is served as {escape(i)}[/]", highlight=False)
+            models = ids
         saved = (spec or {}).get("serve", {})
         host = host or saved.get("host") or "127.0.0.1"
         port = port if port is not None else int(saved.get("port", 8000))
