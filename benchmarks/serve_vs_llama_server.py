@@ -4,7 +4,7 @@ Both servers run side by side on 127.0.0.1 and take turns (the order alternates 
 change in the machine's load hits both alike; numbers are medians over the rounds, and what the
 issue's goals compare are ratios. Measured, streamed ``/v1/chat/completions``, greedy, ``ignore_eos``:
 
-* per concurrency level C (default 1, 4, 8, 16): ``max(8, 2C)`` requests of ``--tokens`` tokens with
+* per concurrency level C (default 1, 4, 8, 16): ``max(--requests, C)`` requests of ``--tokens`` tokens with
   at most C in flight: total tokens/s, TTFT p50 and per-stream tokens/s p50;
 * prefix reuse: a chat with a ~300-token system prompt, then another question under the same
   system prompt; the TTFT of the second over the first (a new system prompt every round, so the first is cold).
@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=4096, help="llama-server -c (split between its slots)")
     ap.add_argument("--levels", default="1,4,8,16")
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--requests", type=int, default=8, help="requests per level (at least 2 x concurrency)")
+    ap.add_argument("--requests", type=int, default=8, help="requests per level (at least the concurrency)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--json", type=Path)
@@ -225,7 +225,7 @@ def main() -> None:
                     for name in order:
                         proc, model = servers[name]
                         before = batcher_times(proc.url) if name == "slmops" else None
-                        res = asyncio.run(level(proc.url, model, c, max(args.requests, 2 * c), args.tokens, salt=r))
+                        res = asyncio.run(level(proc.url, model, c, max(args.requests, c), args.tokens, salt=r))
                         if before is not None:
                             after = batcher_times(proc.url)
                             n = max(1.0, after["tokens"] - before["tokens"])

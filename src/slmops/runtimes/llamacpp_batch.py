@@ -38,7 +38,7 @@ import numpy as np
 
 from slmops.errors import ConfigError
 from slmops.runtimes.base import GenerationParams, Prompt, TokenDecoder, TokenEvent, check_prompt
-from slmops.runtimes.llamacpp_lib import recent_problems
+from slmops.runtimes.llamacpp_lib import attach_threadpool, free_threadpool, recent_problems
 
 if TYPE_CHECKING:
     from slmops.runtimes.llamacpp_rt import LlamaCppRuntime
@@ -135,6 +135,7 @@ class LlamaBatcher:
         if not self._ctx:
             raise ConfigError(f"llama.cpp cannot create a context of {slots} x {per_seq} tokens", why=recent_problems(),
                               fix="lower --parallel")
+        self._pool = attach_threadpool(self._ctx, threads)
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._mem = L.llama_get_memory(self._ctx)
         self.context_length = int(L.llama_n_ctx_seq(self._ctx)) if hasattr(L, "llama_n_ctx_seq") else per_seq
@@ -423,7 +424,8 @@ class LlamaBatcher:
             self._L.llama_batch_free(self._batch)
         if self._ctx:
             self._L.llama_free(self._ctx)
-        self._batch = self._ctx = None
+        free_threadpool(self._pool)
+        self._batch = self._ctx = self._pool = None
 
     def close(self) -> None:
         with self._cond:
