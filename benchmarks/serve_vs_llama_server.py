@@ -142,7 +142,8 @@ async def level(url: str, model: str, concurrency: int, n_requests: int, tokens:
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 2)) as client:
+    # no keep-alive: llama-server (cpp-httplib) closes a connection after a few requests, which a pooled client trips over
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=0)) as client:
         await chat(client, url, model, [{"role": "user", "content": "warm up"}], 4)
 
         async def one(i: int) -> dict[str, float]:
