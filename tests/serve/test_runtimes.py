@@ -47,7 +47,7 @@ def test_gguf_on_llamacpp_through_the_openai_client(start_server: Any, gguf_mode
     base = c.chat.completions.create(model="bot-gguf", messages=CHAT, max_tokens=10, temperature=0)
     assert base.choices[0].message.content == local(serve_home, "bot-gguf", 10)
     entry = server.entry("bot-gguf:1")
-    assert entry.runtime.name == "llamacpp" and entry.scheduler.slots == 1
+    assert entry.runtime.name == "llamacpp" and entry.scheduler.slots == 4  # batched: --parallel slots
     chunks = list(c.chat.completions.create(model="bot-gguf", messages=CHAT, max_tokens=10, temperature=0, stream=True,
                                             stream_options={"include_usage": True}))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == base.choices[0].message.content

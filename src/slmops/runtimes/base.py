@@ -186,6 +186,70 @@ def check_vocab(ids: Sequence[int], vocab_size: int) -> None:
         )
 
 
+class TokenDecoder:
+    """The per-token half of :func:`decode_loop`: logits in, one :class:`TokenEvent` out.
+
+    Sampling, logprobs, detokenisation, stop strings and the finish reason live here, so a loop
+    that drives many sequences itself (the llama.cpp batcher) gives each sequence exactly what
+    :func:`decode_loop` would. ``done`` turns true with the event that carries a finish reason.
+    """
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        params: GenerationParams,
+        *,
+        decode: Callable[[Sequence[int]], str],
+        eos_token_ids: frozenset[int] | set[int],
+        context_length: int,
+        timings: list[float] | None = None,
+    ) -> None:
+        from slmops.runtimes.sampling import Sampler
+        from slmops.runtimes.stops import TextStream
+
+        self.prompt = list(prompt_ids)
+        self.params = params
+        self.budget = min(params.max_tokens, context_length - len(self.prompt))
+        self.sampler = Sampler(params)
+        self.stream = TextStream(decode, stops=params.stop, prompt_ids=self.prompt)
+        self.enders = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
+        self.want_lp = params.logprobs or params.top_logprobs > 0
+        self.output: list[int] = []
+        self.done = False
+        self.timings = timings  # when given: [seconds sampling, seconds detokenising and stopping], added to per token
+
+    def __call__(self, logits: np.ndarray) -> TokenEvent:
+        from slmops.runtimes.sampling import log_softmax, top_logprobs
+
+        i = len(self.output)
+        t0 = time.perf_counter() if self.timings is not None else 0.0
+        tok = self.sampler(logits, prompt_ids=self.prompt, output_ids=self.output)
+        self.output.append(tok)
+        lp: float | None = None
+        tops: tuple[tuple[int, float], ...] | None = None
+        if self.want_lp:
+            lps = log_softmax(logits)
+            lp = float(lps[tok])
+            tops = top_logprobs(lps, self.params.top_logprobs) if self.params.top_logprobs else None
+        finish: FinishReason | None = None
+        stream = self.stream
+        t1 = time.perf_counter() if self.timings is not None else 0.0
+        if tok in self.enders:
+            text, finish = stream.finish(), "stop"
+        else:
+            text = stream.push(tok)
+            if stream.stopped:
+                finish = "stop"
+            elif i >= self.budget - 1:
+                text += stream.finish()
+                finish = "stop" if stream.stopped else "length"
+        self.done = finish is not None
+        if self.timings is not None:
+            self.timings[0] += t1 - t0
+            self.timings[1] += time.perf_counter() - t1
+        return TokenEvent(text=text, token_id=tok, index=i, logprob=lp, top_logprobs=tops, finish_reason=finish)
+
+
 def decode_loop(
     stepper: Stepper,
     prompt_ids: Sequence[int],
@@ -199,42 +263,18 @@ def decode_loop(
 
     Generation ends at EOS (or a ``stop_token_ids`` token; their text is never emitted), when a stop
     string completes (the text is cut where it starts), or after ``max_tokens`` / at the end of the
-    context window (``"length"``).
+    context window (``"length"``). The per-token work is :class:`TokenDecoder`'s.
     """
-    from slmops.runtimes.sampling import Sampler, log_softmax, top_logprobs
-    from slmops.runtimes.stops import TextStream
-
-    prompt = list(prompt_ids)
-    budget = min(params.max_tokens, context_length - len(prompt))
-    sampler = Sampler(params)
-    stream = TextStream(decode, stops=params.stop, prompt_ids=prompt)
-    enders = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
-    want_lp = params.logprobs or params.top_logprobs > 0
-    output: list[int] = []
-    logits = stepper.prefill(prompt)
-    for i in range(budget):
-        tok = sampler(logits, prompt_ids=prompt, output_ids=output)
-        output.append(tok)
-        lp: float | None = None
-        tops: tuple[tuple[int, float], ...] | None = None
-        if want_lp:
-            lps = log_softmax(logits)
-            lp = float(lps[tok])
-            tops = top_logprobs(lps, params.top_logprobs) if params.top_logprobs else None
-        finish: FinishReason | None = None
-        if tok in enders:
-            text, finish = stream.finish(), "stop"
-        else:
-            text = stream.push(tok)
-            if stream.stopped:
-                finish = "stop"
-            elif i == budget - 1:
-                text += stream.finish()
-                finish = "stop" if stream.stopped else "length"
-        yield TokenEvent(text=text, token_id=tok, index=i, logprob=lp, top_logprobs=tops, finish_reason=finish)
-        if finish is not None:
+    dec = TokenDecoder(prompt_ids, params, decode=decode, eos_token_ids=eos_token_ids, context_length=context_length)
+    if dec.budget <= 0:
+        return
+    logits = stepper.prefill(dec.prompt)
+    while True:
+        ev = dec(logits)
+        yield ev
+        if dec.done:
             return
-        logits = stepper.step(tok)
+        logits = stepper.step(ev.token_id)
 
 
 def collect(

@@ -79,15 +79,22 @@ class LoraSet:
             raise ConfigError(f"llama.cpp cannot load the LoRA adapter {file.name}", why=recent_problems(), fix="convert the adapter again against this base model")
         self._loras[name] = _Lora(ptr, float(scale), default_on)
 
-    def activate(self, only: str | None = None) -> None:
-        """Apply the default-on adapters (``only=None``), or just adapter ``only``."""
+    def applied(self, only: str | None = None) -> tuple[tuple[str, float], ...]:
+        """(name, scale) of the adapters :meth:`activate` would apply: what a context's KV cells depend on."""
+        if only is not None:
+            lora = self._loras.get(only)
+            return ((only, lora.scale),) if lora is not None and lora.scale != 0.0 else ()
+        return tuple((n, a.scale) for n, a in self._loras.items() if a.default_on and a.scale != 0.0)
+
+    def activate(self, only: str | None = None, *, ctx: Any = None) -> None:
+        """Apply the default-on adapters (``only=None``), or just adapter ``only``, to the runtime's context (or ``ctx``)."""
         if only is not None and only not in self._loras:
             raise ConfigError(f"no adapter named {only!r} is loaded", fix=f"loaded: {', '.join(self._loras) or 'none'}")
         chosen = [self._loras[only]] if only is not None else [a for a in self._loras.values() if a.default_on]
         active = [a for a in chosen if a.scale != 0.0]
         arr = (self._L.llama_adapter_lora_p_ctypes * max(1, len(active)))(*[a.ptr for a in active])
         scales = (ctypes.c_float * max(1, len(active)))(*[a.scale for a in active])
-        rc = self._L.llama_set_adapters_lora(self._ctx, arr if active else None, len(active), scales if active else None)
+        rc = self._L.llama_set_adapters_lora(self._ctx if ctx is None else ctx, arr if active else None, len(active), scales if active else None)
         if rc != 0:
             raise ConfigError("llama.cpp refused the LoRA adapters", why=recent_problems())
 

@@ -63,6 +63,70 @@ def lib() -> Any:
     return _state["lib"]
 
 
+class _PoolParams(ctypes.Structure):
+    _fields_ = [("cpumask", ctypes.c_bool * 512), ("n_threads", ctypes.c_int), ("prio", ctypes.c_int), ("poll", ctypes.c_uint32),
+                ("strict_cpu", ctypes.c_bool), ("paused", ctypes.c_bool)]  # ggml.h: struct ggml_threadpool_params
+
+
+def _ggml_cpu() -> Any:
+    """libggml-cpu (already loaded by libllama) with the threadpool functions typed; None when not found."""
+    if "ggml_cpu" not in _state:
+        L = lib()
+        found = None
+        for folder in (Path(L.__file__).parent / "lib", Path(L.__file__).parent):
+            for name in ("libggml-cpu.so", "libggml-cpu.dylib", "ggml-cpu.dll"):
+                if (folder / name).is_file():
+                    found = folder / name
+                    break
+            if found:
+                break
+        cpu = None
+        if found is not None:
+            try:
+                cpu = ctypes.CDLL(str(found))
+                base = ctypes.CDLL(str(found.with_name(found.name.replace("ggml-cpu", "ggml-base"))))
+                base.ggml_threadpool_params_init.argtypes = [ctypes.POINTER(_PoolParams), ctypes.c_int]
+                base.ggml_threadpool_params_init.restype = None
+                cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_PoolParams)]
+                cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+                cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+                cpu.ggml_threadpool_free.restype = None
+                L._lib.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                L._lib.llama_attach_threadpool.restype = None
+                cpu._params_init = base.ggml_threadpool_params_init
+            except (OSError, AttributeError) as exc:
+                log.debug("no ggml threadpool API: %s", exc)
+                cpu = None
+        _state["ggml_cpu"] = cpu
+    return _state["ggml_cpu"]
+
+
+def attach_threadpool(ctx: Any, n_threads: int) -> Any:
+    """Give ``ctx`` a persistent ggml threadpool of ``n_threads`` (as llama-server does); the pool, or None.
+
+    Without one, a ggml built without OpenMP starts and joins its worker threads for every
+    ``llama_decode`` — a cost per token that grows on a busy machine (with OpenMP, as the PyPI
+    wheels and source builds usually are, the pool only holds state). Free it with
+    :func:`free_threadpool` after the context.
+    """
+    cpu = _ggml_cpu()
+    if cpu is None:
+        return None
+    params = _PoolParams()
+    cpu._params_init(ctypes.byref(params), int(n_threads))  # ggml's defaults: normal priority, poll 50, as llama-server
+    pool = cpu.ggml_threadpool_new(ctypes.byref(params))
+    if not pool:
+        return None
+    lib()._lib.llama_attach_threadpool(ctypes.cast(ctx, ctypes.c_void_p), pool, pool)
+    return pool
+
+
+def free_threadpool(pool: Any) -> None:
+    cpu = _ggml_cpu()
+    if pool and cpu is not None:
+        cpu.ggml_threadpool_free(pool)
+
+
 def clear_problems() -> None:
     _recent.clear()
 

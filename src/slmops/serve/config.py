@@ -57,7 +57,7 @@ class ServeConfig(BaseModel):
     ttl_s: float = Field(600.0, ge=0, description="Unload a model idle this long (0 = never)")
     max_loaded: int = Field(2, ge=1, description="Most base models loaded at once; the least recently used idle one is evicted")
     runtime: str = Field("auto", description="auto (by the artifact's format), torch, ort-genai or llamacpp")
-    threads: int | None = Field(None, ge=1, le=256, description="CPU threads per torch forward pass (default: torch's choice)")
+    threads: int | None = Field(None, ge=1, le=256, description="CPU threads per forward pass: torch's intra-op threads, or llama.cpp's batch context (default: the runtime's choice)")
     default_max_tokens: int | None = Field(None, ge=1, description="max_tokens when a request gives none (default: the rest of the context)")
     canary: dict[str, dict[str, float]] = Field(default_factory=dict, description="Group id -> {ref: weight}: traffic split by weight")
     canary_seed: int | None = Field(None, description="Seed for the canary draw (tests)")

@@ -4,7 +4,9 @@ An :class:`Engine` wraps a :class:`~slmops.runtimes.base.Runtime` with what serv
 the protocol: how many requests may generate at once (``slots``), streaming for a request that may
 name an adapter, and hot adapter loading. The torch runtime gets continuous batching
 (:class:`~slmops.runtimes.torch_batch.TorchBatcher`, ``slots = --parallel``) and PEFT adapters;
-any other runtime runs one request at a time (its own lock serialises generation anyway), and
+the llama.cpp runtime gets continuous batching with prefix caching
+(:class:`~slmops.runtimes.llamacpp_batch.LlamaBatcher`, one KV stream per slot; its per-slot
+``context_length`` is what a request may use); any other runtime runs one request at a time (its own lock serialises generation anyway), and
 loads adapters if it offers ``load_adapter(name, path)`` and ``stream(..., adapter=name)``.
 """
 
@@ -63,6 +65,40 @@ class BatchedTorchEngine:
         self.runtime.close()
 
 
+class BatchedLlamaEngine:
+    """The llama.cpp runtime with continuous batching and prefix caching (:class:`~slmops.runtimes.llamacpp_batch.LlamaBatcher`)."""
+
+    def __init__(self, runtime: Any, slots: int, *, threads: int | None = None) -> None:
+        from slmops.runtimes.llamacpp_batch import LlamaBatcher
+
+        self.runtime = runtime
+        self.slots = slots
+        self.batcher = LlamaBatcher(runtime, slots, n_threads=threads)
+
+    @property
+    def context_length(self) -> int:
+        """Tokens one request may use (prompt + completion): each slot's share of the KV cache."""
+        return self.batcher.context_length
+
+    @property
+    def stats(self) -> Any:
+        return self.batcher.stats
+
+    def stream(self, ids: Sequence[int], params: GenerationParams, adapter: str | None) -> Iterator[TokenEvent]:
+        return self.batcher.stream(list(ids), params, adapter=adapter)
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        self.runtime.load_adapter(name, path)
+
+    def unload_adapter(self, name: str) -> bool:
+        self.batcher.forget_adapter(name)
+        return bool(self.runtime.unload_adapter(name))
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.runtime.close()
+
+
 class SerialEngine:
     """Any runtime, one request at a time."""
 
@@ -94,10 +130,11 @@ class SerialEngine:
 
 
 def make_engine(runtime: Runtime, parallel: int, *, threads: int | None = None) -> Engine:
-    """The engine for ``runtime``: batched torch, or serial for every other runtime.
+    """The engine for ``runtime``: batched torch, batched llama.cpp, or serial for every other runtime.
 
-    ``threads`` sets torch's intra-op threads (process-wide): on a busy machine fewer threads than
-    cores avoid threads spinning against each other, which can make small models ten times slower.
+    ``threads`` sets torch's intra-op threads (process-wide), or the threads of the llama.cpp batch
+    context: on a busy machine fewer threads than cores avoid threads spinning against each other,
+    which can make small models ten times slower.
     """
     if runtime.name == "torch" and hasattr(runtime, "forward"):
         if threads:
@@ -105,6 +142,8 @@ def make_engine(runtime: Runtime, parallel: int, *, threads: int | None = None) 
 
             _torch().set_num_threads(threads)
         return BatchedTorchEngine(runtime, parallel)
+    if runtime.name == "llamacpp" and hasattr(runtime, "_model"):
+        return BatchedLlamaEngine(runtime, parallel, threads=threads)
     return SerialEngine(runtime)
 
 

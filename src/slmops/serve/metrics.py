@@ -40,6 +40,16 @@ class Metrics:
         self.quality = pc.Gauge("slmops_quality_score", "Running mean judge score (0-1) of the sampled requests (monitor sample, serve --judge)",
                                 ["model", "version"], registry=r)
         self.judged = pc.Gauge("slmops_judged_requests", "Requests scored by the judge so far", ["model", "version"], registry=r)
+        self.batch_steps = pc.Gauge("slmops_batch_steps", "Batched forward steps run per loaded model (llama.cpp batcher)", ["model"], registry=r)
+        self.batch_size_mean = pc.Gauge("slmops_batch_size_mean", "Mean sequences per batched step", ["model"], registry=r)
+        self.batch_size_max = pc.Gauge("slmops_batch_size_max", "Most sequences in one batched step", ["model"], registry=r)
+        self.prefix_hits = pc.Gauge("slmops_prefix_cache_hits", "Requests that reused cached KV cells of a common prompt prefix", ["model"], registry=r)
+        self.prefix_hit_tokens = pc.Gauge("slmops_prefix_cache_hit_tokens", "Prompt tokens taken from the prefix cache instead of recomputed",
+                                          ["model"], registry=r)
+        self.prefix_prompt_tokens = pc.Gauge("slmops_prefix_cache_prompt_tokens", "Prompt tokens of the requests the batcher admitted", ["model"], registry=r)
+        self.batch_time = pc.Gauge("slmops_batch_seconds", "Seconds the llama.cpp batcher spent, by part: engine (llama_decode), "
+                                   "sampling, detokenise (with stop strings), other (building the batch, handing out events)", ["model", "part"], registry=r)
+        self.batch_tokens = pc.Gauge("slmops_batch_tokens", "Tokens the llama.cpp batcher generated", ["model"], registry=r)
         self.drift = pc.Gauge("slmops_drift_score", "Drift of logged prompts against the baseline (max PSI; >0.25 significant)", ["model"], registry=r)
 
     def observe_pool(self, pool: Any) -> None:
@@ -47,11 +57,24 @@ class Metrics:
         entries = list(pool.entries.values())
         self.loaded.set(len(entries))
         self.adapters.set(sum(len(e.adapters) for e in entries))
-        self.queue_depth.clear()
-        self.running.clear()
+        for g in (self.queue_depth, self.running, self.batch_steps, self.batch_size_mean, self.batch_size_max,
+                  self.prefix_hits, self.prefix_hit_tokens, self.prefix_prompt_tokens, self.batch_time, self.batch_tokens):
+            g.clear()
         for e in entries:
             self.queue_depth.labels(e.label).set(e.scheduler.waiting)
             self.running.labels(e.label).set(e.scheduler.running)
+            stats = getattr(e.engine, "stats", None)
+            if stats is not None:
+                self.batch_steps.labels(e.label).set(stats.steps)
+                self.batch_size_mean.labels(e.label).set(stats.step_sequences / stats.steps if stats.steps else 0.0)
+                self.batch_size_max.labels(e.label).set(stats.max_batch)
+                self.prefix_hits.labels(e.label).set(stats.prefix_hits)
+                self.prefix_hit_tokens.labels(e.label).set(stats.prefix_hit_tokens)
+                self.prefix_prompt_tokens.labels(e.label).set(stats.prompt_tokens)
+                self.batch_tokens.labels(e.label).set(stats.tokens)
+                for part, value in (("engine", stats.engine_s), ("sampling", stats.decoder_s[0]), ("detokenise", stats.decoder_s[1]),
+                                    ("other", stats.step_s - stats.engine_s - sum(stats.decoder_s))):
+                    self.batch_time.labels(e.label, part).set(value)
 
     def observe_quality(self, scores: dict[str, tuple[float, int]], served: list[tuple[str, str, str]]) -> None:
         """Set the quality gauges of each served ``(model id, version, digest)`` that the judge has scored."""

@@ -227,7 +227,7 @@ class Service:
 
     def check_context(self, job: Job, n_prompt: int, max_tokens: int | None, *, param: str) -> int:
         """The max_tokens to use; 400 naming both numbers when prompt + max_tokens exceed the context."""
-        ctx = int(job.runtime.context_length)
+        ctx = int(getattr(job.entry.engine, "context_length", None) or job.runtime.context_length)  # a batch slot's share
         if max_tokens is None:
             max_tokens = self.config.default_max_tokens or max(1, ctx - n_prompt)
             max_tokens = min(max_tokens, max(1, ctx - n_prompt))

@@ -49,11 +49,13 @@ async def stream_job(svc: Service, job: Job, *, route: str, model: str, obj: str
     silently), and settles the job exactly once (499 when the client went away, 500 on a bug)."""
     base: dict[str, Any] = {"id": job.request_id, "object": obj, "created": now(), "model": model, "system_fingerprint": fingerprint(job)}
 
+    # the frame around a choice is the same for every chunk: serialise it once, and only the choice per token
+    head = "data: " + json.dumps(base, ensure_ascii=False, separators=(",", ":"))[:-1] + ',"choices":['
+    tail = ("]," + '"usage":null}' if include_usage else "]}") + "\n\n"
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
     def chunk(choice: dict[str, Any]) -> str:
-        c = {**base, "choices": [choice]}
-        if include_usage:
-            c["usage"] = None
-        return sse(c)
+        return head + dumps(choice) + tail
 
     status, error = 200, None
     try:
