@@ -77,15 +77,7 @@ def plan_quantization(cfg: OnnxExportConfig, model_cfg: dict[str, Any], *, tied:
     int4 = cfg.precision == "int4"
     algo = cfg.quant_algo or ("k_quant" if int4 and (tied or not cfg.quantize_embeddings) else "default")
     block = cfg.block_size or (INT4_BLOCKS[0] if int4 else 64)
-    mixed = cfg.mixed_precision or ("none" if not int4 or (tied and algo == "default") else "first_last")
-    if int4 and tied and algo == "default" and (mixed != "none" or not cfg.symmetric):
-        what = f"mixed_precision {mixed}" if mixed != "none" else "asymmetric int4"
-        raise ConfigError(
-            f"{what} with quant_algo default cannot export a model whose embedding is tied to its LM head",
-            why="the model builder's default quantizer writes the shared embedding without the weights or scales it names "
-                "(the graph does not load)",
-            fix="use --quant-algo k_quant (the default for this model) or rtn" + (", or --mixed-precision none" if mixed != "none" else ""),
-        )
+    mixed = cfg.mixed_precision or ("none" if not int4 else "first_last")
     sizes = matmul_input_sizes(model_cfg)
     if int4 and cfg.block_size is None and sizes:  # no block wider than the narrowest MatMul (it would be mostly padding)
         block = next((b for b in INT4_BLOCKS if b <= sizes[0]), INT4_BLOCKS[-1])
@@ -107,7 +99,7 @@ def plan_quantization(cfg: OnnxExportConfig, model_cfg: dict[str, Any], *, tied:
         log.info("export.onnx: with a run-time adapter or for DirectML only the LM head stays at int8 (mixed_precision last)")
         mixed = "last"
     embedding = "float"
-    if int4 and tied:
+    if tied:
         embedding = "tied"
     elif int4 and cfg.quantize_embeddings and mixed != "none":
         embedding = "int8"
@@ -145,8 +137,10 @@ def builder_options(cfg: OnnxExportConfig, *, adapter_path: Path | None = None, 
             opts["accuracy_level"] = str(cfg.accuracy_level)
         if plan["algo"] != "default":
             opts["algo_config"] = plan["algo"]
-        if cfg.precision == "int4" and plan.get("embedding") in ("tied", "int4"):
+        if cfg.precision == "int4" and plan.get("embedding") == "int4":
             opts["op_types_to_quantize"] = "MatMul/Gather"
+        if plan.get("embedding") == "tied":  # a float embedding of its own; tied to the quantized head afterwards (onnx_embedding)
+            opts["shared_embeddings"] = "false"
         if plan["mixed_precision"] in ("last", "mixed"):
             opts["matmul_mixed_precision"] = "last_matmul:int8" + (",mixed_layers:int8" if plan["mixed_precision"] == "mixed" else "")
     if adapter_path is not None:
