@@ -51,26 +51,25 @@ def plan_quantization(cfg: OnnxExportConfig, model_cfg: dict[str, Any], *, tied:
 
     The int4 defaults are the setting that is no worse than llama.cpp's Q4_K_M in KL while under
     30% of fp16 on the benchmark model (``benchmarks/onnx_precisions.md``): ``first_last`` mixed
-    precision, block 128, ``k_quant`` rounding for a model with a tied embedding (the builder's
-    default quantizer cannot keep a tied LM head at int8) and the builder's default rounding
-    otherwise (the same KL as ``k_quant`` on an untied model, with no zero points to store).
-    Four builder limits (onnxruntime-genai 0.18, onnxruntime 1.32) are worked around or refused
-    up front rather than ending in a graph that does not load:
+    precision, block 128, ``k_quant`` rounding for a model with a tied embedding and the builder's
+    default rounding otherwise (the same KL as ``k_quant`` on an untied model, with no zero points
+    to store). Three builder limits (onnxruntime-genai 0.18, onnxruntime 1.32) are worked around or
+    refused up front rather than ending in a graph that does not load:
 
     * ``k_quant`` (and asymmetric ``rtn``) packs two 4-bit zero points per byte across rows, so it
       breaks on a MatMul whose input width spans an odd number of blocks: with the default block
       size the largest of 128/64/32/16 that avoids that (and is no wider than the narrowest
       MatMul) is taken — or, if none does, symmetric ``rtn`` (no zero points) —, an explicit one
       is refused;
-    * the default quantizer cannot keep the LM head at int8 when the embedding is tied to it, nor
-      quantize a tied embedding asymmetrically;
     * ``first_last`` needs the builder's per-node overrides on the packed q/k/v projection, which
       drop a run-time adapter's exclusions and do not exist on DirectML (no packing there), so with
-      a run-time adapter or ``dml`` only the LM head stays at int8;
+      a run-time or float adapter or ``dml`` only the LM head stays at int8;
     * the builder quantizes an untied embedding to 4 bits at most (and ``k_quant``/``rtn`` not at
       all), so with mixed precision it is left in float and made int8 afterwards
-      (:func:`slmops.export.onnx_embedding.int8_embedding`; ``embedding`` in the plan: ``tied``
-      follows the LM head, ``int8`` is that rewrite, ``int4`` the builder's, ``float`` none).
+      (:func:`slmops.export.onnx_embedding.int8_embedding`). ``embedding`` in the plan: ``tied``
+      reads the quantized LM head (built untied, tied afterwards by
+      :func:`slmops.export.onnx_embedding.tied_embedding`), ``int8`` is that rewrite, ``int4`` the
+      builder's, ``float`` none.
     """
     if cfg.precision not in ("int4", "int8"):
         return {}

@@ -70,6 +70,27 @@ def onnx_parity(reference_dir: Path, onnx_dir: Path, cfg: OnnxExportConfig, *, a
     return {k: metrics.get(k) for k in _PARITY_KEYS}
 
 
+def default_adapter_mode(cfg: OnnxExportConfig, adapter_dir: Path) -> str:
+    """``float`` for a plain LoRA exported at int4/int8, else ``merge``.
+
+    A LoRA's change to a weight is small next to a 4-bit (even an 8-bit) rounding step, so merged
+    and re-quantized most of it is rounded away — on a base that is itself quantized (an imported
+    Q4_1 GGUF) the merged weights snap back to the base's grid. Float LoRA branches keep it exact,
+    as a GGUF export with ``--adapter`` does (``docs/export.md``). DoRA and other adapters that
+    cannot be branches are merged.
+    """
+    from slmops.runtimes.ortgenai_adapters import check_peft_lora
+
+    if cfg.precision not in ("int4", "int8"):
+        return "merge"
+    try:
+        check_peft_lora(adapter_dir)
+    except ConfigError as exc:
+        log.info("export.onnx: merging the adapter into the weights (%s)", exc.why)
+        return "merge"
+    return "float"
+
+
 @stage("export.onnx", config=OnnxExportConfig, kind="onnx", format="ort-genai", inputs=("model",), optional_inputs=("adapter",))
 def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: Path) -> StageOutput:
     """Export a model (optionally with a LoRA adapter) to ONNX Runtime GenAI at fp32/fp16/int8/int4 with the model builder."""
@@ -83,7 +104,7 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: P
     if model.kind != "model":
         raise ConfigError(f"artifact {model.short} is a {model.kind}, not a model", fix="pass a model artifact (an HF folder in the store)")
     src = model_folder(model)
-    if adapter is None and cfg.adapter_mode != "merge":
+    if adapter is None and cfg.adapter_mode not in (None, "merge"):
         raise ConfigError(f"--adapter-mode {cfg.adapter_mode} needs an adapter", fix="pass --adapter ADAPTER (a LoRA adapter trained on this model)")
     source = check_source(src)
     merged = out / ".merged"
@@ -91,21 +112,22 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: P
     try:
         if adapter is not None:
             adapter_dir = check_adapter_input(model, adapter)
-            if cfg.adapter_mode != "merge":
+            mode = cfg.adapter_mode or default_adapter_mode(cfg, adapter_dir)
+            if mode != "merge":
                 check_peft_lora(adapter_dir)
             check_disk(out, source["parameters_estimate"], "fp32")
-            if cfg.adapter_mode == "merge" or cfg.parity_texts:
+            if mode == "merge" or cfg.parity_texts:
                 reference = merge_adapter(src, adapter_dir, merged)
-            if cfg.adapter_mode == "merge":
+            if mode == "merge":
                 facts = export_onnx(reference, out, cfg)
             else:
                 facts = export_onnx(src, out, cfg, adapter_path=adapter_dir, exclude_nodes=lora_node_exclusions(source["num_layers"]))
-                if cfg.adapter_mode == "runtime":
+                if mode == "runtime":
                     adapter_file = Path(ADAPTER_DIR) / f"{cfg.adapter_name}{ADAPTER_SUFFIX}"
                     write_adapter(expose_lora_inputs(out), out / adapter_file)
                     facts["adapters"] = {cfg.adapter_name: adapter_file.as_posix()}
                     active = cfg.adapter_name
-            facts["adapter"] = {"digest": adapter.digest, "mode": cfg.adapter_mode}
+            facts["adapter"] = {"digest": adapter.digest, "mode": mode}
         else:
             facts = export_onnx(src, out, cfg)
         parity = onnx_parity(reference, out, cfg, adapter=active) if cfg.parity_texts and cfg.execution_provider == "cpu" else {}
