@@ -40,7 +40,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's threads spin against ea
 #: the LoRA fine-tune every row starts from (``finetune.lora``; ~2.4M trainable parameters).
 LORA = {"max_steps": 24, "batch_size": 8, "learning_rate": 1e-3, "warmup_steps": 2, "max_length": 160, "lora_rank": 8, "seed": 0}
 DATA = {"task": "support-intent", "n": 600, "seed": 0}
-ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/merge/k_quant/b32/first_last"]
+ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/float", "onnx:int4/float/acc1"]
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -146,9 +146,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                             rt.close()
                     cache_file.write_text(json.dumps(cache, indent=1) + "\n")
                 meta = art.manifest.meta
-                r = {"row": row, "digest": art.short, "size_bytes": art.manifest.metrics.get("size_bytes") or _size(art.path), "fp16_bytes": fp16_size,
+                r = {"row": row, "digest": art.short, "size_bytes": _size(art.path), "fp16_bytes": fp16_size,
                      **{k: None for k in ("kl_mean", "kl_p95", "top1", "greedy")}, **cache[key], "export_s": export_s,
-                     "quantization": meta.get("quantization"), "adapter_mode": (meta.get("adapter") or {}).get("mode"),
+                     "quantization": meta.get("quantization"), "adapter_mode": meta["adapter"].get("mode") if isinstance(meta.get("adapter"), dict) else None,
                      "tensor_types": meta.get("tensor_types"), "fallbacks": meta.get("fallbacks"), "bits_per_weight": meta.get("bits_per_weight")}
                 print(json.dumps(r), file=sys.stderr)
                 rows.append(r)

@@ -35,8 +35,8 @@ MixedOpt = Annotated[str | None, Opt("--mixed-precision", help="int4: MatMuls ke
 EmbOpt = Annotated[bool, Opt("--quantize-embeddings/--float-embeddings", help="int4: quantize the token embedding too.")]
 EpOpt = Annotated[str, Opt("--execution-provider", "-e", help="cpu (default), cuda, dml or webgpu.")]
 AdapterOpt = Annotated[str | None, Opt("--adapter", help="A LoRA adapter of MODEL to merge in or to export as a run-time adapter.")]
-ModeOpt = Annotated[str | None, Opt("--adapter-mode", help="merge (into the weights), runtime (a switchable .onnx_adapter) or float (always "
-                                                             "on, float LoRA beside the quantized weights; the default for a LoRA at int4/int8).")]
+ModeOpt = Annotated[str, Opt("--adapter-mode", help="merge (into the weights), runtime (a switchable .onnx_adapter) or float (always on, "
+                                                      "float LoRA beside the quantized weights).")]
 AdapterNameOpt = Annotated[str, Opt("--adapter-name", help="Name of the run-time adapter (adapters/NAME.onnx_adapter).")]
 ParityOpt = Annotated[int, Opt("--parity-texts", help="Texts scored against the source model (KL, top-1, greedy); 0 skips.")]
 NameOpt = Annotated[str | None, Opt("--name", "-n", help="Registry name for the export (a new version each time).")]
@@ -45,13 +45,13 @@ OutOpt = Annotated[Path | None, Opt("--out", "-o", help="Also copy the exported 
 
 def onnx_config(precision: str, *, block_size: int | None = None, asymmetric: bool = False, accuracy_level: int | None = None,
                 quant_algo: str | None = None, mixed_precision: str | None = None, quantize_embeddings: bool = True, execution_provider: str = "cpu",
-                adapter_mode: str | None = None, adapter_name: str = "default", parity_texts: int = 4) -> dict[str, Any]:
+                adapter_mode: str = "merge", adapter_name: str = "default", parity_texts: int = 4) -> dict[str, Any]:
     """The ``export.onnx`` config for the CLI flags (only what differs from the defaults, so cache keys stay stable)."""
     from slmops.export.onnx import PRECISIONS
 
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision} is not supported by export.onnx", fix=f"use one of {', '.join(PRECISIONS)}")
-    if adapter_mode not in (None, "merge", "runtime", "float"):
+    if adapter_mode not in ("merge", "runtime", "float"):
         raise ConfigError(f"--adapter-mode {adapter_mode} is not a mode", fix="use merge, runtime or float")
     if precision in ("fp32", "fp16"):
         given = [flag for flag, v in (("--block-size", block_size), ("--asymmetric", asymmetric or None), ("--accuracy-level", accuracy_level),
@@ -61,7 +61,7 @@ def onnx_config(precision: str, *, block_size: int | None = None, asymmetric: bo
     cfg: dict[str, Any] = {"precision": precision}
     for key, value, default in (("block_size", block_size, None), ("symmetric", not asymmetric, True), ("accuracy_level", accuracy_level, None),
                                 ("quant_algo", quant_algo, None), ("mixed_precision", mixed_precision, None), ("quantize_embeddings", quantize_embeddings, True),
-                                ("execution_provider", execution_provider, "cpu"), ("adapter_mode", adapter_mode, None),
+                                ("execution_provider", execution_provider, "cpu"), ("adapter_mode", adapter_mode, "merge"),
                                 ("adapter_name", adapter_name, "default"), ("parity_texts", parity_texts, 4)):
         if value != default:
             cfg[key] = value
@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
         quantize_embeddings: EmbOpt = True,
         execution_provider: EpOpt = "cpu",
         adapter: AdapterOpt = None,
-        adapter_mode: ModeOpt = None,
+        adapter_mode: ModeOpt = "merge",
         adapter_name: AdapterNameOpt = "default",
         parity_texts: ParityOpt = 4,
         name: NameOpt = None,

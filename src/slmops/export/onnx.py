@@ -99,10 +99,10 @@ class OnnxExportConfig(BaseModel):
                           "(none with quant_algo default on a tied model, which the builder cannot mix)"
     )
     quantize_embeddings: bool = Field(True, description="int4: quantize the token embedding too (untied models keep it in float otherwise)")
-    adapter_mode: Literal["merge", "runtime", "float"] | None = Field(
-        None, description="With an adapter input: merge it into the weights (merge), export it as a switchable ORT GenAI adapter (runtime), "
-                          "or keep it always on as float LoRA branches beside the quantized base weights (float: int4/int8 rounding "
-                          "does not erase the adapter's small changes); default: float for a plain LoRA at int4/int8, merge otherwise"
+    adapter_mode: Literal["merge", "runtime", "float"] = Field(
+        "merge", description="With an adapter input: merge it into the weights (merge), export it as a switchable ORT GenAI adapter (runtime), "
+                             "or keep it always on as float LoRA branches beside the quantized base weights (float: int4/int8 rounding "
+                             "leaves the adapter's changes exact, for the size of the LoRA in fp32)"
     )
     adapter_name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Name of the exported run-time adapter")
     parity_texts: int = Field(4, ge=0, le=256, description="Texts scored against the source (KL, top-1, greedy); 0 skips the check")

@@ -70,27 +70,6 @@ def onnx_parity(reference_dir: Path, onnx_dir: Path, cfg: OnnxExportConfig, *, a
     return {k: metrics.get(k) for k in _PARITY_KEYS}
 
 
-def default_adapter_mode(cfg: OnnxExportConfig, adapter_dir: Path) -> str:
-    """``float`` for a plain LoRA exported at int4/int8, else ``merge``.
-
-    A LoRA's change to a weight is small next to a 4-bit (even an 8-bit) rounding step, so merged
-    and re-quantized most of it is rounded away — on a base that is itself quantized (an imported
-    Q4_1 GGUF) the merged weights snap back to the base's grid. Float LoRA branches keep it exact,
-    as a GGUF export with ``--adapter`` does (``docs/export.md``). DoRA and other adapters that
-    cannot be branches are merged.
-    """
-    from slmops.runtimes.ortgenai_adapters import check_peft_lora
-
-    if cfg.precision not in ("int4", "int8"):
-        return "merge"
-    try:
-        check_peft_lora(adapter_dir)
-    except ConfigError as exc:
-        log.info("export.onnx: merging the adapter into the weights (%s)", exc.why)
-        return "merge"
-    return "float"
-
-
 @stage("export.onnx", config=OnnxExportConfig, kind="onnx", format="ort-genai", inputs=("model",), optional_inputs=("adapter",))
 def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: Path) -> StageOutput:
     """Export a model (optionally with a LoRA adapter) to ONNX Runtime GenAI at fp32/fp16/int8/int4 with the model builder."""
@@ -104,7 +83,7 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: P
     if model.kind != "model":
         raise ConfigError(f"artifact {model.short} is a {model.kind}, not a model", fix="pass a model artifact (an HF folder in the store)")
     src = model_folder(model)
-    if adapter is None and cfg.adapter_mode not in (None, "merge"):
+    if adapter is None and cfg.adapter_mode != "merge":
         raise ConfigError(f"--adapter-mode {cfg.adapter_mode} needs an adapter", fix="pass --adapter ADAPTER (a LoRA adapter trained on this model)")
     source = check_source(src)
     merged = out / ".merged"
@@ -112,7 +91,7 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: P
     try:
         if adapter is not None:
             adapter_dir = check_adapter_input(model, adapter)
-            mode = cfg.adapter_mode or default_adapter_mode(cfg, adapter_dir)
+            mode = cfg.adapter_mode
             if mode != "merge":
                 check_peft_lora(adapter_dir)
             check_disk(out, source["parameters_estimate"], "fp32")
