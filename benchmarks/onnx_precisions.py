@@ -17,7 +17,9 @@ are peaked enough for KL to mean something); with the same ``--home`` both bench
     .venv/bin/python benchmarks/onnx_precisions.py --out benchmarks/onnx_precisions.md
 
 Rows are ``PRECISION[/OPTION...]``: ``bN`` (block size), ``none``/``last``/``first_last``/``mixed``
-(``mixed_precision``), ``k_quant``/``rtn``/``default`` (``quant_algo``), ``plain`` (the int4 export
+(``mixed_precision``), ``k_quant``/``rtn``/``default`` (``quant_algo``), ``asym`` (asymmetric),
+``accN`` (``accuracy_level``), ``merge``/``float``/``runtime`` (``adapter_mode``, for an export with an
+adapter: ``benchmarks/smollm2_quant.py``), ``plain`` (the int4 export
 before mixed precision: ``quant_algo`` default, block 64, every MatMul int4); ``gguf:QTYPE`` is a
 llama.cpp row (size and fidelity only).
 
@@ -75,6 +77,12 @@ def row_config(spec: str) -> dict[str, Any]:
             cfg["mixed_precision"] = opt
         elif opt in ("default", "rtn", "k_quant"):
             cfg["quant_algo"] = opt
+        elif opt == "asym":
+            cfg["symmetric"] = False
+        elif opt.startswith("acc") and opt[3:].isdigit():
+            cfg["accuracy_level"] = int(opt[3:])
+        elif opt in ("merge", "float", "runtime"):
+            cfg["adapter_mode"] = opt
         else:
             raise SystemExit(f"unknown row option {opt!r} in {spec!r}")
     return cfg

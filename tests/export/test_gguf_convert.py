@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -101,10 +102,24 @@ def test_quantized_k_quants_load_and_stay_close(gstore: Any, tiny256: Any) -> No
         assert g4.generate("once upon a time", GenerationParams(max_tokens=8)).completion_tokens >= 1
 
 
-def test_narrow_tensors_fall_back_to_32_wide_types(gstore: Any, tiny: dict[str, Any]) -> None:
-    q4 = run_stage("export.gguf", {"model": tiny["llama"]}, {"qtype": "q4_k_m"}, store=gstore).artifact
-    types = q4.manifest.meta["tensor_types"]
+def test_narrow_tensors_fall_back_to_32_wide_types(gstore: Any, tiny: dict[str, Any], tiny256: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A K-quant of rows that are not multiples of 256 is mostly 32-wide types; the manifest, the log and the bits say so."""
+    from slmops.export.gguf_quantize import fallback_line
+
+    with caplog.at_level(logging.WARNING, logger="slmops.export.gguf_quantize"):
+        q4 = run_stage("export.gguf", {"model": tiny["llama"]}, {"qtype": "q4_k_m"}, store=gstore, force=True).artifact
+    meta = q4.manifest.meta
+    types = meta["tensor_types"]
     assert "Q4_K" not in types and "Q5_0" in types  # hidden 64 is not a multiple of 256: llama.cpp's fallback
+    fb = meta["fallbacks"]
+    weights = sum(n for t, n in types.items() if t != "F32")
+    assert fb["tensors"] == fb["matrices"] == weights and fb["row_lengths"] == [64, 128]  # hidden and MLP widths
+    assert fb["types"]["Q4_K->Q5_0"] == types["Q5_0"] and sum(fb["types"].values()) == weights
+    assert meta["type_bits"]["Q5_0"] == 5.5 and meta["type_bits"]["Q8_0"] == 8.5  # 32 weights + an fp16 scale per block
+    assert 5.5 < meta["bits_per_weight"] < 8.5
+    assert fallback_line(meta) in caplog.text and "not a multiple of 256" in caplog.text
+    wide = run_stage("export.gguf", {"model": tiny256}, {"qtype": "q4_k_m"}, store=gstore).artifact.manifest.meta
+    assert "fallbacks" not in wide and wide["type_bits"]["Q4_K"] == 4.5 and wide["bits_per_weight"] < meta["bits_per_weight"]
     with open_runtime(q4) as g:
         assert g.generate("hello", GenerationParams(max_tokens=4)).completion_tokens >= 1
 

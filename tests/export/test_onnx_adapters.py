@@ -114,6 +114,34 @@ def test_runtime_adapter_survives_int4(astore: Any, setup: dict[str, Any]) -> No
     assert np.abs((on - off) - (tuned - base)).mean() < 0.05  # the adapter's effect is carried over
 
 
+def test_int4_can_keep_a_lora_in_float(astore: Any, setup: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """adapter_mode float keeps a LoRA as float branches beside the int4 base: always on, closer than merged on this model."""
+    import logging
+
+    import onnx
+
+    from slmops.pipeline.runner import run_stage
+    from slmops.runtimes import GenerationParams, open_runtime
+
+    model, adapter, _ = setup["llama"]
+    with caplog.at_level(logging.WARNING):
+        flt = run_stage("export.onnx", {"model": model, "adapter": adapter}, {"precision": "int4", "adapter_mode": "float", "parity_texts": 0},
+                        store=astore).artifact
+    merged = run_stage("export.onnx", {"model": model, "adapter": adapter}, {"precision": "int4", "parity_texts": 0}, store=astore).artifact
+    assert flt.manifest.meta["adapter"]["mode"] == "float" and merged.manifest.meta["adapter"]["mode"] == "merge"
+    assert not (flt.path / "adapters").exists() and "is invalid" not in caplog.text
+    graph = onnx.load(str(flt.path / "model.onnx"), load_external_data=False).graph
+    lora = [n for n in graph.node if "/lora_" in n.name]
+    assert lora and all(n.op_type == "MatMul" for n in lora)  # float branches, not MatMulNBits
+    assert not any("lora" in i.name for i in graph.input)  # constants, not switchable inputs
+    tuned = _peft_logits(model, adapter)
+    with open_runtime(flt) as rf, open_runtime(merged) as rm:
+        assert not rf.adapters
+        err_float, err_merged = np.abs(rf.sequence_logits(IDS) - tuned).mean(), np.abs(rm.sequence_logits(IDS) - tuned).mean()
+        assert rf.generate("The fox", GenerationParams(max_tokens=4)).completion_tokens == 4
+    assert err_float < err_merged  # rounding the merged weights to 4 bits loses part of the LoRA's change
+
+
 def test_unusable_adapters_are_refused(astore: Any, setup: dict[str, Any], tmp_path: Any) -> None:
     from slmops.errors import ConfigError
     from slmops.pipeline.runner import run_stage

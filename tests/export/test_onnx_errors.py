@@ -167,7 +167,9 @@ def test_int4_plan_works_around_the_builder_limits() -> None:
     assert plan(big, tied=False, mixed_precision="none")["embedding"] == "int4"
     assert plan(big, tied=False, quantize_embeddings=False)["embedding"] == "float"
     assert plan(big, adapter=True)["mixed_precision"] == "last" == plan(big, execution_provider="dml")["mixed_precision"]
-    assert plan(big, precision="int8") == {"algo": "default", "block_size": 64, "symmetric": True, "mixed_precision": "none", "embedding": "float"}
+    # int8: a tied embedding reads the int8 LM head (no float copy); an untied one stays float
+    assert plan(big, precision="int8") == {"algo": "default", "block_size": 64, "symmetric": True, "mixed_precision": "none", "embedding": "tied"}
+    assert plan(big, precision="int8", tied=False)["embedding"] == "float"
     assert plan(big, precision="fp16") == {}
     # 896 = 7 blocks of 128: k_quant packs zero points in pairs, so the default block drops to 64; an explicit 128 rounds with
     # symmetric rtn (no zero points) instead, and with an explicit k_quant it is refused
@@ -179,11 +181,10 @@ def test_int4_plan_works_around_the_builder_limits() -> None:
     with pytest.raises(ConfigError, match="odd number of 128-weight blocks"):
         plan(qwen, block_size=128, symmetric=False)
     assert plan({"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4})["block_size"] == 32  # ≤ hidden, even count
-    with pytest.raises(ConfigError, match="tied to its LM head"):
-        plan(big, quant_algo="default", mixed_precision="last")
-    with pytest.raises(ConfigError, match="tied to its LM head"):
-        plan(big, quant_algo="default", symmetric=False)
-    assert plan(big, quant_algo="default")["mixed_precision"] == "none"
+    # a tied embedding is tied after the builder ran (onnx_embedding.tied_embedding), so every rounding can mix precisions with it
+    assert plan(big, quant_algo="default", mixed_precision="last")["mixed_precision"] == "last"
+    assert plan(big, quant_algo="default", symmetric=False)["embedding"] == "tied"
+    assert plan(big, quant_algo="default")["mixed_precision"] == "first_last"
     assert plan(big, tied=False, quant_algo="default", mixed_precision="last")["mixed_precision"] == "last"
     with pytest.raises(ValueError, match="mixed_precision"):
         OnnxExportConfig(precision="int8", mixed_precision="first_last")

@@ -143,6 +143,36 @@ def test_int4_default_keeps_head_and_first_attention_at_int8(ostore: Any, models
             assert res.token_ids == ref.generate("The fox", GenerationParams(max_tokens=8)).token_ids
 
 
+@pytest.mark.parametrize("options", [{"quant_algo": "default", "block_size": 32}, {"precision": "int8"}])
+def test_tied_embedding_reads_the_quantized_head(ostore: Any, models: dict[str, Any], options: dict[str, Any],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A tied embedding is tied to the quantized LM head after the builder: no float copy, no "model is invalid" warnings.
+
+    int4 with the builder's default rounding and an int8 head did not load before (the builder named head initializers that
+    its quantizer never wrote), and int8 kept a float embedding."""
+    import logging
+
+    import onnx
+
+    from slmops.runtimes import GenerationParams, open_runtime
+    from slmops.testing.onnx import tiny_onnx
+
+    with caplog.at_level(logging.WARNING):
+        art = tiny_onnx("llama", store=ostore, model=models["llama"], **{"precision": "int4", "parity_texts": 3, **options})
+    assert "is invalid" not in caplog.text and "cannot be found" not in caplog.text
+    q = art.manifest.meta["quantization"]
+    assert q["embedding"] == "int8" and "/lm_head/MatMul_Q8" in q["int8_matmuls"]
+    graph = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
+    head = next(n for n in graph.node if n.name == "/lm_head/MatMul_Q8")
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    reshape = next(n for n in graph.node if n.output[0] == gather.input[0])
+    assert reshape.input[0] == head.input[1] and gather.input[2:] == head.input[2:]  # the head's own weight, scales (and zero points)
+    assert not any(t.name == "model.embed_tokens.weight" for t in graph.initializer)  # no float copy left
+    assert 0 < art.manifest.metrics["kl_mean"] < 1e-3 and art.manifest.metrics["top1_agreement"] > 0.9
+    with open_runtime(art) as rt:
+        assert rt.generate("The fox", GenerationParams(max_tokens=4)).completion_tokens == 4
+
+
 def test_mixed_precision_presets_reach_the_builder(ostore: Any, models: dict[str, Any]) -> None:
     from slmops.testing.onnx import tiny_onnx
 

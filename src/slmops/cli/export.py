@@ -47,7 +47,12 @@ def _emit(r: RunResult, name: str | None, as_json: bool, out_dir: str | None, ex
         print_result(d)
         m = d["meta"]
         if m.get("tensor_types"):
-            out.print("  tensor types: " + ", ".join(f"{k}×{v}" for k, v in m["tensor_types"].items()))
+            bits = m.get("type_bits") or {}
+            out.print("  tensor types: " + ", ".join(f"{k}×{v}" + (f" ({bits[k]:g} bpw)" if k in bits else "") for k, v in m["tensor_types"].items()))
+        if m.get("fallbacks"):
+            from slmops.export.gguf_quantize import fallback_line
+
+            out.print(f"  K-quant fallbacks: {fallback_line(m)}")
         if out_dir:
             out.print(f"  copied to {out_dir}")
         for line in d.get("hints", []):

@@ -35,7 +35,8 @@ MixedOpt = Annotated[str | None, Opt("--mixed-precision", help="int4: MatMuls ke
 EmbOpt = Annotated[bool, Opt("--quantize-embeddings/--float-embeddings", help="int4: quantize the token embedding too.")]
 EpOpt = Annotated[str, Opt("--execution-provider", "-e", help="cpu (default), cuda, dml or webgpu.")]
 AdapterOpt = Annotated[str | None, Opt("--adapter", help="A LoRA adapter of MODEL to merge in or to export as a run-time adapter.")]
-ModeOpt = Annotated[str, Opt("--adapter-mode", help="merge (into the weights) or runtime (a switchable .onnx_adapter).")]
+ModeOpt = Annotated[str, Opt("--adapter-mode", help="merge (into the weights), runtime (a switchable .onnx_adapter) or float (always on, "
+                                                      "float LoRA beside the quantized weights).")]
 AdapterNameOpt = Annotated[str, Opt("--adapter-name", help="Name of the run-time adapter (adapters/NAME.onnx_adapter).")]
 ParityOpt = Annotated[int, Opt("--parity-texts", help="Texts scored against the source model (KL, top-1, greedy); 0 skips.")]
 NameOpt = Annotated[str | None, Opt("--name", "-n", help="Registry name for the export (a new version each time).")]
@@ -50,8 +51,8 @@ def onnx_config(precision: str, *, block_size: int | None = None, asymmetric: bo
 
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision} is not supported by export.onnx", fix=f"use one of {', '.join(PRECISIONS)}")
-    if adapter_mode not in ("merge", "runtime"):
-        raise ConfigError(f"--adapter-mode {adapter_mode} is not a mode", fix="use merge or runtime")
+    if adapter_mode not in ("merge", "runtime", "float"):
+        raise ConfigError(f"--adapter-mode {adapter_mode} is not a mode", fix="use merge, runtime or float")
     if precision in ("fp32", "fp16"):
         given = [flag for flag, v in (("--block-size", block_size), ("--asymmetric", asymmetric or None), ("--accuracy-level", accuracy_level),
                                       ("--quant-algo", quant_algo), ("--mixed-precision", mixed_precision)) if v is not None]

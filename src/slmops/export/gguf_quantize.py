@@ -3,9 +3,11 @@
 The quantization itself is llama.cpp's (the same code as its ``llama-quantize`` tool, called through
 llama-cpp-python), so a Q4_K_M from slmops is the Q4_K_M llama.cpp and Ollama expect, including its
 per-tensor choices (attention-V and FFN-down kept at higher precision, the output tensor at Q6_K…).
-K-quants need rows whose length is a multiple of 256: llama.cpp falls back to a 32-wide type
-(Q4_K → Q5_0, Q6_K → Q8_0) for a tensor that is not; the facts returned count the tensor types
-actually written, so a fallback is visible in the manifest.
+K-quants need rows whose length is a multiple of 256 (their super-block): llama.cpp falls back to
+a 32-wide type (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → IQ4_NL) for a tensor that is
+not. :func:`quant_summary` reads what was actually written — the count of tensors per type, the
+bits per weight of each type and of the whole file, and which tensors fell back and why — so a
+"Q4_K_M" that is mostly Q5_0 (SmolLM2-135M: hidden size 576) says so in the manifest and the CLI.
 
 An importance matrix (:func:`compute_imatrix`) is the mean squared activation entering each
 weight's columns, measured with the torch model on the user's own texts; llama.cpp uses it to
@@ -94,14 +96,70 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, imatrix: dict[str, np.nda
         os.replace(partial, dst)
     finally:
         partial.unlink(missing_ok=True)
-    return {"qtype": qtype, "tensor_types": tensor_types(dst), "imatrix_tensors": len(imatrix or {}), "file_bytes": dst.stat().st_size}
+    summary = quant_summary(dst, qtype)
+    if summary.get("fallbacks"):
+        log.warning("export.gguf: %s", fallback_line(summary))
+    return {"qtype": qtype, **summary, "imatrix_tensors": len(imatrix or {}), "file_bytes": dst.stat().st_size}
+
+
+#: the 32-wide type llama.cpp writes instead of a K-quant when a row is not a multiple of 256 (llama-quant.cpp).
+K_FALLBACKS: dict[str, str] = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+K_BLOCK = 256
 
 
 def tensor_types(path: Path) -> dict[str, int]:
     """How many tensors of each ggml type a GGUF holds (e.g. ``{"Q4_K": 10, "Q6_K": 2, "F32": 5}``)."""
+    return quant_summary(path)["tensor_types"]
+
+
+def quant_summary(path: Path, qtype: str | None = None) -> dict[str, Any]:
+    """What a GGUF holds: ``tensor_types`` (count per ggml type), ``type_bits`` (bits per weight of each type, scales included),
+    ``bits_per_weight`` (all tensors), and for a K-quant ``qtype`` the ``fallbacks``: how many weight matrices have rows that
+    are not a multiple of 256 and which 32-wide types llama.cpp wrote for them (``{"tensors", "weights", "row_lengths",
+    "types": {"Q4_K->Q5_0": n, ...}, "reason"}``; absent when none fell back)."""
     gguf = require("gguf", extra="gguf", purpose="reading GGUF files")
     reader = gguf.GGUFReader(str(path), "r")
-    return dict(sorted(Counter(t.tensor_type.name for t in reader.tensors).items()))
+    counts: Counter[str] = Counter()
+    elems: Counter[str] = Counter()
+    nbytes: Counter[str] = Counter()
+    narrow: list[tuple[str, int]] = []
+    matrices = 0
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        counts[kind] += 1
+        elems[kind] += int(t.n_elements)
+        nbytes[kind] += int(t.n_bytes)
+        if len(t.shape) >= 2 and int(t.n_elements) > int(t.shape[0]):
+            matrices += 1
+            if int(t.shape[0]) % K_BLOCK:
+                narrow.append((kind, int(t.shape[0])))
+    total_e, total_b = sum(elems.values()), sum(nbytes.values())
+    out: dict[str, Any] = {
+        "tensor_types": dict(sorted(counts.items())),
+        "type_bits": {k: round(nbytes[k] * 8 / elems[k], 3) for k in sorted(counts) if elems[k]},
+        "bits_per_weight": round(total_b * 8 / total_e, 3) if total_e else None,
+    }
+    if qtype and "_k" in qtype.lower():
+        back = {v: k for k, v in reversed(K_FALLBACKS.items())}
+        fell = Counter(f"{back[kind]}->{kind}" for kind, _ in narrow if kind in back)
+        if fell:
+            rows = sorted({r for kind, r in narrow if kind in back})
+            out["fallbacks"] = {
+                "tensors": sum(fell.values()), "matrices": matrices, "row_lengths": rows, "types": dict(sorted(fell.items())),
+                "reason": f"rows of {', '.join(map(str, rows))} weights are not a multiple of {K_BLOCK} (a K-quant super-block), "
+                          "so llama.cpp wrote a 32-wide type instead",
+            }
+    return out
+
+
+def fallback_line(summary: dict[str, Any]) -> str:
+    """One sentence on the K-quant fallbacks of a :func:`quant_summary` (empty when there were none)."""
+    fb = summary.get("fallbacks")
+    if not fb:
+        return ""
+    types = ", ".join(f"{k.replace('->', ' → ')} ×{v}" for k, v in fb["types"].items())
+    return (f"{fb['tensors']} of {fb['matrices']} weight matrices are not K-quants: their {fb['reason']} ({types}); "
+            f"{summary['bits_per_weight']} bits per weight overall")
 
 
 def compute_imatrix(model_folder: Path, texts: Iterable[str], *, max_texts: int = 64, max_tokens: int = 512) -> tuple[dict[str, np.ndarray], dict[str, int]]:

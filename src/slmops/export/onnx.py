@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slmops._optional import require
 from slmops.errors import ConfigError, SlmopsError
-from slmops.export.onnx_embedding import int8_embedding, quantized_layout
+from slmops.export.onnx_embedding import int8_embedding, quantized_layout, tied_embedding
 from slmops.export.onnx_quant import builder_options, plan_quantization, target_options, tied_embeddings
 from slmops.progress import task
 
@@ -99,8 +99,10 @@ class OnnxExportConfig(BaseModel):
                           "(none with quant_algo default on a tied model, which the builder cannot mix)"
     )
     quantize_embeddings: bool = Field(True, description="int4: quantize the token embedding too (untied models keep it in float otherwise)")
-    adapter_mode: Literal["merge", "runtime"] = Field(
-        "merge", description="With an adapter input: merge it into the weights (merge) or export it as a switchable ORT GenAI adapter (runtime)"
+    adapter_mode: Literal["merge", "runtime", "float"] = Field(
+        "merge", description="With an adapter input: merge it into the weights (merge), export it as a switchable ORT GenAI adapter (runtime), "
+                             "or keep it always on as float LoRA branches beside the quantized base weights (float: int4/int8 rounding "
+                             "leaves the adapter's changes exact, for the size of the LoRA in fp32)"
     )
     adapter_name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Name of the exported run-time adapter")
     parity_texts: int = Field(4, ge=0, le=256, description="Texts scored against the source (KL, top-1, greedy); 0 skips the check")
@@ -355,6 +357,9 @@ def export_onnx(src: Path, out: Path, cfg: OnnxExportConfig, *, adapter_path: Pa
         shutil.rmtree(cache, ignore_errors=True)
     try:
         facts.update(finish_folder(src, out))
+        if plan.get("embedding") == "tied" and tied_embedding(out) is None:
+            log.warning("export.onnx: the LM head is not quantized, so the tied embedding cannot read it; quantizing it to int8 on its own")
+            plan["embedding"] = "int8"
         if plan.get("embedding") == "int8" and not int8_embedding(out, plan["block_size"]):
             log.warning("export.onnx: found no float token-embedding Gather to quantize to int8; the embedding stays in float")
     except OSError as exc:
@@ -362,6 +367,6 @@ def export_onnx(src: Path, out: Path, cfg: OnnxExportConfig, *, adapter_path: Pa
             raise ExportError("export.onnx ran out of disk space", why=str(exc), fix="free some space or point SLMOPS_HOME (--home) at a bigger disk") from exc
         raise
     if plan:
-        facts["quantization"] = {**plan, **(quantized_layout(out) if cfg.precision == "int4" else {})}
+        facts["quantization"] = {**plan, **quantized_layout(out)}
     facts.update(precision=cfg.precision, execution_provider=cfg.execution_provider, builder_layout=build_provider(cfg), size_bytes=folder_size(out))
     return facts

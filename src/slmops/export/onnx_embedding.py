@@ -7,7 +7,17 @@ untied benchmark model: KL 3.55e-4 vs llama.cpp Q4_K_M 1.58e-3, ``benchmarks/onn
 gives the embedding the same treatment after the builder has run: the float ``Gather`` becomes a
 ``GatherBlockQuantized`` with ``bits=8`` (symmetric, one float scale per block, the uint8 data
 offset by 128 as ONNX Runtime's default zero point expects), which ONNX Runtime runs on CPU and
-CUDA. A tied embedding needs none of this: the builder reads it from the int8 LM head itself.
+CUDA.
+
+A *tied* embedding (:func:`tied_embedding`) is read from the quantized LM head itself, with no
+second copy: ``GatherBlockQuantized`` over the head's ``MatMulNBits`` weight, scales and zero
+points (whatever their names, bits and block), sliced back to the hidden size when the head's rows
+were padded to whole blocks. The builder can do this itself (``shared_embeddings``), but it writes
+its ``GatherBlockQuantized`` into the *float* graph before quantizing, naming head initializers
+that do not exist yet, so every export logged ``onnx_ir.serde: Input 'lm_head.MatMul.weight_Q8G32'
+… The model is invalid`` (and with its default quantizer and an int8 head the names never came to
+exist: the graph did not load). slmops builds with ``shared_embeddings=false`` — a float embedding
+of its own, a valid graph at every step — and ties the two afterwards from what was really written.
 """
 
 from __future__ import annotations
@@ -72,9 +82,87 @@ def int8_embedding(out: Path, block: int) -> bool:
     graph.node.insert(index, gather)
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    (out / DATA_FILE).unlink(missing_ok=True)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+    _save(model, out)
     return True
+
+
+def _save(model: Any, out: Path) -> None:
+    onnx = _onnx()
+    (out / DATA_FILE).unlink(missing_ok=True)
+    onnx.save_model(model, str(out / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE,
+                    size_threshold=1024)
+
+
+def _attr(node: Any, name: str) -> int | None:
+    return next((a.i for a in node.attribute if a.name == name), None)
+
+
+def tied_embedding(out: Path) -> int | None:
+    """Make the float token-embedding ``Gather`` of ``out/model.onnx`` read the quantized LM head; return its bits (``None``: not done).
+
+    Nothing is changed (``None``) when there is no float embedding ``Gather``, no ``MatMulNBits``
+    LM head, or their shapes differ (vocabulary × hidden size), so the caller can fall back to
+    :func:`int8_embedding`.
+    """
+    onnx = _onnx()
+    from onnx import helper, numpy_helper
+
+    path = out / MODEL_FILE
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    found = next(((i, n) for i, n in enumerate(graph.node) if n.op_type == "Gather" and n.name.endswith(EMBED_SUFFIX)), None)
+    head = next((n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None)
+    if found is None or head is None:
+        return None
+    index, gather = found
+    inits = {t.name: t for t in graph.initializer}
+    weight = inits.get(gather.input[0])
+    bits, block, k, n = (_attr(head, a) for a in ("bits", "block_size", "K", "N"))
+    qweight, scales = (inits.get(head.input[i]) for i in (1, 2))
+    if weight is None or qweight is None or scales is None or None in (bits, block, k, n) or list(weight.dims) != [n, k]:
+        return None
+    if sum(gather.input[0] in x.input for x in graph.node) != 1:
+        return None
+    blocks = -(-k // block)
+    prefix = gather.name[: -len("Gather")]
+
+    def const(name: str, values: list[int]) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), f"{prefix}{name}"))
+        return f"{prefix}{name}"
+
+    nodes = [helper.make_node("Reshape", [qweight.name, const("data_shape", [n, blocks * block * bits // 8])], [f"{prefix}Reshape/output_0"],
+                              name=f"{prefix}Reshape")]
+    scale_in = scales.name
+    if list(scales.dims) != [n, blocks]:  # the default quantizer stores them flat
+        nodes.append(helper.make_node("Reshape", [scales.name, const("scales_shape", [n, blocks])], [f"{prefix}ScalesReshape/output_0"],
+                                      name=f"{prefix}ScalesReshape"))
+        scale_in = f"{prefix}ScalesReshape/output_0"
+    inputs = [f"{prefix}Reshape/output_0", gather.input[1], scale_in]
+    zp = inits.get(head.input[3]) if len(head.input) > 3 and head.input[3] else None
+    if zp is not None:
+        zp_cols = -(-blocks * bits // 8)
+        if list(zp.dims) != [n, zp_cols]:
+            nodes.append(helper.make_node("Reshape", [zp.name, const("zp_shape", [n, zp_cols])], [f"{prefix}ZpReshape/output_0"],
+                                          name=f"{prefix}ZpReshape"))
+            inputs.append(f"{prefix}ZpReshape/output_0")
+        else:
+            inputs.append(zp.name)
+    padded = blocks * block != k
+    gathered = f"{prefix}GatherBlockQuantized/output_0" if padded else gather.output[0]
+    nodes.append(helper.make_node("GatherBlockQuantized", inputs, [gathered], name=f"{prefix}GatherBlockQuantized", domain="com.microsoft",
+                                  bits=bits, block_size=block, gather_axis=0, quantize_axis=1))
+    if padded:  # the head's rows were padded to whole blocks: cut the embedding back to the hidden size
+        nodes.append(helper.make_node("Slice", [gathered, const("start", [0]), const("end", [k]), const("axis", [-1])], list(gather.output),
+                                      name=f"{prefix}Slice"))
+    graph.node.remove(gather)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(index + offset, node)
+    graph.initializer.remove(weight)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.load_external_data_for_model(model, str(out))
+    _save(model, out)
+    return bits
 
 
 def quantized_layout(out: Path) -> dict[str, Any]:

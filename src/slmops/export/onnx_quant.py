@@ -51,41 +51,32 @@ def plan_quantization(cfg: OnnxExportConfig, model_cfg: dict[str, Any], *, tied:
 
     The int4 defaults are the setting that is no worse than llama.cpp's Q4_K_M in KL while under
     30% of fp16 on the benchmark model (``benchmarks/onnx_precisions.md``): ``first_last`` mixed
-    precision, block 128, ``k_quant`` rounding for a model with a tied embedding (the builder's
-    default quantizer cannot keep a tied LM head at int8) and the builder's default rounding
-    otherwise (the same KL as ``k_quant`` on an untied model, with no zero points to store).
-    Four builder limits (onnxruntime-genai 0.18, onnxruntime 1.32) are worked around or refused
-    up front rather than ending in a graph that does not load:
+    precision, block 128, ``k_quant`` rounding for a model with a tied embedding and the builder's
+    default rounding otherwise (the same KL as ``k_quant`` on an untied model, with no zero points
+    to store). Three builder limits (onnxruntime-genai 0.18, onnxruntime 1.32) are worked around or
+    refused up front rather than ending in a graph that does not load:
 
     * ``k_quant`` (and asymmetric ``rtn``) packs two 4-bit zero points per byte across rows, so it
       breaks on a MatMul whose input width spans an odd number of blocks: with the default block
       size the largest of 128/64/32/16 that avoids that (and is no wider than the narrowest
       MatMul) is taken — or, if none does, symmetric ``rtn`` (no zero points) —, an explicit one
       is refused;
-    * the default quantizer cannot keep the LM head at int8 when the embedding is tied to it, nor
-      quantize a tied embedding asymmetrically;
     * ``first_last`` needs the builder's per-node overrides on the packed q/k/v projection, which
       drop a run-time adapter's exclusions and do not exist on DirectML (no packing there), so with
-      a run-time adapter or ``dml`` only the LM head stays at int8;
+      a run-time or float adapter or ``dml`` only the LM head stays at int8;
     * the builder quantizes an untied embedding to 4 bits at most (and ``k_quant``/``rtn`` not at
       all), so with mixed precision it is left in float and made int8 afterwards
-      (:func:`slmops.export.onnx_embedding.int8_embedding`; ``embedding`` in the plan: ``tied``
-      follows the LM head, ``int8`` is that rewrite, ``int4`` the builder's, ``float`` none).
+      (:func:`slmops.export.onnx_embedding.int8_embedding`). ``embedding`` in the plan: ``tied``
+      reads the quantized LM head (built untied, tied afterwards by
+      :func:`slmops.export.onnx_embedding.tied_embedding`), ``int8`` is that rewrite, ``int4`` the
+      builder's, ``float`` none.
     """
     if cfg.precision not in ("int4", "int8"):
         return {}
     int4 = cfg.precision == "int4"
     algo = cfg.quant_algo or ("k_quant" if int4 and (tied or not cfg.quantize_embeddings) else "default")
     block = cfg.block_size or (INT4_BLOCKS[0] if int4 else 64)
-    mixed = cfg.mixed_precision or ("none" if not int4 or (tied and algo == "default") else "first_last")
-    if int4 and tied and algo == "default" and (mixed != "none" or not cfg.symmetric):
-        what = f"mixed_precision {mixed}" if mixed != "none" else "asymmetric int4"
-        raise ConfigError(
-            f"{what} with quant_algo default cannot export a model whose embedding is tied to its LM head",
-            why="the model builder's default quantizer writes the shared embedding without the weights or scales it names "
-                "(the graph does not load)",
-            fix="use --quant-algo k_quant (the default for this model) or rtn" + (", or --mixed-precision none" if mixed != "none" else ""),
-        )
+    mixed = cfg.mixed_precision or ("none" if not int4 else "first_last")
     sizes = matmul_input_sizes(model_cfg)
     if int4 and cfg.block_size is None and sizes:  # no block wider than the narrowest MatMul (it would be mostly padding)
         block = next((b for b in INT4_BLOCKS if b <= sizes[0]), INT4_BLOCKS[-1])
@@ -107,7 +98,7 @@ def plan_quantization(cfg: OnnxExportConfig, model_cfg: dict[str, Any], *, tied:
         log.info("export.onnx: with a run-time adapter or for DirectML only the LM head stays at int8 (mixed_precision last)")
         mixed = "last"
     embedding = "float"
-    if int4 and tied:
+    if tied:
         embedding = "tied"
     elif int4 and cfg.quantize_embeddings and mixed != "none":
         embedding = "int8"
@@ -145,8 +136,10 @@ def builder_options(cfg: OnnxExportConfig, *, adapter_path: Path | None = None, 
             opts["accuracy_level"] = str(cfg.accuracy_level)
         if plan["algo"] != "default":
             opts["algo_config"] = plan["algo"]
-        if cfg.precision == "int4" and plan.get("embedding") in ("tied", "int4"):
+        if cfg.precision == "int4" and plan.get("embedding") == "int4":
             opts["op_types_to_quantize"] = "MatMul/Gather"
+        if plan.get("embedding") == "tied":  # a float embedding of its own; tied to the quantized head afterwards (onnx_embedding)
+            opts["shared_embeddings"] = "false"
         if plan["mixed_precision"] in ("last", "mixed"):
             opts["matmul_mixed_precision"] = "last_matmul:int8" + (",mixed_layers:int8" if plan["mixed_precision"] == "mixed" else "")
     if adapter_path is not None:

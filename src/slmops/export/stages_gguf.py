@@ -128,7 +128,7 @@ def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, out: Path) -> Stag
     """Convert a model (and optionally its LoRA adapter) to GGUF, quantized by llama.cpp."""
     from slmops.export.gguf_convert import convert_to_gguf
     from slmops.export.gguf_lora import convert_lora
-    from slmops.export.gguf_quantize import compute_imatrix, quantize_gguf, tensor_types
+    from slmops.export.gguf_quantize import compute_imatrix, quant_summary, quantize_gguf
 
     model, adapter, data = inputs["model"], inputs.get("adapter"), inputs.get("data")
     _check_model(model)
@@ -150,7 +150,7 @@ def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, out: Path) -> Stag
                 imatrix, meta["imatrix"] = compute_imatrix(model.path, dataset_texts(data), max_texts=cfg.imatrix_texts, max_tokens=cfg.imatrix_tokens)
             meta.update(quantize_gguf(first, out / MODEL_FILE, cfg.qtype, imatrix=imatrix))
         else:
-            meta["tensor_types"] = tensor_types(first)
+            meta.update(quant_summary(first, cfg.qtype))
     adapters = []
     if adapter is not None and not cfg.merge_adapter:
         meta["adapter"] = convert_lora(adapter_folder(adapter), model.path, out / ADAPTER_FILE, name=f"adapter-{adapter.short}")

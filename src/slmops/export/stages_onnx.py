@@ -1,7 +1,8 @@
 """Registers the ONNX stages: ``export.onnx`` (HF model → ORT GenAI folder) and ``export.foundry`` (→ Foundry Local package).
 
-``export.onnx`` takes a ``model`` and optionally an ``adapter`` (merged before export, or exported
-as a switchable ORT GenAI adapter with ``adapter_mode=runtime``), runs the model builder
+``export.onnx`` takes a ``model`` and optionally an ``adapter`` (merged before export, exported
+as a switchable ORT GenAI adapter with ``adapter_mode=runtime``, or kept always on as float LoRA
+branches beside the quantized base with ``adapter_mode=float``), runs the model builder
 (:mod:`slmops.export.onnx`), and — unless ``parity_texts`` is 0 — scores the result against the
 source on the torch runtime through :func:`slmops.export.parity.measure_parity` (KL, top-1
 agreement, greedy match, tokenizer match), so every ONNX artifact carries its own parity numbers.
@@ -82,28 +83,30 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: P
     if model.kind != "model":
         raise ConfigError(f"artifact {model.short} is a {model.kind}, not a model", fix="pass a model artifact (an HF folder in the store)")
     src = model_folder(model)
-    if adapter is None and cfg.adapter_mode == "runtime":
-        raise ConfigError("--adapter-mode runtime needs an adapter", fix="pass --adapter ADAPTER (a LoRA adapter trained on this model)")
+    if adapter is None and cfg.adapter_mode != "merge":
+        raise ConfigError(f"--adapter-mode {cfg.adapter_mode} needs an adapter", fix="pass --adapter ADAPTER (a LoRA adapter trained on this model)")
     source = check_source(src)
     merged = out / ".merged"
     reference, active = src, None
     try:
         if adapter is not None:
             adapter_dir = check_adapter_input(model, adapter)
-            if cfg.adapter_mode == "runtime":
+            mode = cfg.adapter_mode
+            if mode != "merge":
                 check_peft_lora(adapter_dir)
             check_disk(out, source["parameters_estimate"], "fp32")
-            if cfg.adapter_mode == "merge" or cfg.parity_texts:
+            if mode == "merge" or cfg.parity_texts:
                 reference = merge_adapter(src, adapter_dir, merged)
-            if cfg.adapter_mode == "merge":
+            if mode == "merge":
                 facts = export_onnx(reference, out, cfg)
             else:
                 facts = export_onnx(src, out, cfg, adapter_path=adapter_dir, exclude_nodes=lora_node_exclusions(source["num_layers"]))
-                adapter_file = Path(ADAPTER_DIR) / f"{cfg.adapter_name}{ADAPTER_SUFFIX}"
-                write_adapter(expose_lora_inputs(out), out / adapter_file)
-                facts["adapters"] = {cfg.adapter_name: adapter_file.as_posix()}
-                active = cfg.adapter_name
-            facts["adapter"] = {"digest": adapter.digest, "mode": cfg.adapter_mode}
+                if mode == "runtime":
+                    adapter_file = Path(ADAPTER_DIR) / f"{cfg.adapter_name}{ADAPTER_SUFFIX}"
+                    write_adapter(expose_lora_inputs(out), out / adapter_file)
+                    facts["adapters"] = {cfg.adapter_name: adapter_file.as_posix()}
+                    active = cfg.adapter_name
+            facts["adapter"] = {"digest": adapter.digest, "mode": mode}
         else:
             facts = export_onnx(src, out, cfg)
         parity = onnx_parity(reference, out, cfg, adapter=active) if cfg.parity_texts and cfg.execution_provider == "cpu" else {}
