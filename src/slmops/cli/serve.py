@@ -63,8 +63,6 @@ def register(app: typer.Typer) -> None:
                                   fix="drop the model ids, or serve from the registry without --bundle")
             spec = read_spec(bundle)  # serve.json gives the defaults; every checksum is verified before serving
         if models and bundle is None:
-            from rich.markup import escape
-
             from slmops.serve.paths import served_id
             from slmops.store.registry import Store
 
@@ -72,7 +70,7 @@ def register(app: typer.Typer) -> None:
                 ids = [served_id(m, check) for m in models]
             for m, i in zip(models, ids, strict=True):
                 if m != i:
-                    err.print(f"[dim]{escape(m)} is served as {escape(i)}[/]", highlight=False)
+                    err.print(f"{m} is served as {i}", style="dim", highlight=False)
             models = ids
         saved = (spec or {}).get("serve", {})
         host = host or saved.get("host") or "127.0.0.1"
