@@ -1,4 +1,4 @@
-"""Registers the model stages: ``models.init`` (random init of a real architecture) and ``models.import``."""
+"""Registers the model stages: ``models.init`` (random init of a real architecture), ``models.import`` and ``models.shrink``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from slmops.models.importer import ImportConfig, import_fingerprint, import_folder
 from slmops.models.init import InitConfig, dataset_texts, init_model
+from slmops.models.shrink import ShrinkConfig, shrink_fingerprint
 from slmops.pipeline.stages import StageOutput, stage
 from slmops.store.artifact import Artifact
 
@@ -25,3 +26,14 @@ def import_(inputs: dict[str, Artifact], cfg: ImportConfig, out: Path) -> StageO
     """Import a Hugging Face model folder (safetensors only, no remote code)."""
     facts = import_folder(cfg, out)
     return StageOutput(metrics={k: facts[k] for k in _METRIC_KEYS if facts.get(k) is not None}, meta=facts)
+
+
+@stage("models.shrink", config=ShrinkConfig, kind="model", format="hf-safetensors", inputs=("model",), optional_inputs=("data",), fingerprint=shrink_fingerprint)
+def shrink(inputs: dict[str, Artifact], cfg: ShrinkConfig, out: Path) -> StageOutput:
+    """A smaller model of the same architecture and tokenizer, pruned from the teacher by measured importance."""
+    from slmops.models.shrink import shrink_model
+
+    data = inputs.get("data")
+    facts = shrink_model(inputs["model"], cfg, out, texts=list(dataset_texts(data)) if data is not None else None)
+    keys = ("parameters", "parameters_teacher", "parameter_ratio", "perplexity_teacher", "perplexity_before_healing", "vocab_size", "context_length")
+    return StageOutput(metrics={k: facts[k] for k in keys if facts.get(k) is not None}, meta=facts)
