@@ -170,3 +170,39 @@ def test_cli_shrink_and_its_one_line_error(cli, deep_models, model_store, tmp_pa
     d = r.json
     assert d["name"] == "small:1" and d["metrics"]["parameters"] < d["metrics"]["parameters_teacher"]
     assert len(d["meta"]["removed_layers"]) == 1
+
+
+def _kl_to_teacher(teacher: Any, student: Any, texts: list[str]) -> float:
+    """Mean KL(teacher ‖ student) per token over ``texts`` (same tokenizer)."""
+    import torch
+
+    from slmops.models import load_model_and_tokenizer
+
+    t, tok = load_model_and_tokenizer(teacher)
+    s, _ = load_model_and_tokenizer(student)
+    ids = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=48)
+    with torch.no_grad():
+        lt = torch.log_softmax(t(**ids).logits, -1)
+        ls = torch.log_softmax(s(**ids).logits, -1)
+    kl = (lt.exp() * (lt - ls)).sum(-1)
+    mask = ids["attention_mask"].bool()
+    return float(kl[mask].mean())
+
+
+def test_distill_train_heals_a_shrunk_student_with_logit_kd(model_store, deep_models) -> None:
+    """The shrunk student shares the teacher's tokenizer, so full-vocabulary logit KD on prose runs and pulls it toward the teacher."""
+    from slmops.data.io import read_dataset
+    from slmops.pipeline.runner import run_stage
+
+    teacher = deep_models["models"]["llama"]
+    student = _shrink(model_store, teacher, deep_models["data"], num_layers=2, hidden_size=48)
+    prose = run_stage("data.prose", {}, {"max_texts": 80}, store=model_store).artifact
+    held_out = [r.text for r in read_dataset(prose, "validation")][:4]
+    before = _kl_to_teacher(teacher, student, held_out)
+    train = {"max_steps": 12, "batch_size": 4, "max_length": 64, "learning_rate": 3e-3, "seed": 0}
+    healed = run_stage("distill.train", {"student": student, "teacher": teacher, "data": prose}, {"mode": "logits", "alpha": 1.0, "train": train}, store=model_store).artifact
+    d = healed.manifest.meta["distill"]
+    assert d["mode"] == "logits" and d["kd_tokens"] > 0 and d["teacher"] == teacher.digest
+    assert json.loads(healed.file("config.json").read_text())["hidden_size"] == 48
+    after = _kl_to_teacher(teacher, healed, held_out)
+    assert after < before * 0.9, (before, after)

@@ -54,6 +54,8 @@ EXAMPLES: dict[str, Example] = {
     "data.dedup": lambda s, t: ({"data": _synth(s)}, {}),
     "models.init": lambda s, t: ({"data": _synth(s)}, {"arch": "qwen2", "vocab_size": 400}),
     "models.import": lambda s, t: ({}, _import_folder(s, t)),
+    "models.shrink": lambda s, t: ({"model": _model(s), "data": _synth(s)}, {"num_layers": 1, "calibration_sequences": 2, "eval_sequences": 1, "sequence_length": 16}),
+    "data.prose": lambda s, t: ({}, {"max_texts": 20}),
     "finetune.lora": lambda s, t: ({"model": _model(s), "data": _synth(s)}, {"max_steps": 2, "batch_size": 4}),
     "finetune.full": lambda s, t: ({"model": _model(s), "data": _synth(s)}, {"max_steps": 2, "batch_size": 4}),
     "adapters.merge": lambda s, t: ({"model": _model(s), "adapter": _adapter(s)}, {}),
