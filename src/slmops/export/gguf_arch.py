@@ -242,6 +242,26 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of :func:`permute_rows`: interleaved-pair rows (llama.cpp) back to half-rotation (transformers)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def hf_module_of(gguf_base: str, spec: ArchSpec) -> str | None:
+    """The HF module path of a GGUF tensor name without its suffix (``blk.3.attn_q`` → ``model.layers.3.self_attn.q_proj``); the inverse of :func:`gguf_base_name`."""
+    m = re.match(r"^blk\.(\d+)\.(.+)$", gguf_base)
+    if m:
+        sub = next((hf for hf, g in spec.layer_map.items() if g == m.group(2)), None)
+        return f"model.layers.{m.group(1)}.{sub}" if sub else None
+    return next((hf for hf, g in _GLOBAL.items() if g == gguf_base), None)
+
+
+def hf_architecture_of(gguf_arch: str) -> str | None:
+    """The transformers class a GGUF architecture is read back as (``llama`` → ``LlamaForCausalLM``: Mistral GGUFs are ``llama`` too)."""
+    return next((hf for hf, g in HF_ARCHITECTURES.items() if g == gguf_arch), None)
+
+
 @dataclass(frozen=True)
 class TensorTarget:
     """Where one HF tensor goes: its GGUF name and the row transform it needs."""

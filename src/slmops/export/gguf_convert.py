@@ -127,7 +127,8 @@ def gguf_model_name(name: str, *, phi3_tokens_ok: bool) -> str:
     return name if phi3_tokens_ok else re.sub(r"(?i)phi-?3", "phi", name)
 
 
-def _required(hp: HParams) -> list[str]:
+def required_tensors(hp: HParams) -> list[str]:
+    """The GGUF tensors a llama/qwen2/phi3 model of ``hp`` cannot run without."""
     per_layer = ["attn_norm", "attn_output", "ffn_norm", "ffn_down", "ffn_up"]
     per_layer += ["attn_qkv"] if hp.gguf_arch == "phi3" else ["attn_q", "attn_k", "attn_v", "ffn_gate"]
     names = ["token_embd.weight", "output_norm.weight"] + ([] if hp.tie_word_embeddings else ["output.weight"])
@@ -149,7 +150,7 @@ def _plan(src: TensorSource, hp: HParams, outtype: str) -> list[_Planned]:
         dtype = np.float16 if outtype == "f16" and len(shape) >= 2 else np.float32
         plan.append(_Planned(target.name, hf, shape, target, dtype))
         seen.add(target.name)
-    missing = [n for n in _required(hp) if n not in seen]
+    missing = [n for n in required_tensors(hp) if n not in seen]
     if missing:
         raise DataError(
             f"the weights lack {len(missing)} tensor(s) llama.cpp needs, e.g. {', '.join(missing[:3])}",

@@ -39,6 +39,16 @@ STOP_IDS_KEY = "slmops.stop_token_ids"
 _GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 #: pre-tokenizer names this converter can choose; others may be forced with ``pre_tokenizer=``.
 KNOWN_PRE = ("llama-bpe", "smaug-bpe", "qwen2", "gpt-2", "smollm", "default")
+#: llama.cpp pre-tokenizer name -> (tokenizer.json pre-tokenizer steps as :func:`_steps` signs them,
+#: the BPE model's ``ignore_merges`` or None when it does not matter). Read both ways: HF → GGUF
+#: (:func:`detect_pre_tokenizer`) and GGUF → HF (:mod:`slmops.models.gguf_tokenizer`).
+PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool | None]] = {
+    "llama-bpe": (("split:" + LLAMA3_SPLIT, "bytelevel"), True),
+    "smaug-bpe": (("split:" + LLAMA3_SPLIT, "bytelevel"), False),
+    "qwen2": (("split:" + QWEN2_SPLIT, "bytelevel"), None),
+    "gpt-2": (("bytelevel+regex",), None),
+    "smollm": (("digits", "bytelevel+regex"), None),
+}
 
 
 @dataclass
@@ -130,14 +140,11 @@ def detect_pre_tokenizer(tj: dict[str, Any]) -> str | None:
     """The llama.cpp pre-tokenizer name whose rules equal ``tokenizer.json``'s; None when none does."""
     steps = _steps(tj.get("pre_tokenizer"))
     ignore_merges = bool((tj.get("model") or {}).get("ignore_merges"))
-    if steps == ["split:" + LLAMA3_SPLIT, "bytelevel"]:
-        return "llama-bpe" if ignore_merges else "smaug-bpe"
-    if steps == ["split:" + QWEN2_SPLIT, "bytelevel"]:
-        return "qwen2"
-    if steps in (["bytelevel+regex"], ["split:" + _GPT2_SPLIT, "bytelevel"]):
+    for name, (want, ignore) in PRE_TOKENIZERS.items():
+        if steps == list(want) and ignore in (None, ignore_merges):
+            return name
+    if steps == ["split:" + _GPT2_SPLIT, "bytelevel"]:
         return "gpt-2"
-    if steps == ["digits", "bytelevel+regex"]:
-        return "smollm"
     return None
 
 

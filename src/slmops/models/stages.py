@@ -1,9 +1,13 @@
-"""Registers the model stages: ``models.init`` (random init of a real architecture), ``models.import`` and ``models.shrink``."""
+"""Registers the model stages: ``models.init`` (random init of a real architecture), ``models.import`` (HF folders),
+``models.import_gguf`` (a .gguf file as it is), ``models.from_gguf`` (a GGUF dequantized into an HF folder) and
+``models.shrink`` (a smaller model pruned from a teacher)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from slmops.models.gguf_import import FromGGUFConfig, ImportGGUFConfig, gguf_to_hf, import_gguf_file
+from slmops.models.gguf_import import import_fingerprint as gguf_fingerprint
 from slmops.models.importer import ImportConfig, import_fingerprint, import_folder
 from slmops.models.init import InitConfig, dataset_texts, init_model
 from slmops.models.shrink import ShrinkConfig, shrink_fingerprint
@@ -25,6 +29,22 @@ def init(inputs: dict[str, Artifact], cfg: InitConfig, out: Path) -> StageOutput
 def import_(inputs: dict[str, Artifact], cfg: ImportConfig, out: Path) -> StageOutput:
     """Import a Hugging Face model folder (safetensors only, no remote code)."""
     facts = import_folder(cfg, out)
+    return StageOutput(metrics={k: facts[k] for k in _METRIC_KEYS if facts.get(k) is not None}, meta=facts)
+
+
+@stage("models.import_gguf", config=ImportGGUFConfig, kind="gguf", format="gguf", fingerprint=gguf_fingerprint)
+def import_gguf(inputs: dict[str, Artifact], cfg: ImportGGUFConfig, out: Path) -> StageOutput:
+    """Import a .gguf model file as it is (run by llama.cpp); records its sha256 and source."""
+    facts = import_gguf_file(cfg, out)
+    params = int(facts["parameters"] or 0)
+    metrics = {"size_bytes": facts["file_bytes"], "parameters": params, "bits_per_weight": round(facts["file_bytes"] * 8 / params, 3) if params else None}
+    return StageOutput(metrics=metrics, meta=facts)
+
+
+@stage("models.from_gguf", config=FromGGUFConfig, kind="model", format="hf-safetensors", inputs=("model",))
+def from_gguf(inputs: dict[str, Artifact], cfg: FromGGUFConfig, out: Path) -> StageOutput:
+    """Dequantize a GGUF model into a Hugging Face safetensors folder (config, tokenizer, chat template, weights)."""
+    facts = gguf_to_hf(inputs["model"], cfg, out)
     return StageOutput(metrics={k: facts[k] for k in _METRIC_KEYS if facts.get(k) is not None}, meta=facts)
 
 

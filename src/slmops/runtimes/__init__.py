@@ -124,6 +124,10 @@ def _locate(artifact: Artifact | str | Path) -> tuple[Path, str, str | None]:
 
     if isinstance(artifact, Artifact):
         return artifact.path, artifact.manifest.format, artifact.kind
+    if isinstance(artifact, str) and artifact.startswith("pkg:"):
+        from slmops.models.packaged import locate
+
+        artifact = locate(artifact[4:])  # a packaged model file runs where it lies
     p = Path(str(artifact)).expanduser()
     if p.exists():
         if (p / MANIFEST).is_file():

