@@ -196,10 +196,10 @@ def test_distill_train_heals_a_shrunk_student_with_logit_kd(model_store, deep_mo
 
     teacher = deep_models["models"]["llama"]
     student = _shrink(model_store, teacher, deep_models["data"], num_layers=2, hidden_size=48)
-    prose = run_stage("data.prose", {}, {"max_texts": 80}, store=model_store).artifact
+    prose = run_stage("data.prose", {}, {"max_texts": 48}, store=model_store).artifact
     held_out = [r.text for r in read_dataset(prose, "validation")][:4]
     before = _kl_to_teacher(teacher, student, held_out)
-    train = {"max_steps": 12, "batch_size": 4, "max_length": 64, "learning_rate": 3e-3, "seed": 0}
+    train = {"max_steps": 8, "batch_size": 4, "max_length": 64, "learning_rate": 3e-3, "seed": 0}
     healed = run_stage("distill.train", {"student": student, "teacher": teacher, "data": prose}, {"mode": "logits", "alpha": 1.0, "train": train}, store=model_store).artifact
     d = healed.manifest.meta["distill"]
     assert d["mode"] == "logits" and d["kd_tokens"] > 0 and d["teacher"] == teacher.digest
