@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-all
 
-.PHONY: install browser demo test test-slow test-all clean
+.PHONY: install browser demo demo-real test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ browser:
 ## Main job: the end-to-end demo on the built-in task (store in ./.slmops unless SLMOPS_HOME is set)
 demo: $(STAMP)
 	SLMOPS_HOME=$${SLMOPS_HOME:-$(CURDIR)/.slmops} HF_HUB_OFFLINE=1 $(VENV)/bin/slmops run examples/quickstart.yaml
+
+## The real main job: the whole lifecycle on SmolLM2-135M-Instruct (packaged GGUF; see docs/recipes.md)
+demo-real: $(STAMP)
+	SLMOPS_HOME=$${SLMOPS_HOME:-$(CURDIR)/.slmops} HF_HUB_OFFLINE=1 $(VENV)/bin/slmops run examples/smollm2.yaml
 
 ## Default test suite (every extra installed; slow tests excluded)
 test: $(STAMP) browser

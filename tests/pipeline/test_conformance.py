@@ -66,6 +66,8 @@ EXAMPLES: dict[str, Example] = {
     "models.import": lambda s, t: ({}, _import_folder(s, t)),
     "models.import_gguf": lambda s, t: ({}, _import_gguf(s, t)),
     "models.from_gguf": lambda s, t: ({"model": _gguf(s)}, {}),
+    "models.shrink": lambda s, t: ({"model": _model(s), "data": _synth(s)}, {"num_layers": 1, "calibration_sequences": 2, "eval_sequences": 1, "sequence_length": 16}),
+    "data.prose": lambda s, t: ({}, {"max_texts": 20}),
     "finetune.lora": lambda s, t: ({"model": _model(s), "data": _synth(s)}, {"max_steps": 2, "batch_size": 4}),
     "finetune.full": lambda s, t: ({"model": _model(s), "data": _synth(s)}, {"max_steps": 2, "batch_size": 4}),
     "adapters.merge": lambda s, t: ({"model": _model(s), "adapter": _adapter(s)}, {}),

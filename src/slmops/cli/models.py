@@ -1,4 +1,4 @@
-"""``slmops models``: import, init, list, show, lineage, alias, tag, remove, gc and verify artifacts."""
+"""``slmops models``: import, init, shrink, list, show, lineage, alias, tag, remove, gc and verify artifacts."""
 
 from __future__ import annotations
 
@@ -70,6 +70,37 @@ def init(
     with open_cli_store() as store, progress_bars(not as_json):
         inputs = {"data": resolve_input(tokenizer_from, store, kind="dataset")} if tokenizer_from else {}
         r = run_stage("models.init", inputs, cfg, store=store, output_name=name)
+    emit(result_dict(r, name), as_json, print_result)
+
+
+@app.command("shrink")
+def shrink(
+    teacher: Annotated[str, typer.Argument(help="The model to shrink: name, name:3, sha256:…, ./folder.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Registry name for the student.")],
+    num_layers: Annotated[int | None, typer.Option("--num-layers", help="Layers to keep (least block influence dropped).")] = None,
+    hidden_size: Annotated[int | None, typer.Option("--hidden-size", help="Hidden channels to keep.")] = None,
+    intermediate_size: Annotated[int | None, typer.Option("--intermediate-size", help="MLP neurons to keep per layer.")] = None,
+    num_heads: Annotated[int | None, typer.Option("--num-heads", help="Query heads to keep per layer.")] = None,
+    num_kv_heads: Annotated[int | None, typer.Option("--num-kv-heads", help="KV heads (GQA groups) to keep per layer.")] = None,
+    calibration: Annotated[str | None, typer.Option("--calibration", help="Dataset (ref or file) of calibration text; default: the English prose of dataset-build.")] = None,
+    calibration_sequences: Annotated[int | None, typer.Option("--calibration-sequences", help="Token windows that measure importance (default 32).")] = None,
+    eval_sequences: Annotated[int | None, typer.Option("--eval-sequences", help="Held-out windows for perplexity before healing (default 16; 0 = skip).")] = None,
+    sequence_length: Annotated[int | None, typer.Option("--sequence-length", help="Tokens per window (default 256).")] = None,
+    no_rescale_norms: Annotated[bool, typer.Option("--no-rescale-norms", help="Keep RMSNorm weights as they are when hidden channels go.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a smaller model of the teacher's architecture and tokenizer, pruned by measured importance."""
+    values = {"num_layers": num_layers, "hidden_size": hidden_size, "intermediate_size": intermediate_size, "num_heads": num_heads,
+              "num_kv_heads": num_kv_heads, "calibration_sequences": calibration_sequences, "eval_sequences": eval_sequences,
+              "sequence_length": sequence_length}
+    cfg: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
+    if no_rescale_norms:
+        cfg["rescale_norms"] = False
+    with open_cli_store() as store, progress_bars(not as_json):
+        inputs = {"model": resolve_input(teacher, store, kind="model")}
+        if calibration:
+            inputs["data"] = resolve_input(calibration, store, kind="dataset")
+        r = run_stage("models.shrink", inputs, cfg, store=store, output_name=name)
     emit(result_dict(r, name), as_json, print_result)
 
 

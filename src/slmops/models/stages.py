@@ -1,5 +1,6 @@
 """Registers the model stages: ``models.init`` (random init of a real architecture), ``models.import`` (HF folders),
-``models.import_gguf`` (a .gguf file as it is) and ``models.from_gguf`` (a GGUF dequantized into an HF folder)."""
+``models.import_gguf`` (a .gguf file as it is), ``models.from_gguf`` (a GGUF dequantized into an HF folder) and
+``models.shrink`` (a smaller model pruned from a teacher)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from slmops.models.gguf_import import FromGGUFConfig, ImportGGUFConfig, gguf_to_
 from slmops.models.gguf_import import import_fingerprint as gguf_fingerprint
 from slmops.models.importer import ImportConfig, import_fingerprint, import_folder
 from slmops.models.init import InitConfig, dataset_texts, init_model
+from slmops.models.shrink import ShrinkConfig, shrink_fingerprint
 from slmops.pipeline.stages import StageOutput, stage
 from slmops.store.artifact import Artifact
 
@@ -44,3 +46,14 @@ def from_gguf(inputs: dict[str, Artifact], cfg: FromGGUFConfig, out: Path) -> St
     """Dequantize a GGUF model into a Hugging Face safetensors folder (config, tokenizer, chat template, weights)."""
     facts = gguf_to_hf(inputs["model"], cfg, out)
     return StageOutput(metrics={k: facts[k] for k in _METRIC_KEYS if facts.get(k) is not None}, meta=facts)
+
+
+@stage("models.shrink", config=ShrinkConfig, kind="model", format="hf-safetensors", inputs=("model",), optional_inputs=("data",), fingerprint=shrink_fingerprint)
+def shrink(inputs: dict[str, Artifact], cfg: ShrinkConfig, out: Path) -> StageOutput:
+    """A smaller model of the same architecture and tokenizer, pruned from the teacher by measured importance."""
+    from slmops.models.shrink import shrink_model
+
+    data = inputs.get("data")
+    facts = shrink_model(inputs["model"], cfg, out, texts=list(dataset_texts(data)) if data is not None else None)
+    keys = ("parameters", "parameters_teacher", "parameter_ratio", "perplexity_teacher", "perplexity_before_healing", "vocab_size", "context_length")
+    return StageOutput(metrics={k: facts[k] for k in keys if facts.get(k) is not None}, meta=facts)

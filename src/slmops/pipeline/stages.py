@@ -25,6 +25,7 @@ from slmops.store.artifact import Artifact
 BUILTIN_STAGE_MODULES = (
     "slmops.data.stages",
     "slmops.data.synth.stage",
+    "slmops.data.prose",
     "slmops.models.stages",
     "slmops.distill.stages",
     "slmops.finetune.stages",
