@@ -195,9 +195,8 @@ def test_llama3_rope_scaling_is_read_back_from_rope_freqs(store: Any, tmp_path: 
     torch.manual_seed(0)
     folder = tmp_path / "llama3"
     transformers.LlamaForCausalLM(cfg).save_pretrained(str(folder))
-    from slmops.testing.tiny import tiny_corpus
-
     from slmops.models.tokenizer import save_tokenizer, train_tokenizer
+    from slmops.testing.tiny import tiny_corpus
 
     save_tokenizer(train_tokenizer(tiny_corpus(200), vocab_size=400), folder)
     with store.staging() as tmp:

@@ -41,7 +41,7 @@ def arts(serve_home: Path) -> dict[str, Any]:
 
 def metric(server: Any, name: str) -> float:
     text = httpx.get(f"{server.url}/metrics").text
-    m = re.search(rf'^{name}{{model="bot-gguf:1"}} ([0-9.e+-]+)$', text, re.M)
+    m = re.search(rf'^{name}{{model="bot-gguf:1"}} ([0-9.e+-]+)$', text, re.MULTILINE)
     assert m, f"{name} not in /metrics"
     return float(m.group(1))
 
