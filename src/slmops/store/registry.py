@@ -173,15 +173,7 @@ class Store:
             self._index(existing, extra_parents=manifest.parents, cache_key=stage.cache_key if stage else None, stage_name=stage.name if stage else None)
             artifact = Artifact(final, existing)
         else:
-            write_json_atomic(staged / MANIFEST, manifest.model_dump(mode="json"))
-            fsync_tree(staged)
-            try:
-                os.rename(staged, final)
-            except OSError:
-                if not final.exists():
-                    raise
-                shutil.rmtree(staged, ignore_errors=True)  # another process published it first
-            _fsync_dir(self.artifacts)
+            self._publish(staged, manifest, final)
             artifact = Artifact(final, read_manifest(final))
             verified.mark_verified(artifact)  # just hashed: the first load need not hash it again
             self._index(artifact.manifest, cache_key=stage.cache_key if stage else None, stage_name=stage.name if stage else None)
@@ -200,19 +192,23 @@ class Store:
         if final.exists():
             shutil.rmtree(staged, ignore_errors=True)
         else:
-            write_json_atomic(staged / MANIFEST, manifest.model_dump(mode="json"))
-            fsync_tree(staged)
-            try:
-                os.rename(staged, final)
-            except OSError:
-                if not final.exists():
-                    raise
-                shutil.rmtree(staged, ignore_errors=True)
-            _fsync_dir(self.artifacts)
+            self._publish(staged, manifest, final)
         artifact = Artifact(final, read_manifest(final))
         self._index(artifact.manifest, cache_key=manifest.stage.cache_key if manifest.stage else None,
                     stage_name=manifest.stage.name if manifest.stage else None)
         return artifact
+
+    def _publish(self, staged: Path, manifest: Manifest, final: Path) -> None:
+        """Write ``manifest`` into ``staged``, fsync it and rename it to ``final`` atomically (a racing publisher may win)."""
+        write_json_atomic(staged / MANIFEST, manifest.model_dump(mode="json"))
+        fsync_tree(staged)
+        try:
+            os.rename(staged, final)
+        except OSError:
+            if not final.exists():
+                raise
+            shutil.rmtree(staged, ignore_errors=True)  # another process published it first
+        _fsync_dir(self.artifacts)
 
     def _index(
         self, m: Manifest, *, extra_parents: list[Parent] | None = None, cache_key: str | None = None, stage_name: str | None = None
