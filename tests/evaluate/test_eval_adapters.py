@@ -63,7 +63,7 @@ def test_eval_bench_compare_take_an_adapter(run_cli: Any, store: Any, model: Any
 
 
 def test_wrong_kind_is_refused_in_english_with_a_hint(run_cli: Any, store: Any, model: Any, adapter: Any) -> None:
-    code, _, err = run_cli("finetune", "--model", f"sha256:{adapter.digest}", "--data", "x", "--max-steps", "1")
+    code, _, _err = run_cli("finetune", "--model", f"sha256:{adapter.digest}", "--data", "x", "--max-steps", "1")
     assert code == 1
     from slmops.errors import RefError
     from slmops.pipeline.inputs import resolve_input

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -24,7 +24,7 @@ def test_sharded_eval_equals_local(store: Any, intent_data: Any, label_server: s
     local = run_stage("eval", {"data": intent_data}, cfg, store=store).artifact
 
     class Shards:
-        names: dict[int, str] = {}
+        names: ClassVar[dict[int, str]] = {}
 
         def start(self, task_id: int, description: str, total: float | None) -> None:
             self.names[task_id] = description

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 #: Other work above this many cores (or this share of the CPUs, whichever is larger) makes speed unreliable.
 BUSY_CORES, BUSY_SHARE = 0.5, 0.25
@@ -40,7 +40,7 @@ def _own_s() -> float:
 class Contention:
     """A context manager measuring other processes' CPU use (in cores) while the block runs."""
 
-    def __enter__(self) -> Contention:
+    def __enter__(self) -> Self:
         self.wall0, self.busy0, self.own0 = time.monotonic(), _busy_s(), _own_s()
         self.other_cores: float | None = None
         return self

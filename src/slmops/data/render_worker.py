@@ -83,7 +83,7 @@ class RendererStopped(ConfigError):
         super().__init__("the chat template renderer has stopped", why="its owner (the server) is shutting down")
 
 
-_budget: contextvars.ContextVar[RenderBudget] = contextvars.ContextVar("slmops_render_budget", default=RenderBudget())
+_budget: contextvars.ContextVar[RenderBudget] = contextvars.ContextVar("slmops_render_budget", default=RenderBudget())  # noqa: B039 (frozen)
 
 
 def current_budget() -> RenderBudget:
@@ -417,6 +417,6 @@ def _serve() -> None:  # pragma: no cover - runs in the child process (covered t
 
 
 if __name__ == "__main__":
-    from slmops.data import render_worker  # the module's own classes, not __main__'s copies
+    from slmops.data import render_worker  # noqa: PLW0406 (the module's own classes, not __main__'s copies)
 
     render_worker._serve()
