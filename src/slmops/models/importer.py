@@ -39,6 +39,14 @@ from slmops.models.weights import (
 from slmops.settings import hub_offline, slmops_home
 from slmops.store.artifact import Artifact, contained, file_digest
 
+
+def absolute_path(v: str) -> str:
+    """A config's ``path`` field made absolute (``~`` expanded, links resolved); an empty one is refused."""
+    if not v.strip():
+        raise ValueError("path is empty")
+    return str(Path(v).expanduser().resolve())
+
+
 log = logging.getLogger(__name__)
 
 #: Suffixes copied by an import (plus the exact names in ``KNOWN_NAMES``).
@@ -61,12 +69,7 @@ class ImportConfig(BaseModel):
     )
     source: str | None = Field(None, description="Where the folder came from (e.g. hf:org/name); recorded in the manifest")
 
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("path is empty")
-        return str(Path(v).expanduser().resolve())
+    _absolute = field_validator("path")(classmethod(lambda cls, v: absolute_path(v)))
 
 
 # -- what a folder holds -----------------------------------------------------------------------------
