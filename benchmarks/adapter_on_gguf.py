@@ -32,7 +32,7 @@ CHAT = [{"role": "user", "content": "Write two sentences about the sea."}]
 def prepare(home: Path) -> None:
     """Import SmolLM2, export it to GGUF Q4_K_M, register a seeded random LoRA (once per home)."""
     os.environ["SLMOPS_HOME"] = str(home)
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Parent, Store
 
     with Store() as store:

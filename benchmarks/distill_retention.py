@@ -49,7 +49,7 @@ def main() -> None:
     a = ap.parse_args()
     os.environ["SLMOPS_HOME"] = str(a.home or tempfile.mkdtemp(prefix="slmops-distill-bench-"))
 
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     t_all = time.perf_counter()

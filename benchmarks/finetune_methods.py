@@ -241,7 +241,7 @@ def main() -> None:
 
     home = a.home or Path(tempfile.mkdtemp(prefix="slmops-ft-bench-"))
     os.environ["SLMOPS_HOME"] = str(home)
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     store = Store()

@@ -149,7 +149,7 @@ def run_child(kind: str, path: Path, threads: int, args: argparse.Namespace, run
 # -- the main run ---------------------------------------------------------------------------------------------------
 def build(store: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     from slmops.errors import SlmopsError
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.testing.tiny import tiny_corpus
 
     corpus = tiny_corpus(2000)
@@ -169,7 +169,7 @@ def build(store: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.runtimes.llamacpp_rt import default_threads
     from slmops.store import Store
 

@@ -118,7 +118,7 @@ def main() -> None:
     res["ours_vs_llamacpp"]["median_top2_margin_where_disagreeing"] = float(np.median(top2[off, 1] - top2[off, 0])) if off.any() else None
     res["ours_vs_llamacpp"]["median_top2_margin_all"] = float(np.median(top2[:, 1] - top2[:, 0]))
     # the same dequantized weights as an F32 GGUF (our exporter): llama.cpp then multiplies in float, no 8-bit activations
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     with Store(home) as store:
         f32 = run_stage("export.gguf", {"model": h}, {"qtype": "f32"}, store=store).artifact

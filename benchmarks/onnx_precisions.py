@@ -184,7 +184,7 @@ def run_child(kind: str, path: Path, args: argparse.Namespace) -> dict[str, Any]
 def build(store: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     """The model and parity data of benchmarks/gguf_formats.py (same stage configs, so the same cached artifacts)."""
     from slmops.errors import SlmopsError
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.testing.tiny import tiny_corpus
 
     data_file = Path(store.home) / "bench-corpus.jsonl"
@@ -204,7 +204,7 @@ def build(store: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     rows = []

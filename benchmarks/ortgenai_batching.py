@@ -30,7 +30,7 @@ from typing import Any
 
 def build_model(home: Path) -> Path:
     os.environ["SLMOPS_HOME"] = str(home)
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     with Store(home) as store:

@@ -111,7 +111,7 @@ class Clock:
 
 def run_teacher(store: Any, prompts: Any, url: str, workers: int, concurrency: int) -> dict[str, float]:
     from slmops import progress
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     cfg = {"base_url": url, "model": "t", "cache": False, "concurrency": concurrency, "executor": "ray", "workers": workers}
     clock = Clock()
@@ -126,7 +126,7 @@ def run_teacher(store: Any, prompts: Any, url: str, workers: int, concurrency: i
 
 
 def bench_teacher(pairs: int, prompts_n: int, latency: float, concurrency: int) -> dict[str, Any]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
     from slmops.testing.server import free_port
 

@@ -55,7 +55,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def build_models(home: Path, args: argparse.Namespace) -> dict[str, Any]:
     os.environ["SLMOPS_HOME"] = str(home)
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     with Store(home) as store:

@@ -69,7 +69,7 @@ def hf_folder(home: Path) -> Path:
 
 def base_model(store: Any, ref: str | None) -> Any:
     from slmops.pipeline.inputs import resolve_input
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     if ref:
         return resolve_input(ref, store, kind="model")
@@ -77,7 +77,7 @@ def base_model(store: Any, ref: str | None) -> Any:
 
 
 def export(row: str, store: Any, model: Any, adapter: Any, merged: Any) -> Any:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     if row == "fp32":
         return merged
@@ -113,7 +113,7 @@ def score(rt: Any, ref: Any, records: list[Any], args: argparse.Namespace) -> di
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     from slmops.data.io import read_dataset
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     rows = []

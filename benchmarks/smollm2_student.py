@@ -35,7 +35,7 @@ def _random_like(shrunk: Any, store: Any, seed: int) -> Any:
     import torch
     import transformers as tf
 
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     config = tf.AutoConfig.from_pretrained(str(shrunk.path))
     with torch.random.fork_rng(devices=[]):
@@ -89,7 +89,7 @@ def main() -> None:
 
     from slmops.pipeline.execute import run_recipe
     from slmops.pipeline.recipe import load_recipe, substitute_vars
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store.registry import Store
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}

@@ -15,7 +15,7 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_import_slmops_is_light() -> None:
-    assert _loaded_after("import slmops, slmops.store, slmops.pipeline.runner, slmops.data, slmops.models, slmops.runtimes") == []
+    assert _loaded_after("import slmops, slmops.store, slmops.stage.runner, slmops.data, slmops.models, slmops.runtimes") == []
 
 
 def test_scale_modules_import_no_ray_or_boto3() -> None:
@@ -26,7 +26,7 @@ def test_scale_modules_import_no_ray_or_boto3() -> None:
 
 
 def test_cli_help_and_stage_registry_are_light() -> None:
-    code = "from slmops.cli.main import app\nfrom slmops.pipeline.stages import all_stages\nall_stages()"
+    code = "from slmops.cli.main import app\nfrom slmops.stage import all_stages\nall_stages()"
     assert _loaded_after(code) == []
 
 

@@ -10,7 +10,7 @@ import pytest
 from slmops.bench.config import BenchConfig
 from slmops.bench.http import bench_http
 from slmops.evaluate.report import load_report
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 
 def test_load_levels_against_a_real_model_server(tiny_server: str) -> None:

@@ -10,7 +10,7 @@ from slmops.bench.config import BenchConfig
 from slmops.bench.local import bench_runtime
 from slmops.bench.prompts import filler_text, prompt_ids
 from slmops.evaluate.report import load_report
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 
 def test_prompts_have_the_exact_length(tiny_rt: Any) -> None:

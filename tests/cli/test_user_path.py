@@ -153,7 +153,7 @@ def test_torch_work_prints_no_library_noise(tmp_path: Path) -> None:
     """No hub-trust WARNING (slmops is offline on purpose) and no transformers FutureWarning raised by PEFT's code."""
     env = {**os.environ, "PYTHONPATH": SRC, "SLMOPS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
     script = (
-        "from slmops.pipeline.runner import run_stage\n"
+        "from slmops.stage.runner import run_stage\n"
         "from slmops.store import Store\n"
         "from slmops.testing.tiny import tiny_model\n"
         "from slmops.finetune.api import finetune\n"

@@ -7,9 +7,7 @@ import pytest
 
 from slmops.data.io import dataset_splits, read_dataset
 from slmops.errors import ConfigError, DataError
-from slmops.pipeline.runner import run_stage
-
-pytestmark = pytest.mark.usefixtures("data_stages")
+from slmops.stage.runner import run_stage
 
 
 def _source(path: Path, n: int = 30, extra: list[str] | None = None) -> Path:

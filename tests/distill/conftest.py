@@ -9,23 +9,6 @@ import pytest
 from teacher_server import Script, TeacherServer
 
 
-@pytest.fixture(autouse=True)
-def _stages(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register the built-in stages, tolerating a sibling stage module that is not written yet (work in progress)."""
-    import importlib
-
-    from slmops.pipeline import stages
-
-    importlib.import_module("slmops.distill.stages")
-    for module in stages.BUILTIN_STAGE_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    monkeypatch.setattr(stages, "_loaded", True)
-
-
 @pytest.fixture
 def teacher_server() -> Iterator[TeacherServer]:
     server = TeacherServer(Script()).start()
@@ -36,7 +19,7 @@ def teacher_server() -> Iterator[TeacherServer]:
 @pytest.fixture
 def prompts(store) -> Any:
     """A support-intent prompts dataset (train/validation/test, no answers) of 20 records."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     return run_stage("data.synth", {}, {"task": "support-intent", "n": 20, "prompts_only": True}, store=store).artifact
 
@@ -59,14 +42,8 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def tiny_pair(model_store) -> dict[str, Any]:
     """A tiny llama teacher, a smaller student with the same tokenizer, and one with another tokenizer."""
-    import importlib
-
-    from slmops.pipeline import stages
     from slmops.testing import tiny_model
 
-    for module in ("slmops.models.stages", "slmops.data.stages", "slmops.data.synth.stage", "slmops.distill.stages"):
-        importlib.import_module(module)
-    stages._loaded = True
     teacher = tiny_model("llama", store=model_store, hidden_size=64, num_layers=2, seed=1)
     student = tiny_model("llama", store=model_store, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=2)
     other = tiny_model("llama", store=model_store, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=1500)

@@ -8,7 +8,7 @@ from collections import deque
 import pytest
 
 from slmops.errors import SlmopsError
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 
 def _gen(store, prompts, cfg, **kw):

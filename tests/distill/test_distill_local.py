@@ -6,7 +6,7 @@ import json
 
 from slmops.data.io import read_dataset
 from slmops.distill.teachers import LocalTeacher, Sampling, TeacherRequest
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 
 def test_local_teacher_answers_in_batches(store, prompts, tiny_pair):

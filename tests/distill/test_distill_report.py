@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 
 def test_report_compares_teacher_and_student(store, tiny_pair):

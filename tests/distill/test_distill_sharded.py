@@ -20,7 +20,7 @@ pytest.importorskip("ray")
 
 
 def _gen(store: Any, prompts: Any, cfg: dict[str, Any], **kw: Any) -> Any:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     return run_stage("distill.generate", {"prompts": prompts}, {**cfg, "cache": False, **kw}, store=store, force=True)
 

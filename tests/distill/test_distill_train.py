@@ -7,7 +7,7 @@ import json
 import pytest
 
 from slmops.errors import ConfigError
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 FAST = {"max_steps": 2, "batch_size": 4, "max_length": 128, "validation_fraction": 0.2}
 

@@ -10,7 +10,7 @@ import pytest
 from slmops.distill.prompting import clean_answer, split_final_answer, teacher_messages
 from slmops.distill.validate import ValidationConfig, Validator
 from slmops.errors import ConfigError
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 
 def test_validator_reasons():
@@ -39,7 +39,7 @@ def test_validator_reasons():
 
 
 def test_bad_settings_are_config_errors():
-    from slmops.pipeline.stages import get_stage
+    from slmops.stage import get_stage
 
     st = get_stage("distill.generate")
     with pytest.raises(ConfigError, match="regex"):
@@ -100,8 +100,7 @@ def test_generate_drops_bad_answers_and_reports_why(store, prompts, teacher_serv
 
 
 def test_run_options_stay_out_of_the_cache_key(prompts):
-    from slmops.pipeline.runner import cache_key
-    from slmops.pipeline.stages import get_stage
+    from slmops.stage import cache_key, get_stage
 
     st = get_stage("distill.generate")
     base = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}

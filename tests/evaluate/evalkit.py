@@ -48,7 +48,7 @@ def model(store: Any, tiny_llama: Any) -> Any:
 
 @pytest.fixture
 def intent_data(store: Any) -> Any:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     return run_stage("data.synth", {}, {"task": "support-intent", "n": 40}, store=store).artifact
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from slmops.evaluate.config import EvalConfig
 from slmops.evaluate.report import load_report
 from slmops.evaluate.run import evaluate
 from slmops.evaluate.targets import HttpTarget, LocalTarget, Reply, normalize_base_url
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 
 def test_local_model_report_is_linked_and_cached(store: Any, model: Any, intent_data: Any) -> None:

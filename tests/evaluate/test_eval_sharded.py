@@ -18,7 +18,7 @@ def _samples(art: Any) -> list[tuple[Any, ...]]:
 def test_sharded_eval_equals_local(store: Any, intent_data: Any, label_server: str, ray_cluster: Any, cli: Any) -> None:
     from slmops import progress
     from slmops.evaluate.report import load_report
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     cfg = {"metrics": ["accuracy", "exact_match"], "url": label_server, "batch_size": 2, "log_samples": True}
     local = run_stage("eval", {"data": intent_data}, cfg, store=store).artifact
@@ -48,7 +48,7 @@ def test_sharded_eval_equals_local(store: Any, intent_data: Any, label_server: s
 def test_sharded_eval_of_a_local_model_equals_local(store: Any, model: Any, intent_data: Any, ray_cluster: Any) -> None:
     """Each actor opens its own copy of the model (greedy): the same answers and metrics as one local process."""
     from slmops.evaluate.report import load_report
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     cfg = {"metrics": ["exact_match", "token_f1"], "limit": 6, "max_tokens": 6, "batch_size": 2, "log_samples": True}
     inputs = {"model": model, "data": intent_data}

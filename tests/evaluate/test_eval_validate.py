@@ -8,7 +8,7 @@ from typing import Any
 
 from slmops.evaluate.targets import Reply
 from slmops.evaluate.validate import ValidateConfig, check_memory
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 SMALL = {"limit": 3, "max_tokens": 4, "memory_requests": 8, "memory_warmup": 2, "max_rss_slope_kb": 100_000,
          "latency_lengths": [8, 48], "latency_repeats": 2, "latency_output_tokens": 4, "long_input_words": 1500}

@@ -42,7 +42,7 @@ def tiny256(gstore: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def f32(gstore: Any, tiny: dict[str, Any]) -> dict[str, Any]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     return {arch: run_stage("export.gguf", {"model": m}, {"qtype": "f32"}, store=gstore).artifact for arch, m in tiny.items()}
 
@@ -50,7 +50,7 @@ def f32(gstore: Any, tiny: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def dataset(gstore: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Texts, instruction records (with answers) and a chat: what parity and imatrix read."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.testing.tiny import tiny_corpus
 
     rows: list[dict[str, Any]] = [{"text": t} for t in tiny_corpus(24)]

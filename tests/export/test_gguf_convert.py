@@ -13,7 +13,7 @@ import pytest
 from ggufkit import ARCHES, SAMPLE_TEXTS
 
 from slmops.errors import DataError
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 from slmops.runtimes import GenerationParams, open_runtime
 from slmops.runtimes.sampling import log_softmax
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from slmops.errors import ConfigError, DataError, SlmopsError, StoreError, UnsafeInput
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 from slmops.runtimes import open_runtime
 
 

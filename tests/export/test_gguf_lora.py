@@ -11,7 +11,7 @@ import pytest
 from ggufkit import make_lora, register_adapter
 
 from slmops.errors import ConfigError
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 from slmops.runtimes import open_runtime
 from slmops.runtimes.sampling import log_softmax
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from slmops.export.ollama import go_template, modelfile, probe_template
 from slmops.models.tokenizer import chat_template
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 PHI_TEMPLATE = """{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}{{ if eq .Role "system" }}<|system|>
 {{ .Content }}<|end|>

@@ -10,7 +10,7 @@ import pytest
 from slmops.errors import ConfigError
 from slmops.export.optimize import OptimizeConfig, parse_size, parse_target
 from slmops.export.parity import ParityConfig, check_gates, measure_parity, token_f1
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 from slmops.runtimes import open_runtime
 
 
@@ -63,7 +63,7 @@ def test_optimize_chooses_the_smallest_passing(gstore: Any, tiny256: Any, datase
 
 def test_optimize_isolates_measurements_and_skips_missing_exporters(gstore: Any, tiny: dict[str, Any], dataset: Any,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from slmops.pipeline import stages
+    import slmops.stage as stages
 
     real = stages.all_stages
     monkeypatch.setattr(stages, "all_stages", lambda: {k: v for k, v in real().items() if k != "export.onnx"})

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 UNSAFE = "{% for m in messages %}{{ m.content.__class__.__mro__ }}{% endfor %}"
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 from slmops.runtimes import open_runtime
 
 TEXTS = ["the quick brown fox", "Hello, world!  two  spaces", "emoji 🙂 and ünïcödé", "1234 digits 56", "\nnew\nlines\n"]

@@ -54,7 +54,7 @@ def _peft_logits(model: Any, adapter: Any | None) -> np.ndarray:
 
 
 def test_merge_then_export_matches_peft(astore: Any, setup: dict[str, Any]) -> None:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.runtimes import open_runtime
 
     model, adapter, _ = setup["phi3"]
@@ -72,7 +72,7 @@ def test_merge_then_export_matches_peft(astore: Any, setup: dict[str, Any]) -> N
 
 @pytest.mark.parametrize("arch", ["llama", "phi3"])
 def test_runtime_adapter_switches_per_request(astore: Any, setup: dict[str, Any], arch: str) -> None:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.runtimes import GenerationParams, open_runtime
 
     model, adapter, other = setup[arch]
@@ -101,7 +101,7 @@ def test_runtime_adapter_switches_per_request(astore: Any, setup: dict[str, Any]
 
 def test_runtime_adapter_survives_int4(astore: Any, setup: dict[str, Any]) -> None:
     """int4 quantizes the base MatMuls but keeps the LoRA branches in float, so adapters stay switchable."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.runtimes import open_runtime
 
     model, adapter, _ = setup["llama"]
@@ -120,7 +120,7 @@ def test_int4_can_keep_a_lora_in_float(astore: Any, setup: dict[str, Any], caplo
 
     import onnx
 
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.runtimes import GenerationParams, open_runtime
 
     model, adapter, _ = setup["llama"]
@@ -144,7 +144,7 @@ def test_int4_can_keep_a_lora_in_float(astore: Any, setup: dict[str, Any], caplo
 
 def test_unusable_adapters_are_refused(astore: Any, setup: dict[str, Any], tmp_path: Any) -> None:
     from slmops.errors import ConfigError
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store.artifact import Parent
     from slmops.testing.tiny import tiny_model
 

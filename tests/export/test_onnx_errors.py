@@ -50,7 +50,7 @@ def _nothing_left(store: Any) -> None:
 
 def test_unsupported_architecture(estore: Any, llama: Any) -> None:
     from slmops.errors import ConfigError
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     def gpt2(folder: Path) -> None:
         cfg = json.loads((folder / "config.json").read_text())
@@ -65,7 +65,7 @@ def test_unsupported_architecture(estore: Any, llama: Any) -> None:
 
 def test_missing_tokenizer(estore: Any, llama: Any) -> None:
     from slmops.errors import ConfigError
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     def drop(folder: Path) -> None:
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -80,7 +80,7 @@ def test_missing_tokenizer(estore: Any, llama: Any) -> None:
 
 def test_not_a_model(estore: Any) -> None:
     from slmops.errors import ConfigError
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.testing.tiny import text_dataset
 
     data = text_dataset(["a", "b"], store=estore)
@@ -90,7 +90,7 @@ def test_not_a_model(estore: Any) -> None:
 
 def test_disk_too_small_is_refused_up_front(estore: Any, llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import slmops.export.onnx as onnx_mod
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     called = []
     monkeypatch.setattr(onnx_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))  # type: ignore[attr-defined]
@@ -114,7 +114,7 @@ def _half_write(out: Path) -> None:
 def test_failure_mid_export_leaves_no_artifact(estore: Any, llama: Any, monkeypatch: pytest.MonkeyPatch, raised: BaseException,
                                                error: str, match: str | None) -> None:
     import slmops.export.onnx as onnx_mod
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     def crash(src: Path, out: Path, *args: Any) -> None:
         _half_write(out)
@@ -131,7 +131,7 @@ def test_failure_mid_export_leaves_no_artifact(estore: Any, llama: Any, monkeypa
 
 def test_builder_output_incomplete(estore: Any, llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import slmops.export.onnx as onnx_mod
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     monkeypatch.setattr(onnx_mod, "_create_model", lambda src, out, *a: (out / "model.onnx").write_bytes(b"x"))
     with pytest.raises(onnx_mod.ExportError, match="wrote no genai_config.json"):
@@ -141,7 +141,7 @@ def test_builder_output_incomplete(estore: Any, llama: Any, monkeypatch: pytest.
 
 def test_config_errors_name_the_field(estore: Any, llama: Any) -> None:
     from slmops.errors import ConfigError
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     with pytest.raises(ConfigError, match="block_size"):
         run_stage("export.onnx", {"model": llama}, {"precision": "fp32", "block_size": 32}, store=estore)

@@ -74,7 +74,7 @@ def test_folder_layout(fp32: dict[str, Any], models: dict[str, Any]) -> None:
 
 
 def test_rerun_is_a_cache_hit(ostore: Any, models: dict[str, Any], fp32: dict[str, Any]) -> None:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     r = run_stage("export.onnx", {"model": models["llama"]}, {"precision": "fp32"}, store=ostore)
     assert r.cached and r.digest == fp32["llama"].digest

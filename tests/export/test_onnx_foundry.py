@@ -36,7 +36,7 @@ def fstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def packages(fstore: Any) -> dict[str, tuple[Any, Any]]:
     """arch -> (onnx export, foundry package) for llama (phi chat style, BOS) and qwen2 (chatml, no BOS)."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.testing.onnx import tiny_onnx
 
     out = {}
@@ -100,7 +100,7 @@ def test_package_runs_on_ort_genai_runtime(packages: dict[str, tuple[Any, Any]])
 
 def test_package_refuses_what_foundry_cannot_run(fstore: Any, packages: dict[str, tuple[Any, Any]]) -> None:
     from slmops.errors import ConfigError
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.testing.onnx import tiny_lora
 
     onnx, pkg = packages["llama"]

@@ -15,7 +15,7 @@ import pytest
 
 from slmops.export.parity import DEFAULT_GATES, ParityConfig, check_gates
 from slmops.export.stages_eval import parity_reference
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 
 @pytest.mark.parametrize("merge", [False, True], ids=["gguf-lora", "merged"])

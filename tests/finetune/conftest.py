@@ -55,7 +55,7 @@ def base(ft_store: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def task(ft_store: Any) -> Any:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     return run_stage("data.synth", {}, {"task": "support-intent", "n": 120}, store=ft_store, output_name="support").artifact
 
@@ -71,7 +71,7 @@ def lora_adapter(ft_store: Any, base: Any, task: Any) -> Any:
 
 def make_home_with(store_home: Any) -> Any:
     """A Store at ``store_home`` holding a tiny llama (``tiny``) and the task (``support``), for CLI and subprocess tests."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
     from slmops.testing.tiny import tiny_model
 

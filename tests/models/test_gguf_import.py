@@ -26,7 +26,7 @@ CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_att
 
 @pytest.fixture(scope="module")
 def exported(model_store: Any, tiny_models: dict[str, Any]) -> dict[str, Any]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     return {arch: run_stage("export.gguf", {"model": m}, {"qtype": "f32"}, store=model_store).artifact for arch, m in tiny_models.items()}
 
@@ -77,7 +77,7 @@ def test_round_trip_gives_back_the_same_model(arch: str, model_store: Any, tiny_
 
 def test_quantized_gguf_dequantizes_close_to_the_original(model_store: Any, tiny_models: dict[str, Any]) -> None:
     from slmops.pipeline.inputs import as_model
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     orig = tiny_models["llama"]
     q8 = run_stage("export.gguf", {"model": orig}, {"qtype": "q8_0"}, store=model_store).artifact
@@ -186,7 +186,7 @@ def test_llama3_rope_scaling_is_read_back_from_rope_freqs(store: Any, tmp_path: 
     import transformers
 
     from slmops.pipeline.inputs import as_model
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192}

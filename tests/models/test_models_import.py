@@ -14,7 +14,7 @@ from slmops.errors import ConfigError, OfflineError, RefError, StoreError, Unsaf
 
 
 def _import(store, path: Path, **cfg):
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     return run_stage("models.import", None, {"path": str(path), **cfg}, store=store)
 

@@ -135,7 +135,7 @@ def test_manifest_facts(tiny_models) -> None:
 
 
 def test_data_input_lineage_and_cache_hit(model_store) -> None:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.testing import text_dataset, tiny_corpus
 
     data = text_dataset([*tiny_corpus(300, seed=7), "zyxophone quibbleworth " * 5], store=model_store)
@@ -175,14 +175,14 @@ def test_dataset_text_extraction(model_store) -> None:
     with model_store.staging() as tmp:
         (tmp / "data.jsonl").write_text('{"label": 1}\n')
         textless = model_store.commit(tmp, kind="dataset", format="jsonl")
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     with pytest.raises(DataError, match="no text to train the tokenizer"):
         run_stage("models.init", {"data": textless}, {}, store=model_store)
 
 
 def test_overrides_and_bad_config(model_store) -> None:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     art = run_stage("models.init", None, {"arch": "phi3", "hidden_size": 32, "num_layers": 1, "context_length": 128}, store=model_store).artifact
     cfg = json.loads(art.file("config.json").read_text())

@@ -27,7 +27,7 @@ def deep_models(model_store) -> dict[str, Any]:
 
 
 def _shrink(store: Any, model: Any, data: Any, **cfg: Any) -> Any:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     return run_stage("models.shrink", {"model": model, "data": data}, {**CALIB, **cfg}, store=store).artifact
 
@@ -37,7 +37,7 @@ def _edited(store: Any, model: Any, tmp_path: Path, edit: Any) -> Any:
     import torch
 
     from slmops.models import load_model_and_tokenizer
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     m, _ = load_model_and_tokenizer(model)
     with torch.no_grad():
@@ -143,7 +143,7 @@ def test_dead_channel_and_dead_kv_group_are_pruned_first(model_store, deep_model
     ],
 )
 def test_bad_shrinks_are_refused_and_write_nothing(store, cfg: dict[str, Any], message: str) -> None:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.testing import tiny_model
 
     teacher = tiny_model("llama", store=store, num_layers=4, num_heads=4, num_kv_heads=2)
@@ -192,7 +192,7 @@ def _kl_to_teacher(teacher: Any, student: Any, texts: list[str]) -> float:
 def test_distill_train_heals_a_shrunk_student_with_logit_kd(model_store, deep_models) -> None:
     """The shrunk student shares the teacher's tokenizer, so full-vocabulary logit KD on prose runs and pulls it toward the teacher."""
     from slmops.data.io import read_dataset
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     teacher = deep_models["models"]["llama"]
     student = _shrink(model_store, teacher, deep_models["data"], num_layers=2, hidden_size=48)

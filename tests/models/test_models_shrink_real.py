@@ -12,7 +12,7 @@ def test_smollm2_shrinks_to_a_working_student_with_its_tokenizer(smollm2_store, 
     import torch
 
     from slmops.models import count_parameters, load_model_and_tokenizer
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     cfg = {"num_layers": 24, "hidden_size": 384, "intermediate_size": 1024, "num_heads": 6,
            "calibration_sequences": 4, "eval_sequences": 2, "sequence_length": 64}

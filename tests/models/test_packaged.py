@@ -15,7 +15,7 @@ from slmops.errors import RefError
 @pytest.fixture
 def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_store: Any, tiny_models: dict[str, Any]) -> Path:
     """An installed package ``fake_models`` holding a tiny GGUF; importing it would fail loudly."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     g = run_stage("export.gguf", {"model": tiny_models["llama"]}, {"qtype": "f32"}, store=model_store).artifact
     site = tmp_path / "site"

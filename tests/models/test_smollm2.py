@@ -86,7 +86,7 @@ def test_one_lora_step_on_the_dequantized_model(smollm2_hf: Any, smollm2_store: 
 
 
 def test_exported_back_to_gguf_llamacpp_runs_it(smollm2_hf: Any, smollm2_store: Any, smollm2_llamacpp: Any) -> None:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.runtimes import open_runtime
     from slmops.runtimes.base import GenerationParams
 

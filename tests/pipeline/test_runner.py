@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.errors import ConfigError
-from slmops.pipeline.runner import run_stage
-from slmops.pipeline.stages import StageOutput, all_stages, stage
+from slmops.stage.runner import run_stage
+from slmops.stage import StageContext, StageOutput, all_stages, stage
 from slmops.store import Store
 
 CALLS: list[str] = []
@@ -22,18 +20,18 @@ class ShoutConfig(BaseModel):
 
 
 @stage("test.shout", config=ShoutConfig, kind="dataset", format="text", optional_inputs=("data",))
-def shout(inputs, cfg: ShoutConfig, out: Path) -> StageOutput:
+def shout(inputs, cfg: ShoutConfig, ctx: StageContext) -> StageOutput:
     """Upper-case the input (or a fixed text) ``times`` times."""
     CALLS.append(cfg.suffix)
     text = (inputs["data"].path / "out.txt").read_text() if "data" in inputs else "hello"
-    (out / "out.txt").write_text((text.upper() + cfg.suffix) * cfg.times)
+    (ctx.out / "out.txt").write_text((text.upper() + cfg.suffix) * cfg.times)
     return StageOutput(metrics={"chars": len(text) * cfg.times})
 
 
 @stage("test.fail", config=ShoutConfig, kind="dataset", format="text")
-def fail(inputs, cfg, out: Path) -> None:
+def fail(inputs, cfg, ctx: StageContext) -> None:
     """Always fails halfway through."""
-    (out / "partial.txt").write_text("half")
+    (ctx.out / "partial.txt").write_text("half")
     raise RuntimeError("stage blew up")
 
 

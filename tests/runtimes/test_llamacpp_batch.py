@@ -18,7 +18,7 @@ PROMPTS = ["the quick brown fox", "a teacher answers questions and", "once upon 
 
 @pytest.fixture(scope="module")
 def cpp(tiny_models: dict[str, Any]) -> Iterator[LlamaCppRuntime]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     art = tiny_models["llama"]

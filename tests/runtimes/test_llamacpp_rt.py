@@ -15,7 +15,7 @@ from slmops.runtimes.llamacpp_rt import LlamaCppRuntime, default_threads
 
 @pytest.fixture(scope="module")
 def ggufs(tiny_models: dict[str, Any]) -> dict[str, Any]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     art = tiny_models["llama"]

@@ -29,7 +29,7 @@ SYSTEM = " ".join(["You are a careful assistant. Answer in short, plain sentence
 
 @pytest.fixture(scope="module")
 def arts(serve_home: Path) -> dict[str, Any]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     with Store(serve_home) as store:

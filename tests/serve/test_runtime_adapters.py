@@ -32,7 +32,7 @@ MODELS = ["bot:1", "ra-gguf", "ra-lora-gguf", "ra-onnx-lora", "ra-onnx"]
 
 @pytest.fixture(scope="module")
 def arts(serve_home: Path) -> dict[str, Any]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     with Store(serve_home) as store:

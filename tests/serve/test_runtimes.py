@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def gguf_models(serve_home: Path) -> dict[str, str]:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     with Store(serve_home) as store:
@@ -68,7 +68,7 @@ def test_gguf_context_overflow_is_400(start_server: Any, gguf_models: dict[str, 
 
 
 def test_onnx_on_ort_genai_through_the_openai_client(start_server: Any, serve_home: Path) -> None:
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
 
     with Store(serve_home) as store:

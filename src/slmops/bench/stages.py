@@ -11,13 +11,12 @@ import json
 import logging
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 from slmops.bench.config import BenchConfig
 from slmops.errors import ConfigError
-from slmops.pipeline.stages import StageOutput, stage
 from slmops.runtimes import TARGET_KINDS
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ def _ms(v: float | None) -> str:
 
 
 @stage("bench", config=BenchConfig, kind="report", format="bench-report", optional_inputs=("model",), fingerprint=machine_fingerprint)
-def bench_stage(inputs: dict[str, Artifact], cfg: BenchConfig, out: Path) -> StageOutput:
+def bench_stage(inputs: dict[str, Artifact], cfg: BenchConfig, ctx: StageContext) -> StageOutput:
     """Measure speed: TTFT, TPOT, ITL, latency percentiles, tokens/s, peak RSS, load time, size (local or over HTTP)."""
     from slmops.bench.local import bench_in_process, bench_isolated
 
@@ -116,7 +115,7 @@ def bench_stage(inputs: dict[str, Artifact], cfg: BenchConfig, out: Path) -> Sta
             log.warning("speed of sha256:%s may be unreliable: %s", model.short, why)
         report["target"] = {"kind": "local", **facts, "runtime": report.get("runtime")}
     report.update(schema=SCHEMA, config=cfg.model_dump(mode="json"), machine=machine_fingerprint())
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    (ctx.out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    (ctx.out / "report.md").write_text(markdown(report), encoding="utf-8")
     flat = {k: v for k, v in headline(report).items() if v is not None}
     return StageOutput(metrics=flat, meta={"target": report["target"], "machine": report["machine"]})

@@ -12,7 +12,7 @@ from slmops.cli.models import print_result, result_dict
 from slmops.cli.render import emit, out, progress_bars
 from slmops.errors import ConfigError
 from slmops.pipeline.inputs import resolve_input
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 app = typer.Typer(help="Datasets: import files, generate built-in tasks, inspect, split and deduplicate.", no_args_is_help=True)
 NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="Registry name for the resulting dataset.")]

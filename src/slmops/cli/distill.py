@@ -14,7 +14,7 @@ from slmops.cli.models import print_result, result_dict
 from slmops.cli.render import emit, out, progress_bars
 from slmops.errors import ConfigError
 from slmops.pipeline.inputs import resolve_input
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 app = typer.Typer(
     help="Distillation: a teacher answers prompts, a student learns from the answers, a report compares them.", no_args_is_help=True

@@ -114,7 +114,7 @@ def eval_cmd(
     from slmops.evaluate.gates import check_gates, enforce, gate_metrics, parse_gates
     from slmops.evaluate.report import load_report
     from slmops.pipeline.inputs import resolve_input
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     gates = parse_gates(gate or [])
     relative = [g.text for g in gates if g.relative]
@@ -178,7 +178,7 @@ def bench_cmd(
     """Measure speed: TTFT, TPOT, ITL, latency p50/p95/p99, tokens/s, peak RSS, load time, size (local grid or HTTP load)."""
     from slmops.bench.stats import parse_slos
     from slmops.evaluate.report import load_report
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.units import parse_duration
 
     cfg = {
@@ -256,7 +256,7 @@ def validate_cmd(
     from slmops.evaluate.gates import GateFailed
     from slmops.evaluate.report import load_report
     from slmops.pipeline.inputs import resolve_input
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     cfg = {
         "split": split, "limit": limit, "max_tokens": max_tokens, "runtime": runtime, "url": url, "model_name": model_name,

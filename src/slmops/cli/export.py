@@ -19,7 +19,7 @@ from slmops.cli.models import print_result, result_dict
 from slmops.cli.render import emit, out, progress_bars, warn
 from slmops.errors import ConfigError
 from slmops.pipeline.inputs import resolve_input
-from slmops.pipeline.runner import RunResult, run_stage
+from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import MANIFEST, Artifact
 
 app = typer.Typer(help="Export models: GGUF for llama.cpp and Ollama, ONNX for ONNX Runtime GenAI and Foundry Local.", no_args_is_help=True)

@@ -12,7 +12,7 @@ from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import result_dict
 from slmops.cli.render import emit, human_bytes, out, progress_bars
 from slmops.pipeline.inputs import resolve_input
-from slmops.pipeline.runner import run_stage
+from slmops.stage.runner import run_stage
 
 Opt = typer.Option
 

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
     @app.command("stages")
     def stages(as_json: JsonOpt = False) -> None:
         """List every registered stage with its inputs, output kind and config fields."""
-        from slmops.pipeline.stages import all_stages
+        from slmops.stage import all_stages
 
         rows = []
         for name, st in all_stages().items():

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from slmops.data.io import write_jsonl
 from slmops.data.records import parse_record
 from slmops.errors import DataError
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 
 PROSE_PACKAGE = "dataset-build"
 PROSE_DIR = ("data", "eng")
@@ -65,7 +65,7 @@ def _fingerprint(cfg: ProseConfig) -> str:
 
 
 @stage("data.prose", config=ProseConfig, kind="dataset", format="jsonl", fingerprint=_fingerprint)
-def prose(inputs: dict, cfg: ProseConfig, out: Path) -> StageOutput:
+def prose(inputs: dict, cfg: ProseConfig, ctx: StageContext) -> StageOutput:
     """Real English prose from the dataset-build package as a text dataset (train/validation), for calibration and healing."""
     texts: list[str] = []
     buf = ""
@@ -78,7 +78,7 @@ def prose(inputs: dict, cfg: ProseConfig, out: Path) -> StageOutput:
         texts.append(buf)
     texts = texts[: cfg.max_texts] if cfg.max_texts else texts
     splits = {"train": [t for i, t in enumerate(texts) if (i + 1) % cfg.validation_every], "validation": texts[cfg.validation_every - 1 :: cfg.validation_every]}
-    counts = {name: write_jsonl([parse_record({"text": t}) for t in rows], out / f"{name}.jsonl") for name, rows in splits.items()}
+    counts = {name: write_jsonl([parse_record({"text": t}) for t in rows], ctx.out / f"{name}.jsonl") for name, rows in splits.items()}
     return StageOutput(
         metrics={"records": sum(counts.values()), **counts, "characters": sum(len(t) for t in texts)},
         meta={"source": PROSE_PACKAGE, "files": [f.name for f in prose_files()]},

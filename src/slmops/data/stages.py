@@ -8,7 +8,6 @@ the source file's bytes, so editing the file misses the cache even when the path
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -19,7 +18,7 @@ from slmops.data.readers import resolve_input
 from slmops.data.records import SCHEMA, Record
 from slmops.data.split import MISSING, SPLITS, label_of, split_counts, split_records
 from slmops.errors import ConfigError
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact, file_digest, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -48,16 +47,16 @@ def _source_fingerprint(cfg: ImportConfig) -> str:
 
 
 @stage("data.import", config=ImportConfig, kind="dataset", format="jsonl", fingerprint=_source_fingerprint)
-def import_data(inputs: dict[str, Artifact], cfg: ImportConfig, out: Path) -> StageOutput:
+def import_data(inputs: dict[str, Artifact], cfg: ImportConfig, ctx: StageContext) -> StageOutput:
     """Import a JSONL/JSON/CSV/Parquet file as a dataset of validated, normalised records."""
     source = resolve_input(cfg.path)
     result = load_records(cfg.path, kind=cfg.kind, format=cfg.format, skip_invalid=cfg.skip_invalid, field_map=cfg.field_map)
-    write_jsonl(result.records, out / "data.jsonl")
+    write_jsonl(result.records, ctx.out / "data.jsonl")
     if result.errors:
         # keep the list of what was left out with the dataset (file name only, so the digest
         # does not depend on where the source file lay)
         errors = [dict(e.to_dict(), file=source.name) for e in result.errors]
-        write_json_atomic(out / "import_errors.json", {"source": source.name, "invalid": len(errors), "errors": errors})
+        write_json_atomic(ctx.out / "import_errors.json", {"source": source.name, "invalid": len(errors), "errors": errors})
     return StageOutput(
         metrics={"records": len(result.records), "invalid": len(result.errors)},
         meta={
@@ -92,7 +91,7 @@ class SplitConfig(BaseModel):
 
 
 @stage("data.split", config=SplitConfig, kind="dataset", format="jsonl", inputs=("data",))
-def split_data(inputs: dict[str, Artifact], cfg: SplitConfig, out: Path) -> StageOutput:
+def split_data(inputs: dict[str, Artifact], cfg: SplitConfig, ctx: StageContext) -> StageOutput:
     """Split a dataset into train/validation/test (deterministic, optionally stratified)."""
     records = read_dataset(inputs["data"])
     if cfg.stratify_by and all(label_of(r, cfg.stratify_by) == MISSING for r in records):
@@ -104,7 +103,7 @@ def split_data(inputs: dict[str, Artifact], cfg: SplitConfig, out: Path) -> Stag
         records, ratios={"train": cfg.train, "validation": cfg.validation, "test": cfg.test}, seed=cfg.seed, stratify_by=cfg.stratify_by
     )
     for name in SPLITS:
-        write_jsonl(result.splits[name], out / f"{name}.jsonl")
+        write_jsonl(result.splits[name], ctx.out / f"{name}.jsonl")
     counts = split_counts(result)
     return StageOutput(
         metrics={name: result.counts[name] for name in SPLITS},
@@ -131,7 +130,7 @@ class DedupConfig(BaseModel):
 
 
 @stage("data.dedup", config=DedupConfig, kind="dataset", format="jsonl", inputs=("data",))
-def dedup_data(inputs: dict[str, Artifact], cfg: DedupConfig, out: Path) -> StageOutput:
+def dedup_data(inputs: dict[str, Artifact], cfg: DedupConfig, ctx: StageContext) -> StageOutput:
     """Remove exact and near-duplicate records (across all splits of a split dataset)."""
     art = inputs["data"]
     groups: dict[str, list[Record]] = {name: read_dataset(art, None if name == "data" else name) for name in dataset_splits(art)}
@@ -154,7 +153,7 @@ def dedup_data(inputs: dict[str, Artifact], cfg: DedupConfig, out: Path) -> Stag
     kept_counts: dict[str, int] = {}
     for name, recs in groups.items():
         kept = [rec for k, rec in enumerate(flat) if owner[k][0] == name and k not in gone]
-        write_jsonl(kept, out / f"{name}.jsonl")
+        write_jsonl(kept, ctx.out / f"{name}.jsonl")
         kept_counts[name] = len(kept)
         log.info("dedup %s: kept %d of %d", name, len(kept), len(recs))
     report = result.report()
@@ -162,7 +161,7 @@ def dedup_data(inputs: dict[str, Artifact], cfg: DedupConfig, out: Path) -> Stag
         for entry in report["removed"]:
             entry["split"], entry["split_index"] = owner[entry["index"]]
             entry["duplicate_of_split"], entry["duplicate_of_split_index"] = owner[entry["duplicate_of"]]
-    write_json_atomic(out / "dedup_report.json", report)
+    write_json_atomic(ctx.out / "dedup_report.json", report)
     c = result.counts
     return StageOutput(
         metrics={

@@ -35,7 +35,7 @@ from slmops.distill.prompting import clean_answer, label_map, prompt_messages, s
 from slmops.distill.teachers import Result, Sampling, Teacher, TeacherReply, TeacherRequest
 from slmops.distill.validate import ValidationReport, Validator
 from slmops.errors import ConfigError, DataError, SlmopsError
-from slmops.pipeline.stages import StageOutput
+from slmops.stage import StageOutput
 from slmops.store.artifact import Artifact
 from slmops.store.locks import run_lock
 

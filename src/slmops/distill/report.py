@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.errors import ConfigError, SlmopsError
-from slmops.pipeline.stages import StageOutput
+from slmops.stage import StageOutput
 from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)

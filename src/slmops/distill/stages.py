@@ -7,7 +7,7 @@ from pathlib import Path
 from slmops.distill.config import GenerateConfig
 from slmops.distill.report import ReportConfig
 from slmops.distill.train import DistillTrainConfig
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
 GENERATE = "distill.generate"
@@ -21,28 +21,28 @@ def _home_and_key(name: str, cfg: object, inputs: dict[str, Artifact], out: Path
 
 
 @stage(GENERATE, config=GenerateConfig, kind="dataset", format="jsonl", inputs=("prompts",), optional_inputs=("teacher",))
-def generate(inputs: dict[str, Artifact], cfg: GenerateConfig, out: Path) -> StageOutput:
+def generate(inputs: dict[str, Artifact], cfg: GenerateConfig, ctx: StageContext) -> StageOutput:
     """A teacher (endpoint or local model) answers the prompts; validated answers become a chat dataset."""
     from slmops.distill.generate import generate as run
 
-    home, key = _home_and_key(GENERATE, cfg, inputs, out)
+    home, key = _home_and_key(GENERATE, cfg, inputs, ctx.out)
     return run(
-        inputs["prompts"], cfg, out, teacher=inputs.get("teacher"), work_dir=home / "runs" / key, cache_root=home / "cache" / "teacher"
+        inputs["prompts"], cfg, ctx.out, teacher=inputs.get("teacher"), work_dir=home / "runs" / key, cache_root=home / "cache" / "teacher"
     )
 
 
 @stage("distill.report", config=ReportConfig, kind="report", format="json", inputs=("teacher", "student", "data"))
-def report(inputs: dict[str, Artifact], cfg: ReportConfig, out: Path) -> StageOutput:
+def report(inputs: dict[str, Artifact], cfg: ReportConfig, ctx: StageContext) -> StageOutput:
     """Teacher vs student on a test split: size, memory, latency, accuracy, and the retention ratios."""
     from slmops.distill.report import report as run
 
-    return run(inputs["teacher"], inputs["student"], inputs["data"], cfg, out)
+    return run(inputs["teacher"], inputs["student"], inputs["data"], cfg, ctx.out)
 
 
 @stage(TRAIN, config=DistillTrainConfig, kind="model", format="hf-safetensors", inputs=("student", "data"), optional_inputs=("teacher",))
-def train(inputs: dict[str, Artifact], cfg: DistillTrainConfig, out: Path) -> StageOutput:
+def train(inputs: dict[str, Artifact], cfg: DistillTrainConfig, ctx: StageContext) -> StageOutput:
     """The student learns from the teacher: SFT on its answers, plus logit KD from its logits or stored top-k."""
     from slmops.distill.train import run_distill_train
 
-    _, key = _home_and_key(TRAIN, cfg, inputs, out)
-    return run_distill_train(inputs, cfg, out, key=key)
+    _, key = _home_and_key(TRAIN, cfg, inputs, ctx.out)
+    return run_distill_train(inputs, cfg, ctx.out, key=key)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slmops.errors import ConfigError
-from slmops.pipeline.stages import StageOutput
+from slmops.stage import StageOutput
 from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)

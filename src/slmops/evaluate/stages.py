@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 from slmops.errors import ConfigError
 from slmops.evaluate.config import EvalConfig
 from slmops.evaluate.validate import ValidateConfig
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact, canonical_json
 from slmops.store.staging import owned_dir
 
@@ -51,7 +50,7 @@ def _check_target(inputs: dict[str, Artifact], url: str | None) -> Artifact | No
 
 
 @stage("eval", config=EvalConfig, kind="report", format="eval-report", inputs=("data",), optional_inputs=("model", "ref"))
-def eval_stage(inputs: dict[str, Artifact], cfg: EvalConfig, out: Path) -> StageOutput:
+def eval_stage(inputs: dict[str, Artifact], cfg: EvalConfig, ctx: StageContext) -> StageOutput:
     """Evaluate a model (or an OpenAI-compatible URL) on a dataset: quality metrics, per-example samples."""
     from slmops.evaluate.report import build_report, load_report, write_eval_report
     from slmops.evaluate.run import evaluate
@@ -67,13 +66,13 @@ def eval_stage(inputs: dict[str, Artifact], cfg: EvalConfig, out: Path) -> Stage
     target = open_target(model, url=cfg.url, model_name=cfg.model_name, api_key_env=cfg.api_key_env, runtime=cfg.runtime,
                          timeout=cfg.request_timeout_s, concurrency=cfg.batch_size)
     # resumable progress, kept after a crash for the rerun; owned meanwhile, so `models gc` leaves it alone
-    with owned_dir(out.parent, f"eval-{_run_key('eval', cfg, inputs)}", remove=False) as workdir:
+    with owned_dir(ctx.out.parent, f"eval-{_run_key('eval', cfg, inputs)}", remove=False) as workdir:
         try:
             result = evaluate(target, records, cfg, workdir=workdir, model=model)
         finally:
             target.close()
     report = build_report(result, cfg, data=data.digest, split=split, ref=ref)
-    write_eval_report(out, report, result.samples if cfg.log_samples else None)
+    write_eval_report(ctx.out, report, result.samples if cfg.log_samples else None)
     shutil.rmtree(workdir, ignore_errors=True)
     metrics = {k: v for k, v in result.metrics.items() if v is not None}
     metrics.update(examples=result.counts["examples"], errors=result.counts["errors"])
@@ -81,7 +80,7 @@ def eval_stage(inputs: dict[str, Artifact], cfg: EvalConfig, out: Path) -> Stage
 
 
 @stage("validate", config=ValidateConfig, kind="report", format="validate-report", inputs=("data",), optional_inputs=("model",))
-def validate_stage(inputs: dict[str, Artifact], cfg: ValidateConfig, out: Path) -> StageOutput:
+def validate_stage(inputs: dict[str, Artifact], cfg: ValidateConfig, ctx: StageContext) -> StageOutput:
     """Run the deployment checklist (domain queries, format, memory growth, latency, edge cases) on a model or URL."""
     from slmops.evaluate.targets import open_target
     from slmops.evaluate.validate import validate
@@ -95,10 +94,10 @@ def validate_stage(inputs: dict[str, Artifact], cfg: ValidateConfig, out: Path) 
     finally:
         target.close()
     report["data"] = {"digest": inputs["data"].digest, "split": split}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    (ctx.out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     lines = [f"# Deployment validation: {'PASSED' if report['passed'] else 'FAILED'}", ""]
     lines += [f"- **{c['status'].upper()}** `{c['name']}` — {c['detail']}" for c in report["checks"]]
-    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8", errors="backslashreplace")
+    (ctx.out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8", errors="backslashreplace")
     statuses = {c["name"]: c["status"] for c in report["checks"]}
     return StageOutput(metrics={"passed": report["passed"], **{f"check.{k}": v for k, v in statuses.items()}},
                        meta={"target": report["target"], "split": split})

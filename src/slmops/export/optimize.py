@@ -91,7 +91,7 @@ class OptimizeConfig(BaseModel):
 
 
 def _onnx_config(qtype: str) -> dict[str, Any]:
-    from slmops.pipeline.stages import all_stages
+    from slmops.stage import all_stages
 
     st = all_stages().get("export.onnx")
     if st is None:
@@ -104,7 +104,7 @@ def _onnx_config(qtype: str) -> dict[str, Any]:
 
 def build_candidate(target: str, model: Artifact, store: Any) -> Artifact:
     """Run the export stage for ``target`` (cached); raises :class:`SlmopsError` when it cannot."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     fmt, q = parse_target(target)
     if fmt == "gguf":
@@ -121,7 +121,7 @@ def _bench(art: Artifact, cfg: OptimizeConfig) -> dict[str, Any]:
 
 def optimize(model: Artifact, data: Artifact, cfg: OptimizeConfig, store: Any) -> dict[str, Any]:
     """Build, check and measure every target; return ``{"rows": [...], "chosen": target | None}``."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     gates = {k: getattr(cfg, k) for k in ("max_kl", "min_top1", "max_ppl_increase", "min_greedy_match", "max_task_drop")}
     parity_cfg = {**gates, "max_texts": cfg.parity_texts, "max_tokens": cfg.parity_tokens, "greedy_prompts": cfg.greedy_prompts}

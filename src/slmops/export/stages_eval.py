@@ -15,7 +15,7 @@ from typing import Any
 from slmops.errors import ConfigError, DataError
 from slmops.export.optimize import OptimizeConfig
 from slmops.export.parity import ParityConfig
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
@@ -82,7 +82,7 @@ def store_of(art: Artifact) -> Any:
 
 
 @stage("parity", config=ParityConfig, kind="report", format="json", inputs=("candidate", "reference", "data"))
-def parity(inputs: dict[str, Artifact], cfg: ParityConfig, out: Path) -> StageOutput:
+def parity(inputs: dict[str, Artifact], cfg: ParityConfig, ctx: StageContext) -> StageOutput:
     """Compare a candidate (an export) with its reference on a dataset: KL, top-1, perplexity, greedy and task score."""
     from slmops.export.parity import check_gates, measure_parity, report_markdown
     from slmops.runtimes import open_runtime
@@ -102,12 +102,12 @@ def parity(inputs: dict[str, Artifact], cfg: ParityConfig, out: Path) -> StageOu
     gates = check_gates(metrics, cfg)
     metrics["passed"] = all(g["passed"] for g in gates)
     report = {"metrics": metrics, "gates": gates, "candidate": cand_art.digest, "reference": ref_art.digest, "data": data.digest, "runtimes": runtimes}
-    _write(out, report, report_markdown(metrics, gates, candidate=f"{cand_art.kind} {cand_art.short}", reference=f"{ref_art.kind} {ref_art.short}"))
+    _write(ctx.out, report, report_markdown(metrics, gates, candidate=f"{cand_art.kind} {cand_art.short}", reference=f"{ref_art.kind} {ref_art.short}"))
     return StageOutput(metrics=metrics, meta={"gates": gates, "runtimes": runtimes})
 
 
 @stage("optimize", config=OptimizeConfig, kind="report", format="json", inputs=("model", "data"))
-def optimize(inputs: dict[str, Artifact], cfg: OptimizeConfig, out: Path) -> StageOutput:
+def optimize(inputs: dict[str, Artifact], cfg: OptimizeConfig, ctx: StageContext) -> StageOutput:
     """Build every target export, check parity and measure speed/size/RSS; choose the smallest (or fastest) that passes."""
     from slmops.export.optimize import optimize as run_optimize
     from slmops.export.optimize import report_markdown
@@ -116,7 +116,7 @@ def optimize(inputs: dict[str, Artifact], cfg: OptimizeConfig, out: Path) -> Sta
     _records(inputs["data"], None)  # fail early on a bad dataset
     with store_of(model) as store:
         result = run_optimize(model, inputs["data"], cfg, store)
-    _write(out, result, report_markdown(result))
+    _write(ctx.out, result, report_markdown(result))
     metrics = {"chosen": result["chosen"], "chosen_digest": result["chosen_digest"], "candidates": len(result["rows"]),
                "passing": sum(r["passed"] for r in result["rows"])}
     return StageOutput(metrics=metrics, meta={"rows": result["rows"]})

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slmops.errors import ConfigError
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 from slmops.store.staging import scratch_dir
 
@@ -124,7 +124,7 @@ def _write_sidecar(out: Path, **data: Any) -> None:
 
 
 @stage("export.gguf", config=GGUFConfig, kind="gguf", format="gguf", inputs=("model",), optional_inputs=("adapter", "data"))
-def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, out: Path) -> StageOutput:
+def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, ctx: StageContext) -> StageOutput:
     """Convert a model (and optionally its LoRA adapter) to GGUF, quantized by llama.cpp."""
     from slmops.export.gguf_convert import convert_to_gguf
     from slmops.export.gguf_lora import convert_lora
@@ -138,8 +138,8 @@ def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, out: Path) -> Stag
     name = cfg.name or f"{model.manifest.meta.get('arch') or 'model'}-{model.short}"
     meta: dict[str, Any] = {"qtype": cfg.qtype, "model": model.digest}
     direct = cfg.qtype in ("f32", "f16")
-    with scratch_dir(out, "gguf-") as tmp:  # owned, so `models gc` leaves it alone while the export runs
-        first = out / MODEL_FILE if direct else Path(tmp) / "model.f32.gguf"
+    with scratch_dir(ctx.out, "gguf-") as tmp:  # owned, so `models gc` leaves it alone while the export runs
+        first = ctx.out / MODEL_FILE if direct else Path(tmp) / "model.f32.gguf"
         meta.update(convert_to_gguf(model.path, first, outtype=cfg.qtype if direct else "f32", name=name, source=source,
                                     pre_tokenizer=cfg.pre_tokenizer, drop_extra_tokens=cfg.drop_extra_tokens))
         if not direct:
@@ -148,17 +148,17 @@ def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, out: Path) -> Stag
                 from slmops.models.init import dataset_texts
 
                 imatrix, meta["imatrix"] = compute_imatrix(model.path, dataset_texts(data), max_texts=cfg.imatrix_texts, max_tokens=cfg.imatrix_tokens)
-            meta.update(quantize_gguf(first, out / MODEL_FILE, cfg.qtype, imatrix=imatrix))
+            meta.update(quantize_gguf(first, ctx.out / MODEL_FILE, cfg.qtype, imatrix=imatrix))
         else:
             meta.update(quant_summary(first, cfg.qtype))
     adapters = []
     if adapter is not None and not cfg.merge_adapter:
-        meta["adapter"] = convert_lora(adapter_folder(adapter), model.path, out / ADAPTER_FILE, name=f"adapter-{adapter.short}")
+        meta["adapter"] = convert_lora(adapter_folder(adapter), model.path, ctx.out / ADAPTER_FILE, name=f"adapter-{adapter.short}")
         adapters.append({"file": ADAPTER_FILE, "scale": 1.0, "name": f"adapter-{adapter.short}"})
     elif adapter is not None:
         meta["merged_adapter"] = adapter.digest
-    _write_sidecar(out, qtype=cfg.qtype, adapters=adapters, arch=meta["arch"])
-    size = (out / MODEL_FILE).stat().st_size
+    _write_sidecar(ctx.out, qtype=cfg.qtype, adapters=adapters, arch=meta["arch"])
+    size = (ctx.out / MODEL_FILE).stat().st_size
     meta["file_bytes"] = size
     params = int(meta.get("parameters") or 0)
     metrics = {"size_bytes": size, "parameters": params, "bits_per_weight": round(size * 8 / params, 3) if params else None}
@@ -166,14 +166,14 @@ def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, out: Path) -> Stag
 
 
 @stage("export.gguf_lora", config=GGUFLoraConfig, kind="adapter", format="gguf-lora", inputs=("adapter", "model"))
-def export_gguf_lora(inputs: dict[str, Artifact], cfg: GGUFLoraConfig, out: Path) -> StageOutput:
+def export_gguf_lora(inputs: dict[str, Artifact], cfg: GGUFLoraConfig, ctx: StageContext) -> StageOutput:
     """Convert a PEFT LoRA adapter to a GGUF LoRA for its base model (applied by llama.cpp at run time)."""
     from slmops.export.gguf_lora import convert_lora
 
     adapter, model = inputs["adapter"], inputs["model"]
     _check_model(model)
     _check_base(adapter, model, cfg.allow_other_base)
-    facts = convert_lora(adapter_folder(adapter), model.path, out / ADAPTER_FILE, name=cfg.name or f"adapter-{adapter.short}")
+    facts = convert_lora(adapter_folder(adapter), model.path, ctx.out / ADAPTER_FILE, name=cfg.name or f"adapter-{adapter.short}")
     return StageOutput(metrics={"size_bytes": facts["file_bytes"], "modules": facts["modules"]}, meta=facts)
 
 
@@ -185,7 +185,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 @stage("export.ollama", config=OllamaConfig, kind="gguf", format="gguf", inputs=("model",))
-def export_ollama(inputs: dict[str, Artifact], cfg: OllamaConfig, out: Path) -> StageOutput:
+def export_ollama(inputs: dict[str, Artifact], cfg: OllamaConfig, ctx: StageContext) -> StageOutput:
     """Package a GGUF artifact for Ollama: its files plus a Modelfile (TEMPLATE, stops, ADAPTER lines)."""
     from slmops.export.ollama import gguf_tokenizer_facts, go_template, modelfile, probe_template
 
@@ -196,8 +196,8 @@ def export_ollama(inputs: dict[str, Artifact], cfg: OllamaConfig, out: Path) -> 
     files = [MODEL_FILE] + [a["file"] for a in side.get("adapters", [])]
     for f in [*files, SIDECAR]:
         if (src.path / f).is_file():
-            _link(src.file(f), out / f)
-    facts = gguf_tokenizer_facts(out / MODEL_FILE)
+            _link(src.file(f), ctx.out / f)
+    facts = gguf_tokenizer_facts(ctx.out / MODEL_FILE)
     template, warning = None, None
     if facts["chat_template"]:
         probed = probe_template(facts["chat_template"], bos_token=facts["bos_token"], eos_token=facts["eos_token"])
@@ -211,8 +211,8 @@ def export_ollama(inputs: dict[str, Artifact], cfg: OllamaConfig, out: Path) -> 
     if cfg.num_ctx:
         params["num_ctx"] = cfg.num_ctx
     text = modelfile(model_file=MODEL_FILE, adapters=files[1:], template=template, stops=facts["stops"], system=cfg.system, parameters=params)
-    (out / MODELFILE).write_text(text, encoding="utf-8")
+    (ctx.out / MODELFILE).write_text(text, encoding="utf-8")
     if warning:
         log.warning("export.ollama: %s", warning)
     meta = {"source": src.digest, "stops": facts["stops"], "template": template is not None, "warning": warning, "qtype": side.get("qtype"), "adapters": files[1:]}
-    return StageOutput(metrics={"size_bytes": (out / MODEL_FILE).stat().st_size}, meta=meta)
+    return StageOutput(metrics={"size_bytes": (ctx.out / MODEL_FILE).stat().st_size}, meta=meta)

@@ -21,7 +21,7 @@ from typing import Any
 from slmops.errors import ConfigError
 from slmops.export.foundry import FoundryConfig
 from slmops.export.onnx import OnnxExportConfig
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def onnx_parity(reference_dir: Path, onnx_dir: Path, cfg: OnnxExportConfig, *, a
 
 
 @stage("export.onnx", config=OnnxExportConfig, kind="onnx", format="ort-genai", inputs=("model",), optional_inputs=("adapter",))
-def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: Path) -> StageOutput:
+def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, ctx: StageContext) -> StageOutput:
     """Export a model (optionally with a LoRA adapter) to ONNX Runtime GenAI at fp32/fp16/int8/int4 with the model builder."""
     from slmops.export.onnx import check_disk, check_source, export_onnx
     from slmops.export.onnx_adapters import check_adapter_input, expose_lora_inputs, lora_node_exclusions, merge_adapter
@@ -86,7 +86,7 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: P
     if adapter is None and cfg.adapter_mode != "merge":
         raise ConfigError(f"--adapter-mode {cfg.adapter_mode} needs an adapter", fix="pass --adapter ADAPTER (a LoRA adapter trained on this model)")
     source = check_source(src)
-    merged = out / ".merged"
+    merged = ctx.out / ".merged"
     reference, active = src, None
     try:
         if adapter is not None:
@@ -94,25 +94,25 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: P
             mode = cfg.adapter_mode
             if mode != "merge":
                 check_peft_lora(adapter_dir)
-            check_disk(out, source["parameters_estimate"], "fp32")
+            check_disk(ctx.out, source["parameters_estimate"], "fp32")
             if mode == "merge" or cfg.parity_texts:
                 reference = merge_adapter(src, adapter_dir, merged)
             if mode == "merge":
-                facts = export_onnx(reference, out, cfg)
+                facts = export_onnx(reference, ctx.out, cfg)
             else:
-                facts = export_onnx(src, out, cfg, adapter_path=adapter_dir, exclude_nodes=lora_node_exclusions(source["num_layers"]))
+                facts = export_onnx(src, ctx.out, cfg, adapter_path=adapter_dir, exclude_nodes=lora_node_exclusions(source["num_layers"]))
                 if mode == "runtime":
                     adapter_file = Path(ADAPTER_DIR) / f"{cfg.adapter_name}{ADAPTER_SUFFIX}"
-                    write_adapter(expose_lora_inputs(out), out / adapter_file)
+                    write_adapter(expose_lora_inputs(ctx.out), ctx.out / adapter_file)
                     facts["adapters"] = {cfg.adapter_name: adapter_file.as_posix()}
                     active = cfg.adapter_name
             facts["adapter"] = {"digest": adapter.digest, "mode": mode}
         else:
-            facts = export_onnx(src, out, cfg)
-        parity = onnx_parity(reference, out, cfg, adapter=active) if cfg.parity_texts and cfg.execution_provider == "cpu" else {}
+            facts = export_onnx(src, ctx.out, cfg)
+        parity = onnx_parity(reference, ctx.out, cfg, adapter=active) if cfg.parity_texts and cfg.execution_provider == "cpu" else {}
     finally:
         shutil.rmtree(merged, ignore_errors=True)
-    facts["size_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    facts["size_bytes"] = sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file())
     params = source["parameters_estimate"]
     metrics = {"size_bytes": facts["size_bytes"], "parameters": params,
                "bits_per_weight": round(facts["size_bytes"] * 8 / params, 3) if params else None, **parity}
@@ -122,7 +122,7 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, out: P
 
 
 @stage("export.foundry", config=FoundryConfig, kind="onnx", format="foundry-local", inputs=("onnx",))
-def export_foundry_stage(inputs: dict[str, Artifact], cfg: FoundryConfig, out: Path) -> StageOutput:
+def export_foundry_stage(inputs: dict[str, Artifact], cfg: FoundryConfig, ctx: StageContext) -> StageOutput:
     """Package an ONNX GenAI export for Foundry Local (inference_model.json with the prompt template, cache layout)."""
     from slmops.export.foundry import build_package, default_name
 
@@ -131,7 +131,7 @@ def export_foundry_stage(inputs: dict[str, Artifact], cfg: FoundryConfig, out: P
         raise ConfigError(f"artifact {onnx.short} is a {onnx.kind} ({onnx.manifest.format}), not an ONNX GenAI export",
                           fix="export the model first: `slmops export onnx MODEL`, then package that artifact")
     name = cfg.model_name or default_name(onnx.manifest.meta, onnx.digest)
-    facts = build_package(onnx.path, out, cfg, name=name)
+    facts = build_package(onnx.path, ctx.out, cfg, name=name)
     facts.update({k: onnx.manifest.meta.get(k) for k in ("precision", "architecture", "model_type") if k in onnx.manifest.meta})
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file())
     return StageOutput(metrics={"size_bytes": size}, meta=facts)

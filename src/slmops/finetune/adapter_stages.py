@@ -7,13 +7,12 @@ Both take the base as input role ``model``; merge takes one ``adapter``, combine
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.errors import ConfigError
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
 MAX_COMBINE = 8
@@ -38,7 +37,7 @@ class CombineConfig(BaseModel):
 
 
 @stage("adapters.merge", config=MergeConfig, kind="model", format="hf-safetensors", inputs=("model", "adapter"))
-def merge(inputs: dict[str, Artifact], cfg: MergeConfig, out: Path) -> StageOutput:
+def merge(inputs: dict[str, Artifact], cfg: MergeConfig, ctx: StageContext) -> StageOutput:
     """Merge an adapter into its base: a complete model whose logits match base + adapter."""
     from slmops.finetune.adapters import check_base, merge_adapter
 
@@ -46,7 +45,7 @@ def merge(inputs: dict[str, Artifact], cfg: MergeConfig, out: Path) -> StageOutp
     if adapter.kind != "adapter":
         raise ConfigError(f"sha256:{adapter.short} is a {adapter.kind}, not an adapter", fix="pass an adapter (see `slmops adapters ls BASE`)")
     check_base(adapter, base, allow_other_base=cfg.allow_other_base)
-    facts = merge_adapter(base, adapter, out, dtype=cfg.dtype)
+    facts = merge_adapter(base, adapter, ctx.out, dtype=cfg.dtype)
     inherited = {k: base.manifest.meta[k] for k in ("arch", "model_type", "architecture", "parameters", "vocab_size", "context_length", "dims", "tokenizer")
                  if k in base.manifest.meta}
     return StageOutput(metrics={"max_abs_logit_diff": facts["max_abs_logit_diff"]},
@@ -54,7 +53,7 @@ def merge(inputs: dict[str, Artifact], cfg: MergeConfig, out: Path) -> StageOutp
 
 
 @stage("adapters.combine", config=CombineConfig, kind="adapter", format="peft", inputs=("model",), optional_inputs=ADAPTER_ROLES)
-def combine(inputs: dict[str, Artifact], cfg: CombineConfig, out: Path) -> StageOutput:
+def combine(inputs: dict[str, Artifact], cfg: CombineConfig, ctx: StageContext) -> StageOutput:
     """Combine two or more adapters of one base into a new adapter (linear, cat or svd)."""
     from slmops.finetune.adapters import check_base, combine_adapters
 
@@ -68,5 +67,5 @@ def combine(inputs: dict[str, Artifact], cfg: CombineConfig, out: Path) -> Stage
         if a.kind != "adapter":
             raise ConfigError(f"sha256:{a.short} is a {a.kind}, not an adapter", fix="pass adapters (see `slmops adapters ls BASE`)")
         check_base(a, base, allow_other_base=cfg.allow_other_base)
-    facts = combine_adapters(base, adapters, out, weights=cfg.weights, method=cfg.method, svd_rank=cfg.svd_rank)
+    facts = combine_adapters(base, adapters, ctx.out, weights=cfg.weights, method=cfg.method, svd_rank=cfg.svd_rank)
     return StageOutput(metrics={"rank": facts["rank"]}, meta={**facts, "adapter_name": cfg.adapter_name, "base": base.digest})

@@ -1,6 +1,6 @@
 """The library calls behind ``slmops finetune`` and ``slmops adapters``: resolve, validate, run the stage.
 
-Every call goes through :func:`slmops.pipeline.runner.run_stage`, so it is cached by config and
+Every call goes through :func:`slmops.stage.runner.run_stage`, so it is cached by config and
 input digests and leaves an artifact with lineage, exactly like a recipe step::
 
     r = finetune("tiny", "support", method="lora", store=store, config={"max_steps": 50}, name="support-lora")
@@ -15,7 +15,7 @@ from typing import Any
 from slmops.errors import ConfigError
 from slmops.finetune.config import RunOptions, make_config, run_options, stage_name
 from slmops.pipeline.inputs import resolve_input
-from slmops.pipeline.runner import RunResult, run_stage
+from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
 

@@ -46,9 +46,8 @@ def store_home_of(out: Path) -> Path:
 
 
 def run_key(stage: str, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:
-    """The runner's cache key for this stage call (see :func:`slmops.pipeline.runner.cache_key`)."""
-    from slmops.pipeline.runner import cache_key
-    from slmops.pipeline.stages import get_stage
+    """The runner's cache key for this stage call (see :func:`slmops.stage.cache_key`)."""
+    from slmops.stage import cache_key, get_stage
 
     st = get_stage(stage)
     return cache_key(st, st.make_config(cfg), inputs)

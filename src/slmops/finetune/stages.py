@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmops.finetune.config import DoraConfig, FullConfig, LoraConfig, QloraConfig
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
 INPUTS = ("model", "data")
@@ -25,24 +25,24 @@ def _run(method: str, inputs: dict[str, Artifact], cfg: object, out: Path) -> St
 
 
 @stage("finetune.full", config=FullConfig, kind="model", format="hf-safetensors", inputs=INPUTS)
-def full(inputs: dict[str, Artifact], cfg: FullConfig, out: Path) -> StageOutput:
+def full(inputs: dict[str, Artifact], cfg: FullConfig, ctx: StageContext) -> StageOutput:
     """Fine-tune every weight of a model on a dataset (output: a complete model)."""
-    return _run("full", inputs, cfg, out)
+    return _run("full", inputs, cfg, ctx.out)
 
 
 @stage("finetune.lora", config=LoraConfig, kind="adapter", format="peft", inputs=INPUTS)
-def lora(inputs: dict[str, Artifact], cfg: LoraConfig, out: Path) -> StageOutput:
+def lora(inputs: dict[str, Artifact], cfg: LoraConfig, ctx: StageContext) -> StageOutput:
     """Train a LoRA adapter on a frozen base (output: a PEFT adapter folder)."""
-    return _run("lora", inputs, cfg, out)
+    return _run("lora", inputs, cfg, ctx.out)
 
 
 @stage("finetune.dora", config=DoraConfig, kind="adapter", format="peft", inputs=INPUTS)
-def dora(inputs: dict[str, Artifact], cfg: DoraConfig, out: Path) -> StageOutput:
+def dora(inputs: dict[str, Artifact], cfg: DoraConfig, ctx: StageContext) -> StageOutput:
     """Train a DoRA (weight-decomposed LoRA) adapter on a frozen base (output: a PEFT adapter folder)."""
-    return _run("dora", inputs, cfg, out)
+    return _run("dora", inputs, cfg, ctx.out)
 
 
 @stage("finetune.qlora", config=QloraConfig, kind="adapter", format="peft", inputs=INPUTS)
-def qlora(inputs: dict[str, Artifact], cfg: QloraConfig, out: Path) -> StageOutput:
+def qlora(inputs: dict[str, Artifact], cfg: QloraConfig, ctx: StageContext) -> StageOutput:
     """Train a LoRA adapter on a 4-bit (bitsandbytes) base (output: a PEFT adapter that also loads on the fp32 base)."""
-    return _run("qlora", inputs, cfg, out)
+    return _run("qlora", inputs, cfg, ctx.out)

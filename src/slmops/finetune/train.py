@@ -33,7 +33,7 @@ from slmops.finetune.evaluation import exact_match
 from slmops.finetune.methods import check_method_config, context_length, prepare, set_checkpointing
 from slmops.finetune.runs import StopSignal, run_dir, run_key, store_home_of
 from slmops.models.loading import load_tokenizer, model_folder, quiet_progress
-from slmops.pipeline.stages import StageOutput
+from slmops.stage import StageOutput
 from slmops.store.artifact import Artifact
 from slmops.store.locks import run_lock
 

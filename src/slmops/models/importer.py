@@ -289,7 +289,7 @@ def hub_download(repo_id: str, *, revision: str | None = None, local_dir: Path |
 # -- convenience -------------------------------------------------------------------------------------
 def import_model(ref: str | Path, *, store: Any = None, name: str | None = None, allow_pickle: bool = False) -> Artifact:
     """Import a folder (``./path``) or hub model (``hf:org/name``) through the cached ``models.import`` stage."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.store.registry import Store
 
     text = str(ref)

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.errors import DataError
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -152,13 +152,13 @@ def compute_drift(model: Artifact, baseline: Artifact, cfg: DriftConfig, *, toke
 
 
 @stage("monitor.drift", config=DriftConfig, kind="report", format="json", inputs=("model", "baseline"), fingerprint=_fingerprint)
-def drift_stage(inputs: dict[str, Artifact], cfg: DriftConfig, out: Path) -> StageOutput:
+def drift_stage(inputs: dict[str, Artifact], cfg: DriftConfig, ctx: StageContext) -> StageOutput:
     """Compare a model's logged prompts in a window with a baseline dataset's prompts (PSI, embedding shift)."""
     if inputs["model"].digest != cfg.model_digest:
         raise DataError("monitor.drift: model_digest differs from the model input", fix="leave model_digest to run_drift")
     rep = compute_drift(inputs["model"], inputs["baseline"], cfg)
     rep.pop("created_at")
-    write_json_atomic(out / "drift.json", rep)
+    write_json_atomic(ctx.out / "drift.json", rep)
     return StageOutput(metrics={k: rep[k] for k in ("score", "length_psi", "token_psi", "embedding_shift", "live_prompts", "baseline_prompts")},
                        meta={"verdict": rep["verdict"], "embedding": rep["embedding"], "window_s": cfg.window_s})
 
@@ -166,7 +166,7 @@ def drift_stage(inputs: dict[str, Artifact], cfg: DriftConfig, out: Path) -> Sta
 def run_drift(model: Artifact, baseline: Artifact, *, store: Any, log_path: Path | None = None, window_s: float = 3600.0,
               min_live: int = 20, name: str | None = None) -> Any:
     """Library entry point: the ``monitor.drift`` stage for ``model`` against ``baseline``; returns the RunResult."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.serve.requestlog import default_path
 
     cfg = DriftConfig(log_path=str(log_path or default_path(store.home)), model_digest=model.digest, window_s=window_s, min_live=min_live)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.data.records import SCHEMA, Record, parse_record
 from slmops.errors import ConfigError, DataError
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
 #: Built-in scrub patterns: name → regex. Applied before any user pattern.
@@ -125,7 +125,7 @@ def _messages(route: str, prompt: str) -> list[dict[str, str]] | None:
 
 
 @stage("data.from_logs", config=FromLogsConfig, kind="dataset", format="jsonl", inputs=("model",), fingerprint=_fingerprint)
-def from_logs(inputs: dict[str, Artifact], cfg: FromLogsConfig, out: Path) -> StageOutput:
+def from_logs(inputs: dict[str, Artifact], cfg: FromLogsConfig, ctx: StageContext) -> StageOutput:
     """Turn logged prompts of a served model into a scrubbed prompt dataset."""
     from slmops.data.io import write_jsonl
 
@@ -153,7 +153,7 @@ def from_logs(inputs: dict[str, Artifact], cfg: FromLogsConfig, out: Path) -> St
         raise DataError("no logged prompts to build a dataset from",
                         why=f"{len(rows)} matching request(s) in the log, none with usable text content",
                         fix="serve with --log-content, send traffic, or widen --since")
-    write_jsonl(records, out / "data.jsonl")
+    write_jsonl(records, ctx.out / "data.jsonl")
     return StageOutput(metrics={"records": len(records), "log_rows": len(rows), "skipped": skipped, "scrubbed": sum(counts.values())},
                        meta={"schema": SCHEMA, "kinds": {"prompt": len(records)}, "source": "request-log", "scrubbed": counts})
 
@@ -161,7 +161,7 @@ def from_logs(inputs: dict[str, Artifact], cfg: FromLogsConfig, out: Path) -> St
 def build_from_logs(model: Artifact, *, store: Any, log_path: Path | None = None, since_s: float | None = None,
                     min_judge_score: float | None = None, scrub: list[str] | None = None, name: str | None = None) -> Any:
     """Library entry point: run ``data.from_logs`` for ``model``'s logged traffic; returns the RunResult."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.serve.requestlog import default_path
 
     compile_scrubbers(scrub or [])  # fail on a bad regex before touching the log

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from slmops.errors import StoreError
-from slmops.pipeline.runner import RunResult, run_stage
+from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import Artifact
 from slmops.store.refs import ModelRef, check_kind, resolve
 from slmops.store.registry import Store

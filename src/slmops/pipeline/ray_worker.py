@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops.errors import ConfigError
-from slmops.pipeline.stages import StageOutput, get_stage
+from slmops.stage import StageContext, StageOutput, cache_key, get_stage
 from slmops.store.artifact import Artifact, read_manifest
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,14 @@ def _fields(result: StageOutput | None) -> dict[str, Any]:
     return {"metrics": r.metrics, "meta": r.meta, "kind": r.kind, "format": r.format, "node": socket.gethostname(), "pid": os.getpid()}
 
 
+def _context(st: Any, cfg: Any, arts: dict[str, Artifact], store: Any, out: Path) -> StageContext:
+    """The same context the local runner would hand this stage (same cache key, so the same work dir)."""
+    return StageContext(store=store, out=out, key=cache_key(st, cfg, arts), stage=st.name)
+
+
 def _shared_fs(st: Any, cfg: Any, inputs: dict[str, str], home: Path, out: Path) -> dict[str, Any]:
+    from slmops.store.registry import Store
+
     arts = {}
     for role, digest in inputs.items():
         path = home / "artifacts" / digest
@@ -56,7 +63,8 @@ def _shared_fs(st: Any, cfg: Any, inputs: dict[str, str], home: Path, out: Path)
     if out.exists():  # a retried attempt: start clean
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    return _fields(st.fn(arts, cfg, out))
+    with Store(home) as store:  # read-only use: the driver alone commits
+        return _fields(st.fn(arts, cfg, _context(st, cfg, arts, store, out)))
 
 
 def _remote(st: Any, cfg: Any, inputs: dict[str, str], remote: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +81,7 @@ def _remote(st: Any, cfg: Any, inputs: dict[str, str], remote: dict[str, Any]) -
             fetch_artifact(store, objects, digest, report)
             arts[role] = store.get(digest)
         with store.staging() as tmp:
-            fields = _fields(st.fn(arts, cfg, tmp))
+            fields = _fields(st.fn(arts, cfg, _context(st, cfg, arts, store, tmp)))
             fields["files"] = upload_tree(objects, tmp, report)
     fields["bytes_uploaded"] = report.bytes_transferred
     return fields

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.errors import ConfigError
-from slmops.pipeline.stages import all_stages
+from slmops.stage import all_stages
 from slmops.units import parse_size
 
 REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.-]*)\}")

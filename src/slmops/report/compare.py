@@ -26,7 +26,7 @@ from slmops.errors import ConfigError, SlmopsError
 from slmops.evaluate.run import retention_pct
 
 if TYPE_CHECKING:
-    from slmops.pipeline.runner import RunResult
+    from slmops.stage.runner import RunResult
     from slmops.store.artifact import Artifact
     from slmops.store.registry import Store
 
@@ -140,7 +140,7 @@ def compare(targets: Sequence[str], data: str, *, store: Store, ref: str | None 
             title: str = "Model comparison") -> RunResult:
     """Evaluate and benchmark every target on ``data`` (cached unless ``force``) and store the comparison report."""
     from slmops.pipeline.inputs import resolve_input
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.runtimes import TARGET_KINDS
 
     labels = list(dict.fromkeys(targets))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.errors import ConfigError
-from slmops.pipeline.stages import StageOutput, stage
 from slmops.report.compare import MAX_MODELS
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
 ROLES = tuple(f"{kind}{i}" for i in range(MAX_MODELS) for kind in ("eval", "bench"))
@@ -24,7 +23,7 @@ class CompareConfig(BaseModel):
 
 
 @stage("compare", config=CompareConfig, kind="report", format="compare-report", optional_inputs=ROLES)
-def compare_stage(inputs: dict[str, Artifact], cfg: CompareConfig, out: Path) -> StageOutput:
+def compare_stage(inputs: dict[str, Artifact], cfg: CompareConfig, ctx: StageContext) -> StageOutput:
     """Compare models side by side (size, memory, speed, quality, retention vs a reference) with plots."""
     from slmops.evaluate.report import load_report
     from slmops.report.compare import build_comparison
@@ -45,12 +44,12 @@ def compare_stage(inputs: dict[str, Artifact], cfg: CompareConfig, out: Path) ->
     report["data"] = evals[0].get("data")
     report["machine"] = next((b.get("machine") for b in benches if b), None)
     plots = all_plots(report["rows"], report["primary_metric"])
-    (out / "plots").mkdir()
+    (ctx.out / "plots").mkdir()
     for stem, png in plots.items():
-        (out / "plots" / f"{stem}.png").write_bytes(png)
+        (ctx.out / "plots" / f"{stem}.png").write_bytes(png)
     report["plots"] = sorted(plots)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    (out / "report.html").write_text(render_html(report, plots), encoding="utf-8")
+    (ctx.out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    (ctx.out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    (ctx.out / "report.html").write_text(render_html(report, plots), encoding="utf-8")
     flat = {f"{r['label']}.{k}": v for r in report["rows"] for k, v in r["metrics"].items() if isinstance(v, int | float)}
     return StageOutput(metrics=flat, meta={"labels": cfg.labels, "ref": cfg.ref, "plots": report["plots"]})

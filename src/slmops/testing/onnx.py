@@ -26,7 +26,7 @@ LORA_TARGETS: dict[str, list[str]] = {
 
 def tiny_onnx(arch: str = "llama", *, store: Store, precision: str = "fp32", model: Artifact | None = None, **cfg: Any) -> Artifact:
     """``export.onnx`` of the tiny ``arch`` model (or of ``model``) at ``precision``; ``cfg`` are further config fields."""
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
     from slmops.testing.tiny import tiny_model
 
     src = model if model is not None else tiny_model(arch, store=store)

@@ -42,7 +42,7 @@ def tiny_model(
     becomes the model's ``data`` parent); ``overrides`` are further ``models.init`` config fields
     (``size``, ``hidden_size``, ``vocab_size``, ``seed`` …).
     """
-    from slmops.pipeline.runner import run_stage
+    from slmops.stage.runner import run_stage
 
     own = store is None
     s = store if store is not None else Store()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.data.io import write_jsonl
 from slmops.data.records import parse_record
 from slmops.data.synth.tasks import TASKS, generate_task
-from slmops.pipeline.stages import StageOutput, stage
+from slmops.stage import StageContext, StageOutput, stage
 
 
 class SynthConfig(BaseModel):
@@ -23,7 +21,7 @@ class SynthConfig(BaseModel):
 
 
 @stage("data.synth", config=SynthConfig, kind="dataset", format="jsonl")
-def synth(inputs: dict, cfg: SynthConfig, out: Path) -> StageOutput:
+def synth(inputs: dict, cfg: SynthConfig, ctx: StageContext) -> StageOutput:
     """Generate a built-in task (support intents, JSON extraction, arithmetic) with held-out test templates."""
     splits = generate_task(cfg.task, cfg.n, seed=cfg.seed, validation=cfg.validation, test=cfg.test)
     counts = {}
@@ -31,5 +29,5 @@ def synth(inputs: dict, cfg: SynthConfig, out: Path) -> StageOutput:
         if cfg.prompts_only:
             rows = [{"prompt": r["messages"][1]["content"], "system": r["messages"][0]["content"], "label": r["label"], "meta": r["meta"]}
                     for r in rows]
-        counts[split] = write_jsonl([parse_record(r) for r in rows], out / f"{split}.jsonl")
+        counts[split] = write_jsonl([parse_record(r) for r in rows], ctx.out / f"{split}.jsonl")
     return StageOutput(metrics={"records": sum(counts.values()), **counts}, meta={"task": cfg.task, "source": "built-in"})

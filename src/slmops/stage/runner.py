@@ -7,7 +7,6 @@ the result with its parents and resolved config.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from slmops.errors import ConfigError
-from slmops.pipeline.stages import Stage, StageOutput, get_stage
-from slmops.store.artifact import Artifact, Parent, StageInfo, canonical_json
+from slmops.stage import RunOptions, Stage, StageContext, StageOutput, cache_key, get_stage
+from slmops.store.artifact import Artifact, Parent, StageInfo
 from slmops.store.registry import Store
 
 log = logging.getLogger(__name__)
@@ -33,18 +32,6 @@ class RunResult:
     @property
     def digest(self) -> str:
         return self.artifact.digest
-
-
-def cache_key(st: Stage, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:
-    payload: dict[str, Any] = {
-        "stage": st.name,
-        "version": st.version,
-        "config": cfg.model_dump(mode="json"),
-        "inputs": {role: art.digest for role, art in sorted(inputs.items())},
-    }
-    if st.fingerprint is not None:
-        payload["fingerprint"] = st.fingerprint(cfg)
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 def prepare_stage(name: str, inputs: dict[str, Artifact], config: BaseModel | dict[str, Any] | None) -> tuple[Stage, BaseModel, str]:
@@ -97,6 +84,7 @@ def run_stage(
     store: Store,
     output_name: str | None = None,
     force: bool = False,
+    options: RunOptions | None = None,
 ) -> RunResult:
     """Run (or fetch from cache) stage ``name`` on ``inputs`` with ``config``."""
     inputs = dict(inputs or {})
@@ -105,5 +93,6 @@ def run_stage(
         return hit
     with store.staging() as tmp:
         log.info("%s: running into %s", name, tmp)
-        result = st.fn(inputs, cfg, tmp) or StageOutput()
+        ctx = StageContext(store=store, out=tmp, key=key, stage=st.name, options=options or RunOptions())
+        result = st.fn(inputs, cfg, ctx) or StageOutput()
         return commit_output(store, st, cfg, key, inputs, tmp, result, output_name)

@@ -1,25 +1,28 @@
 """The stage registry: a stage is a plain function registered under a dotted name with a config.
 
     @stage("data.split", config=SplitConfig, kind="dataset", format="jsonl", inputs=("data",))
-    def split(inputs: dict[str, Artifact], cfg: SplitConfig, out: Path) -> StageOutput | None: ...
+    def split(inputs: dict[str, Artifact], cfg: SplitConfig, ctx: StageContext) -> StageOutput | None: ...
 
-The function writes its output files into ``out`` (a temp dir inside the store) and may return a
+The function writes its output files into ``ctx.out`` (a temp dir inside the store) and may return a
 :class:`StageOutput` with metrics and facts for the manifest. It never registers anything itself:
 the runner does that. Built-in stage modules are imported lazily, so ``import slmops`` stays light.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from slmops.errors import ConfigError
-from slmops.store.artifact import Artifact
+from slmops.store.artifact import Artifact, canonical_json
+
+if TYPE_CHECKING:
+    from slmops.stage.context import StageContext
 
 #: Modules that register the built-in stages (imported on first lookup).
 BUILTIN_STAGE_MODULES = (
@@ -51,7 +54,7 @@ class StageOutput:
     format: str | None = None
 
 
-StageFn = Callable[[dict[str, Artifact], Any, Path], "StageOutput | None"]
+StageFn = Callable[[dict[str, Artifact], Any, "StageContext"], "StageOutput | None"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +135,16 @@ def validate_config(model: type[BaseModel], data: dict[str, Any], *, where: str)
             problems.append(f"{loc}: {msg}")
         allowed = ", ".join(model.model_fields)
         raise ConfigError(f"invalid config for {where}", why="; ".join(problems), fix=f"fields are: {allowed}") from exc
+
+
+def cache_key(st: Stage, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:
+    """``sha256(stage, stage version, canonical config, input digests, fingerprint)``: the one cache key."""
+    payload: dict[str, Any] = {
+        "stage": st.name,
+        "version": st.version,
+        "config": cfg.model_dump(mode="json"),
+        "inputs": {role: art.digest for role, art in sorted(inputs.items())},
+    }
+    if st.fingerprint is not None:
+        payload["fingerprint"] = st.fingerprint(cfg)
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
