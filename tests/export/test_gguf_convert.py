@@ -13,9 +13,9 @@ import pytest
 from ggufkit import ARCHES, SAMPLE_TEXTS
 
 from slmops.errors import DataError
-from slmops.stage.runner import run_stage
 from slmops.runtimes import GenerationParams, open_runtime
 from slmops.runtimes.sampling import log_softmax
+from slmops.stage.runner import run_stage
 
 PROMPTS = ["the quick brown fox", "a teacher answers questions and", "héllo 中文 🙂"]
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from slmops.errors import ConfigError, DataError, SlmopsError, StoreError, UnsafeInput
-from slmops.stage.runner import run_stage
 from slmops.runtimes import open_runtime
+from slmops.stage.runner import run_stage
 
 
 def commit_model(store: Any, folder: Path, kind: str = "model") -> Any:

@@ -11,9 +11,9 @@ import pytest
 from ggufkit import make_lora, register_adapter
 
 from slmops.errors import ConfigError
-from slmops.stage.runner import run_stage
 from slmops.runtimes import open_runtime
 from slmops.runtimes.sampling import log_softmax
+from slmops.stage.runner import run_stage
 
 TEXT = "the quick brown fox jumps over the lazy dog and keeps running"
 

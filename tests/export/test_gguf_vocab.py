@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from slmops.stage.runner import run_stage
 from slmops.runtimes import open_runtime
+from slmops.stage.runner import run_stage
 
 TEXTS = ["the quick brown fox", "Hello, world!  two  spaces", "emoji 🙂 and ünïcödé", "1234 digits 56", "\nnew\nlines\n"]
 

@@ -54,8 +54,8 @@ def _peft_logits(model: Any, adapter: Any | None) -> np.ndarray:
 
 
 def test_merge_then_export_matches_peft(astore: Any, setup: dict[str, Any]) -> None:
-    from slmops.stage.runner import run_stage
     from slmops.runtimes import open_runtime
+    from slmops.stage.runner import run_stage
 
     model, adapter, _ = setup["phi3"]
     r = run_stage("export.onnx", {"model": model, "adapter": adapter}, {"precision": "fp32", "parity_texts": 2}, store=astore)
@@ -72,8 +72,8 @@ def test_merge_then_export_matches_peft(astore: Any, setup: dict[str, Any]) -> N
 
 @pytest.mark.parametrize("arch", ["llama", "phi3"])
 def test_runtime_adapter_switches_per_request(astore: Any, setup: dict[str, Any], arch: str) -> None:
-    from slmops.stage.runner import run_stage
     from slmops.runtimes import GenerationParams, open_runtime
+    from slmops.stage.runner import run_stage
 
     model, adapter, other = setup[arch]
     cfg = {"precision": "fp32", "adapter_mode": "runtime", "adapter_name": "tuned", "parity_texts": 2 if arch == "llama" else 0}
@@ -101,8 +101,8 @@ def test_runtime_adapter_switches_per_request(astore: Any, setup: dict[str, Any]
 
 def test_runtime_adapter_survives_int4(astore: Any, setup: dict[str, Any]) -> None:
     """int4 quantizes the base MatMuls but keeps the LoRA branches in float, so adapters stay switchable."""
-    from slmops.stage.runner import run_stage
     from slmops.runtimes import open_runtime
+    from slmops.stage.runner import run_stage
 
     model, adapter, _ = setup["llama"]
     cfg = {"precision": "int4", "adapter_mode": "runtime", "parity_texts": 0}
@@ -120,8 +120,8 @@ def test_int4_can_keep_a_lora_in_float(astore: Any, setup: dict[str, Any], caplo
 
     import onnx
 
-    from slmops.stage.runner import run_stage
     from slmops.runtimes import GenerationParams, open_runtime
+    from slmops.stage.runner import run_stage
 
     model, adapter, _ = setup["llama"]
     with caplog.at_level(logging.WARNING):

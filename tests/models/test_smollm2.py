@@ -86,9 +86,9 @@ def test_one_lora_step_on_the_dequantized_model(smollm2_hf: Any, smollm2_store: 
 
 
 def test_exported_back_to_gguf_llamacpp_runs_it(smollm2_hf: Any, smollm2_store: Any, smollm2_llamacpp: Any) -> None:
-    from slmops.stage.runner import run_stage
     from slmops.runtimes import open_runtime
     from slmops.runtimes.base import GenerationParams
+    from slmops.stage.runner import run_stage
 
     g = run_stage("export.gguf", {"model": smollm2_hf}, {"qtype": "f16"}, store=smollm2_store).artifact
     assert g.manifest.meta["pre_tokenizer"] == "smollm" and g.manifest.meta["add_bos"] is False

@@ -33,8 +33,8 @@ def _send(url: str, prompts: list[list[dict[str, str]]]) -> None:
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A store with a tiny ``bot`` and a support-intent baseline; two request logs filled by real servers."""
     from slmops.data.synth import generate_task
-    from slmops.stage.runner import run_stage
     from slmops.serve import ServeConfig, create_app
+    from slmops.stage.runner import run_stage
     from slmops.store import Store
     from slmops.testing.server import running_server
     from slmops.testing.tiny import tiny_model

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from slmops.stage.runner import run_stage
 from slmops.stage import all_stages
+from slmops.stage.runner import run_stage
 from slmops.store import Artifact, Store
 
 Example = Callable[[Store, Path], tuple[dict[str, Artifact], dict[str, Any]]]

@@ -6,8 +6,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.errors import ConfigError
-from slmops.stage.runner import run_stage
 from slmops.stage import StageContext, StageOutput, all_stages, stage
+from slmops.stage.runner import run_stage
 from slmops.store import Store
 
 CALLS: list[str] = []

@@ -166,8 +166,8 @@ def drift_stage(inputs: dict[str, Artifact], cfg: DriftConfig, ctx: StageContext
 def run_drift(model: Artifact, baseline: Artifact, *, store: Any, log_path: Path | None = None, window_s: float = 3600.0,
               min_live: int = 20, name: str | None = None) -> Any:
     """Library entry point: the ``monitor.drift`` stage for ``model`` against ``baseline``; returns the RunResult."""
-    from slmops.stage.runner import run_stage
     from slmops.serve.requestlog import default_path
+    from slmops.stage.runner import run_stage
 
     cfg = DriftConfig(log_path=str(log_path or default_path(store.home)), model_digest=model.digest, window_s=window_s, min_live=min_live)
     return run_stage("monitor.drift", {"model": model, "baseline": baseline}, cfg, store=store, output_name=name)

@@ -161,8 +161,8 @@ def from_logs(inputs: dict[str, Artifact], cfg: FromLogsConfig, ctx: StageContex
 def build_from_logs(model: Artifact, *, store: Any, log_path: Path | None = None, since_s: float | None = None,
                     min_judge_score: float | None = None, scrub: list[str] | None = None, name: str | None = None) -> Any:
     """Library entry point: run ``data.from_logs`` for ``model``'s logged traffic; returns the RunResult."""
-    from slmops.stage.runner import run_stage
     from slmops.serve.requestlog import default_path
+    from slmops.stage.runner import run_stage
 
     compile_scrubbers(scrub or [])  # fail on a bad regex before touching the log
     cfg = FromLogsConfig(log_path=str(log_path or default_path(store.home)), model_digest=model.digest, since_s=since_s,

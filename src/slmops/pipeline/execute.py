@@ -18,8 +18,8 @@ from slmops import progress
 from slmops.errors import ConfigError, SlmopsError
 from slmops.pipeline.inputs import resolve_input
 from slmops.pipeline.recipe import REF, Recipe, StepSpec, split_ref, substitute_vars
-from slmops.stage.runner import run_stage
 from slmops.stage import cache_key, get_stage
+from slmops.stage.runner import run_stage
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
 

@@ -27,8 +27,8 @@ from slmops._optional import require
 from slmops.errors import SlmopsError
 from slmops.pipeline.execute import ACTIONS, StepResult, _input, check_gates
 from slmops.pipeline.recipe import Recipe, StepSpec, substitute_vars
-from slmops.stage.runner import RunResult, cache_hit, commit_output, prepare_stage
 from slmops.stage import Stage, StageOutput
+from slmops.stage.runner import RunResult, cache_hit, commit_output, prepare_stage
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
 from slmops.store.staging import owned_dir

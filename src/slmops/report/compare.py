@@ -140,8 +140,8 @@ def compare(targets: Sequence[str], data: str, *, store: Store, ref: str | None 
             title: str = "Model comparison") -> RunResult:
     """Evaluate and benchmark every target on ``data`` (cached unless ``force``) and store the comparison report."""
     from slmops.pipeline.inputs import resolve_input
-    from slmops.stage.runner import run_stage
     from slmops.runtimes import TARGET_KINDS
+    from slmops.stage.runner import run_stage
 
     labels = list(dict.fromkeys(targets))
     if ref is not None and ref not in labels:
