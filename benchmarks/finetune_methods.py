@@ -116,7 +116,7 @@ def _padded_tokens(artifact: Any, store: Any, a: argparse.Namespace) -> list[int
     from slmops.finetune.config import make_config
     from slmops.finetune.data import build_data, epoch_batches
     from slmops.models.loading import load_tokenizer
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     cfg = make_config(a.method, artifact.manifest.stage.config)
     data = build_data(load_tokenizer(resolve_input(a.model, store, kind="model")), resolve_input(a.data, store, kind="dataset"), cfg,
@@ -141,7 +141,7 @@ def worker_trainer(a: argparse.Namespace) -> dict[str, Any]:
     from slmops.data.io import read_dataset
     from slmops.finetune.methods import DEFAULT_TARGETS
     from slmops.models.loading import load_model_and_tokenizer
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
     from slmops.store import Store
 
     store = Store()

@@ -113,11 +113,12 @@ def run_teacher(store: Any, prompts: Any, url: str, workers: int, concurrency: i
     from slmops import progress
     from slmops.stage.runner import run_stage
 
-    cfg = {"base_url": url, "model": "t", "cache": False, "concurrency": concurrency, "executor": "ray", "workers": workers}
+    cfg = {"base_url": url, "model": "t"}
+    options = {"cache": False, "concurrency": concurrency, "executor": "ray", "workers": workers}
     clock = Clock()
     t = time.perf_counter()
     with progress.use_sink(clock):
-        run_stage("distill.generate", {"prompts": prompts}, cfg, store=store, force=True)
+        run_stage("distill.generate", {"prompts": prompts}, cfg, store=store, force=True, options=options)
     wall = time.perf_counter() - t
     n = len(clock.times)
     k = n // 10

@@ -68,7 +68,7 @@ def hf_folder(home: Path) -> Path:
 
 
 def base_model(store: Any, ref: str | None) -> Any:
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
     from slmops.stage.runner import run_stage
 
     if ref:

@@ -21,7 +21,7 @@ def test_import_slmops_is_light() -> None:
 def test_scale_modules_import_no_ray_or_boto3() -> None:
     """The remote, the Ray executor and the sharded teacher load ray/boto3 only when they run."""
     code = ("import slmops.store.sync, slmops.store.objects, slmops.store.remotes, slmops.pipeline.ray_exec, "
-            "slmops.pipeline.ray_worker, slmops.pipeline.ray_shards, slmops.distill.sharded, slmops.evaluate.sharded, slmops.cli.store")
+            "slmops.pipeline.ray_worker, slmops.stage.shards, slmops.distill.sharded, slmops.evaluate.sharded, slmops.cli.store")
     assert _loaded_after(code) == []
 
 

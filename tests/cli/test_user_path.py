@@ -130,7 +130,7 @@ def test_bare_file_name_is_the_file_here(cli: Any, tmp_path: Path, monkeypatch: 
     r = cli("data", "import", "prompts.jsonl", "--name", "prompts.jsonl", "--json")
     assert r.code == 0, r.err
     (tmp_path / "prompts.jsonl").write_text(json.dumps({"text": "a different file now"}) + "\n")
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
     from slmops.store import Store
 
     with Store() as store:

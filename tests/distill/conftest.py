@@ -26,8 +26,8 @@ def prompts(store) -> Any:
 
 @pytest.fixture
 def http_cfg(teacher_server: TeacherServer) -> dict[str, Any]:
-    """The smallest endpoint config: fast retries, no waiting around."""
-    return {"base_url": teacher_server.url, "model": "teacher-x", "backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5}
+    """The smallest endpoint settings (config and run options, split by :func:`slmops.stage.split_options`): fast retries."""
+    return {"base_url": teacher_server.url, "model": "teacher-x", "backoff_base_s": 0.01, "backoff_max_s": 0.05, "request_timeout_s": 5}
 
 
 @pytest.fixture(scope="session")

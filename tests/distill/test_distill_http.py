@@ -7,12 +7,15 @@ from collections import deque
 
 import pytest
 
+from slmops.distill.config import GenerateConfig
 from slmops.errors import SlmopsError
+from slmops.stage import split_options
 from slmops.stage.runner import run_stage
 
 
 def _gen(store, prompts, cfg, **kw):
-    return run_stage("distill.generate", {"prompts": prompts}, {**cfg, **kw}, store=store)
+    config, options = split_options({**cfg, **kw}, GenerateConfig)
+    return run_stage("distill.generate", {"prompts": prompts}, config, store=store, options=options)
 
 
 def test_answers_become_a_chat_dataset_with_lineage(store, prompts, teacher_server, http_cfg, monkeypatch, caplog):
@@ -52,7 +55,7 @@ def test_retries_429_500_drop_slow_and_garbage(store, prompts, teacher_server, h
     s.per_prompt[texts[2]] = deque(["drop", "ok"])
     s.per_prompt[texts[3]] = deque(["slow:3", "ok"])
     s.per_prompt[texts[4]] = deque(["garbage", "ok"])
-    r = _gen(store, prompts, http_cfg, timeout_s=0.5, concurrency=4, keep_work=True)
+    r = _gen(store, prompts, http_cfg, request_timeout_s=0.5, concurrency=4, keep_run_dir=True)
     assert r.artifact.manifest.metrics["answered"] == 20, first
     stats = r.artifact.manifest.meta["last_process"]
     assert stats["retries"] == 6 and stats["failed"] == 0

@@ -14,13 +14,12 @@ def test_local_teacher_answers_in_batches(store, prompts, tiny_pair):
     cfg = {
         "max_tokens": 6,
         "top_logprobs": 4,
-        "batch_size": 4,
         "splits": ["train"],
         "limit": 6,
         "temperature": 1.0,
         "validation": {"drop_truncated": False, "drop_refusals": False, "drop_duplicates": False},
     }
-    r = run_stage("distill.generate", {"prompts": prompts, "teacher": teacher}, cfg, store=store)
+    r = run_stage("distill.generate", {"prompts": prompts, "teacher": teacher}, cfg, store=store, options={"batch_size": 4})
     m = r.artifact.manifest
     assert sorted(p.role for p in m.parents) == ["prompts", "teacher"]
     assert m.meta["teacher"] == {"type": "local", "digest": teacher.digest}

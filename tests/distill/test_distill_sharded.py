@@ -20,9 +20,12 @@ pytest.importorskip("ray")
 
 
 def _gen(store: Any, prompts: Any, cfg: dict[str, Any], **kw: Any) -> Any:
+    from slmops.distill.config import GenerateConfig
+    from slmops.stage import split_options
     from slmops.stage.runner import run_stage
 
-    return run_stage("distill.generate", {"prompts": prompts}, {**cfg, "cache": False, **kw}, store=store, force=True)
+    config, options = split_options({**cfg, "cache": False, **kw}, GenerateConfig)
+    return run_stage("distill.generate", {"prompts": prompts}, config, store=store, force=True, options=options)
 
 
 class _Shards:
@@ -85,16 +88,18 @@ def _ray_workers_running(task: str) -> list[int]:
 def test_killed_worker_is_retried_and_the_result_is_identical(store, prompts, teacher_server, http_cfg, ray_cluster, s3_endpoint,
                                                             tmp_path: Path) -> None:
     """SIGKILL the Ray worker in the middle of a distill.generate step: Ray retries it, the dataset is the local one."""
+    from slmops.distill.config import GenerateConfig
     from slmops.pipeline.execute import run_recipe
     from slmops.pipeline.recipe import parse_recipe
+    from slmops.stage import split_options
     from slmops.store import Store
     from slmops.store.remotes import add_remote
     from slmops.store.sync import open_remote
 
-    config = {**http_cfg, "cache": False, "concurrency": 1}
+    config, options = split_options({**http_cfg, "cache": False, "concurrency": 1}, GenerateConfig)
     recipe = {"name": "label", "steps": {
         "prompts": {"stage": "data.synth", "config": {"task": "support-intent", "n": 20, "prompts_only": True}},
-        "labelled": {"stage": "distill.generate", "inputs": {"prompts": "${prompts}"}, "config": config, "name": "labelled"},
+        "labelled": {"stage": "distill.generate", "inputs": {"prompts": "${prompts}"}, "config": config, "options": options, "name": "labelled"},
     }}
     local = _gen(store, prompts, http_cfg)
     teacher_server.script.queue.extend(["slow:0.25"] * 20)

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from slmops.distill.config import GenerateConfig
 from slmops.errors import ConfigError
+from slmops.stage import split_options
 from slmops.stage.runner import run_stage
 
 FAST = {"max_steps": 2, "batch_size": 4, "max_length": 128, "validation_fraction": 0.2}
@@ -86,8 +88,10 @@ def test_kd_from_endpoint_topk_given_as_token_strings(store, prompts, tiny_pair,
 
     teacher_server.script.answer = lambda body: "refund"
     teacher_server.script.logprobs = logprobs
+    endpoint, options = split_options(http_cfg, GenerateConfig)
     gen = run_stage(
-        "distill.generate", {"prompts": prompts}, {**http_cfg, "top_logprobs": 3, "validation": {"drop_duplicates": False}}, store=store
+        "distill.generate", {"prompts": prompts}, {**endpoint, "top_logprobs": 3, "validation": {"drop_duplicates": False}}, store=store,
+        options=options,
     ).artifact
     row = json.loads((gen.path / "topk" / "train.jsonl").read_text().splitlines()[0])
     assert "ids" not in row and row["tokens"]
@@ -99,8 +103,9 @@ def test_kd_from_endpoint_topk_given_as_token_strings(store, prompts, tiny_pair,
     gen = run_stage(
         "distill.generate",
         {"prompts": prompts},
-        {**http_cfg, "top_logprobs": 3, "validation": {"drop_duplicates": False}, "splits": ["train"], "cache": False},
+        {**endpoint, "top_logprobs": 3, "validation": {"drop_duplicates": False}, "splits": ["train"]},
         store=store,
+        options={**options, "cache": False},
     ).artifact
     with pytest.raises(ConfigError, match="do not match the student's tokenizer"):
         run_stage("distill.train", {"student": tiny_pair["other"], "data": gen}, {"mode": "topk", "train": FAST}, store=store)

@@ -7,9 +7,11 @@ from collections import deque
 
 import pytest
 
+from slmops.distill.config import GenerateConfig
 from slmops.distill.prompting import clean_answer, split_final_answer, teacher_messages
 from slmops.distill.validate import ValidationConfig, Validator
 from slmops.errors import ConfigError
+from slmops.stage import split_options
 from slmops.stage.runner import run_stage
 
 
@@ -78,11 +80,13 @@ def test_generate_drops_bad_answers_and_reports_why(store, prompts, teacher_serv
     }
     s.answer = lambda body: canned.get(body["messages"][-1]["content"], "Reasoning...\nFinal answer: cancel_order")
     s.per_prompt[texts[5]] = deque(["length"])
+    endpoint, options = split_options(http_cfg, GenerateConfig)
     r = run_stage(
         "distill.generate",
         {"prompts": prompts},
-        {**http_cfg, "task": "classification", "chain_of_thought": True, "splits": ["train"], "limit": 8, "samples": 2, "temperature": 0.7},
+        {**endpoint, "task": "classification", "chain_of_thought": True, "splits": ["train"], "limit": 8, "samples": 2, "temperature": 0.7},
         store=store,
+        options=options,
     )
     report = json.loads((r.artifact.path / "validation_report.json").read_text())
     by = report["dropped_by_reason"]
@@ -100,12 +104,15 @@ def test_generate_drops_bad_answers_and_reports_why(store, prompts, teacher_serv
 
 
 def test_run_options_stay_out_of_the_cache_key(prompts):
-    from slmops.stage import cache_key, get_stage
+    from slmops.stage import cache_key, get_stage, make_options
 
     st = get_stage("distill.generate")
     base = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
-    a = st.make_config({**base, "concurrency": 1, "rpm": 60, "api_key_env": "A", "timeout_s": 5})
-    b = st.make_config({**base, "concurrency": 16, "max_retries": 0, "api_key_env": "B", "price_prompt_per_1m": 3})
+    a, a_opts = split_options({**base, "concurrency": 1, "rpm": 60, "api_key_env": "A", "request_timeout_s": 5}, GenerateConfig)
+    b, _ = split_options({**base, "concurrency": 16, "max_retries": 0, "api_key_env": "B", "price_prompt_per_1m": 3}, GenerateConfig)
+    assert a == b == base and a_opts["api_key_env"] == "A" and make_options(a_opts).concurrency == 1
     c = st.make_config({**base, "temperature": 0.5})
-    assert cache_key(st, a, {"prompts": prompts}) == cache_key(st, b, {"prompts": prompts}) != cache_key(st, c, {"prompts": prompts})
-    assert "api_key_env" not in a.model_dump(mode="json") and a.run_options()["api_key_env"] == "A"
+    assert cache_key(st, st.make_config(a), {"prompts": prompts}) != cache_key(st, c, {"prompts": prompts})
+    with pytest.raises(ConfigError, match="invalid config") as exc:  # a run option is no config field, and the error says so
+        st.make_config({**base, "concurrency": 2})
+    assert "run option" in str(exc.value.why) and "options" in str(exc.value.fix)

@@ -41,7 +41,7 @@ def tiny_rt(tiny_llama: Any) -> Iterator[Any]:
 @pytest.fixture
 def model(store: Any, tiny_llama: Any) -> Any:
     """The tiny Llama, imported into this test's store (its own artifact, so lineage can be checked)."""
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     return resolve_input(str(tiny_llama.path), store)
 

@@ -66,7 +66,7 @@ def test_wrong_kind_is_refused_in_english_with_a_hint(run_cli: Any, store: Any, 
     code, _, _err = run_cli("finetune", "--model", f"sha256:{adapter.digest}", "--data", "x", "--max-steps", "1")
     assert code == 1
     from slmops.errors import RefError
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     with pytest.raises(RefError) as exc:
         resolve_input(f"sha256:{adapter.digest}", store, kind="model")

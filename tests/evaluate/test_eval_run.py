@@ -12,7 +12,8 @@ from slmops.evaluate.config import EvalConfig
 from slmops.evaluate.report import load_report
 from slmops.evaluate.run import evaluate
 from slmops.evaluate.targets import HttpTarget, LocalTarget, Reply, normalize_base_url
-from slmops.stage.runner import run_stage
+from slmops.stage import RunOptions
+from slmops.stage.runner import prepare_stage, run_stage
 
 
 def test_local_model_report_is_linked_and_cached(store: Any, model: Any, intent_data: Any) -> None:
@@ -36,8 +37,8 @@ def test_local_model_report_is_linked_and_cached(store: Any, model: Any, intent_
 
 
 def test_server_with_known_answers_scores_one(store: Any, intent_data: Any, label_server: str) -> None:
-    cfg = {"metrics": ["accuracy", "exact_match"], "url": label_server, "batch_size": 4}
-    art = run_stage("eval", {"data": intent_data}, cfg, store=store).artifact
+    cfg = {"metrics": ["accuracy", "exact_match"], "url": label_server}
+    art = run_stage("eval", {"data": intent_data}, cfg, store=store, options={"batch_size": 4}).artifact
     rep = load_report(art)
     assert rep["metrics"] == {"accuracy": 1.0, "exact_match": 1.0}
     assert rep["target"] == {"kind": "http", "label": "labeller", "url": label_server, "model": "labeller"}
@@ -72,7 +73,7 @@ def test_urls_are_normalised_and_credentials_refused() -> None:
 
 def test_unreachable_server_fails_fast(store: Any, intent_data: Any) -> None:
     with pytest.raises(SlmopsError, match="cannot reach"):
-        run_stage("eval", {"data": intent_data}, {"url": "http://127.0.0.1:9/v1", "request_timeout_s": 2}, store=store)
+        run_stage("eval", {"data": intent_data}, {"url": "http://127.0.0.1:9/v1"}, store=store, options={"request_timeout_s": 2})
 
 
 def test_metric_needs_are_checked(store: Any, intent_data: Any, label_server: str) -> None:
@@ -115,15 +116,15 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path: Any, intent_data: An
     from slmops.data.io import read_dataset
 
     records = read_dataset(intent_data, "train")[:10]
-    cfg = EvalConfig(metrics=["accuracy"], batch_size=3)
+    cfg, opts = EvalConfig(metrics=["accuracy"]), RunOptions(batch_size=3)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(Flaky(fail_after=7), records, cfg, workdir=tmp_path)  # type: ignore[arg-type]
+        evaluate(Flaky(fail_after=7), records, cfg, options=opts, workdir=tmp_path)  # type: ignore[arg-type]
     lines = (tmp_path / "generate.jsonl").read_text().splitlines()
     assert len(lines) == 6  # two whole batches were made durable before the crash
     with open(tmp_path / "generate.jsonl", "a") as f:
         f.write('{"index": 6, "outp')  # a torn line from a crash mid-write
     again = Flaky()
-    res = evaluate(again, records, cfg, workdir=tmp_path)  # type: ignore[arg-type]
+    res = evaluate(again, records, cfg, options=opts, workdir=tmp_path)  # type: ignore[arg-type]
     assert again.calls == 4 and res.counts["resumed"] == 6
     assert res.metrics["accuracy"] == 1.0 and len(res.samples) == 10
 
@@ -183,3 +184,34 @@ def test_a_metric_nothing_could_score_is_reported_as_none(intent_data: Any) -> N
     res = evaluate(Script(), read_dataset(intent_data, "test")[:3], EvalConfig(metrics=["accuracy", "json_field_match"]))  # type: ignore[arg-type]
     assert res.metrics == {"accuracy": 1.0, "json_field_match": None}  # intent answers are not JSON: no field to compare
     assert label_script([{"role": "user", "content": "I forgot my password."}]) == "reset_password"
+
+
+def test_interrupted_eval_keeps_its_progress_through_gc(store: Any, intent_data: Any, label_server: str) -> None:
+    """The answers so far live in the run's work dir (``runs/<cache key>``): gc during or after the crash keeps them."""
+    from slmops import progress
+
+    cfg = {"metrics": ["accuracy"], "url": label_server, "limit": 9}
+    key = prepare_stage("eval", {"data": intent_data}, cfg)[2]
+    saved = store.home / "runs" / key / "progress" / "generate.jsonl"
+
+    class CrashAfterFirstBatch:
+        def start(self, task_id: int, description: str, total: float | None) -> None: ...
+        def finish(self, task_id: int) -> None: ...
+
+        def update(self, task_id: int, completed: float, fields: dict[str, Any]) -> None:
+            if completed >= 3:
+                store.gc()  # while the run is alive
+                assert saved.is_file()
+                raise KeyboardInterrupt
+
+    with progress.use_sink(CrashAfterFirstBatch()), pytest.raises(KeyboardInterrupt):
+        run_stage("eval", {"data": intent_data}, cfg, store=store, options={"batch_size": 3})
+    store.gc()  # after the crash
+    assert len(saved.read_text().splitlines()) == 3
+    # other run options (a bigger batch) are the same run: it resumes, then removes its work dir
+    art = run_stage("eval", {"data": intent_data}, cfg, store=store, options={"batch_size": 4}).artifact
+    assert load_report(art)["counts"]["resumed"] == 3 and load_report(art)["metrics"]["accuracy"] == 1.0
+    assert art.manifest.meta["run_options"] == {"batch_size": 4}
+    assert not saved.parent.parent.exists()
+    with pytest.raises(ConfigError, match="--resume: no saved answers"):
+        run_stage("eval", {"data": intent_data}, cfg, store=store, force=True, options={"resume": "always"})

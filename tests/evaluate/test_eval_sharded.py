@@ -20,7 +20,7 @@ def test_sharded_eval_equals_local(store: Any, intent_data: Any, label_server: s
     from slmops.evaluate.report import load_report
     from slmops.stage.runner import run_stage
 
-    cfg = {"metrics": ["accuracy", "exact_match"], "url": label_server, "batch_size": 2, "log_samples": True}
+    cfg = {"metrics": ["accuracy", "exact_match"], "url": label_server, "log_samples": True}
     local = run_stage("eval", {"data": intent_data}, cfg, store=store).artifact
 
     class Shards:
@@ -34,7 +34,8 @@ def test_sharded_eval_equals_local(store: Any, intent_data: Any, label_server: s
 
     sink = Shards()
     with progress.use_sink(sink):
-        sharded = run_stage("eval", {"data": intent_data}, {**cfg, "executor": "ray", "workers": 2}, store=store, force=True).artifact
+        sharded = run_stage("eval", {"data": intent_data}, cfg, store=store, force=True,
+                            options={"batch_size": 2, "executor": "ray", "workers": 2}).artifact
     assert load_report(sharded)["metrics"] == load_report(local)["metrics"]
     assert _samples(sharded) == _samples(local)  # the same answers, merged in the same order
     assert {"shard 1/2", "shard 2/2"} <= set(sink.names.values())
@@ -50,9 +51,9 @@ def test_sharded_eval_of_a_local_model_equals_local(store: Any, model: Any, inte
     from slmops.evaluate.report import load_report
     from slmops.stage.runner import run_stage
 
-    cfg = {"metrics": ["exact_match", "token_f1"], "limit": 6, "max_tokens": 6, "batch_size": 2, "log_samples": True}
+    cfg = {"metrics": ["exact_match", "token_f1"], "limit": 6, "max_tokens": 6, "log_samples": True}
     inputs = {"model": model, "data": intent_data}
     local = run_stage("eval", inputs, cfg, store=store).artifact
-    sharded = run_stage("eval", inputs, {**cfg, "executor": "ray", "workers": 2}, store=store, force=True).artifact
+    sharded = run_stage("eval", inputs, cfg, store=store, force=True, options={"batch_size": 2, "executor": "ray", "workers": 2}).artifact
     assert load_report(sharded)["metrics"] == load_report(local)["metrics"]
     assert _samples(sharded) == _samples(local)

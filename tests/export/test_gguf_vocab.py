@@ -71,7 +71,7 @@ def test_sentencepiece_gguf_comes_back_as_a_tokenizer_that_matches(store: Any, s
 
     import transformers
 
-    from slmops.pipeline.inputs import as_model
+    from slmops.stage.inputs import as_model
 
     folder, (sp, _) = spm_model
     with store.staging() as tmp:

@@ -53,7 +53,7 @@ def test_max_length_above_the_context(ft_store, base, task) -> None:
 
 def test_record_without_an_assistant_turn(ft_store, base, tmp_path: Path) -> None:
     from slmops.finetune.api import finetune
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     f = tmp_path / "data.jsonl"
     rows = [{"input": f"question {i}", "output": f"answer {i}"} for i in range(20)]

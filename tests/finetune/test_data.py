@@ -50,7 +50,7 @@ def test_packed_rows_compute_the_same_loss_as_separate_examples(ft_store, base) 
 def test_unsplit_data_gets_a_seeded_validation_split(store, tmp_path) -> None:
     from slmops.finetune.config import make_config
     from slmops.finetune.data import load_records
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     f = tmp_path / "d.jsonl"
     f.write_text("".join(f'{{"input": "q{i}", "output": "a{i}"}}\n' for i in range(40)))

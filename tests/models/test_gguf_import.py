@@ -48,7 +48,7 @@ def _tokenizer(art: Any) -> Any:
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_round_trip_gives_back_the_same_model(arch: str, model_store: Any, tiny_models: dict[str, Any], exported: dict[str, Any]) -> None:
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     orig = tiny_models[arch]
     back = resolve_input(f"sha256:{exported[arch].digest}", model_store, kind="model")  # a GGUF where a model is needed: dequantized
@@ -76,7 +76,7 @@ def test_round_trip_gives_back_the_same_model(arch: str, model_store: Any, tiny_
 
 
 def test_quantized_gguf_dequantizes_close_to_the_original(model_store: Any, tiny_models: dict[str, Any]) -> None:
-    from slmops.pipeline.inputs import as_model
+    from slmops.stage.inputs import as_model
     from slmops.stage.runner import run_stage
 
     orig = tiny_models["llama"]
@@ -185,7 +185,7 @@ def test_llama3_rope_scaling_is_read_back_from_rope_freqs(store: Any, tmp_path: 
     import torch
     import transformers
 
-    from slmops.pipeline.inputs import as_model
+    from slmops.stage.inputs import as_model
     from slmops.stage.runner import run_stage
 
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -29,7 +29,7 @@ def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_store: A
 
 
 def test_pkg_ref_imports_the_packaged_gguf_without_importing_the_package(fake_package: Path, store: Any) -> None:
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
     from slmops.store.artifact import file_digest
 
     art = resolve_input("pkg:fake-models", store)
@@ -42,7 +42,7 @@ def test_pkg_ref_imports_the_packaged_gguf_without_importing_the_package(fake_pa
 
 
 def test_pkg_ref_with_several_models_asks_for_one(fake_package: Path, store: Any) -> None:
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     shutil.copyfile(fake_package / "tiny.gguf", fake_package / "other.gguf")
     with pytest.raises(RefError) as e:

@@ -60,7 +60,7 @@ def bf16_copy(src: Path, dst: Path) -> Path:
 
 @pytest.fixture
 def two_models(store: Any, model: Any, tmp_path: Path) -> list[str]:
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     small = resolve_input(str(bf16_copy(model.path, tmp_path / "bf16")), store)
     store.add_version("tiny-fp32", model.digest)

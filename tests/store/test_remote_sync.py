@@ -169,10 +169,10 @@ def test_cli_push_pull(store, lineage, s3_endpoint, cli, tmp_path, monkeypatch) 
 
 def test_a_worker_gets_an_artifact_by_digest_from_the_remote(store, lineage, s3_endpoint, tmp_path, monkeypatch) -> None:
     """What a Ray actor does when it cannot see the driver's store: the driver pushes by digest, the worker pulls and verifies."""
-    from slmops.pipeline.ray_worker import artifact_on_worker, artifact_source
+    from slmops.stage.shards import artifact_on_worker, artifact_source
 
     _remote(store, s3_endpoint)
-    src = artifact_source(lineage["model"], store.home)
+    src = artifact_source(lineage["model"], store)
     assert src["remote"]["endpoint_url"] == s3_endpoint and "AWS" not in str(src)
     monkeypatch.setenv("SLMOPS_WORKER_HOME", str(tmp_path / "worker"))
     got = artifact_on_worker({**src, "path": str(tmp_path / "not-shared")})

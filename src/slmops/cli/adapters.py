@@ -11,7 +11,7 @@ from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import print_result, result_dict
 from slmops.cli.render import emit, err, out, progress_bars
 from slmops.errors import ConfigError
-from slmops.pipeline.inputs import resolve_input
+from slmops.stage.inputs import resolve_input
 
 app = typer.Typer(help="Adapters of a base model: list, merge into the base, combine several.", no_args_is_help=True)
 BaseArg = Annotated[str, typer.Argument(help="The base model (name, name:3, name@alias, sha256:…, ./folder).")]

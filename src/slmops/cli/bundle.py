@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         """Bundle a model for offline serving: artifact + manifest, serve.json, systemd unit, Containerfile, SHA256SUMS."""
         from slmops.deploy.bundle import write_bundle
         from slmops.deploy.profiles import load_profile
-        from slmops.pipeline.inputs import resolve_input
+        from slmops.stage.inputs import resolve_input
 
         with open_cli_store() as store:
             art = resolve_input(model, store, kind=("model", "gguf", "onnx"))

@@ -11,7 +11,7 @@ from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import print_result, result_dict
 from slmops.cli.render import emit, out, progress_bars
 from slmops.errors import ConfigError
-from slmops.pipeline.inputs import resolve_input
+from slmops.stage.inputs import resolve_input
 from slmops.stage.runner import run_stage
 
 app = typer.Typer(help="Datasets: import files, generate built-in tasks, inspect, split and deduplicate.", no_args_is_help=True)

@@ -12,8 +12,11 @@ from rich.table import Table
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import print_result, result_dict
 from slmops.cli.render import emit, out, progress_bars
+from slmops.distill.config import GenerateConfig
 from slmops.errors import ConfigError
-from slmops.pipeline.inputs import resolve_input
+from slmops.finetune.config import OPTION_FIELDS as FT_OPTIONS
+from slmops.stage import split_options
+from slmops.stage.inputs import resolve_input
 from slmops.stage.runner import run_stage
 
 app = typer.Typer(
@@ -112,7 +115,7 @@ def generate(
         limit=limit,
         concurrency=concurrency,
         rpm=rpm,
-        timeout_s=timeout,
+        request_timeout_s=timeout,
         max_retries=max_retries,
         price_prompt_per_1m=price_prompt,
         price_completion_per_1m=price_completion,
@@ -122,14 +125,15 @@ def generate(
         workers=workers,
         ray_address=address,
     )
-    cfg.update({k: True for k, v in (("chain_of_thought", cot), ("keep_work", keep_work)) if v})
+    cfg.update({k: True for k, v in (("chain_of_thought", cot), ("keep_run_dir", keep_work)) if v})
     if no_cache:
         cfg["cache"] = False
+    cfg, options = split_options(cfg, GenerateConfig)
     with open_cli_store() as store, progress_bars(not as_json):
         inputs = {"prompts": resolve_input(prompts, store, kind="dataset")}
         if teacher:
             inputs["teacher"] = resolve_input(teacher, store, kind="model")
-        r = run_stage("distill.generate", inputs, cfg, store=store, output_name=name)
+        r = run_stage("distill.generate", inputs, cfg, store=store, output_name=name, options=options)
     emit(result_dict(r, name), as_json, print_result)
 
 
@@ -166,7 +170,11 @@ def train(
     max_length: Annotated[int | None, Opt("--max-length", help="Longest training sequence in tokens.")] = None,
     lora_rank: Annotated[int | None, Opt("--lora-rank", help="LoRA rank (--method lora).")] = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed.")] = None,
-    set_: Annotated[list[str] | None, Opt("--set", help="Any other fine-tuning setting: KEY=VALUE (repeatable).")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="Any other fine-tuning setting or run option: KEY=VALUE (repeatable).")] = None,
+    save_every: Annotated[int | None, Opt("--save-every", help="Write a checkpoint every N optimizer steps (0 = only on SIGTERM).")] = None,
+    resume: Annotated[bool | None, Opt("--resume/--no-resume", help="--resume: continue from the last checkpoint (error if none); "
+                                       "--no-resume: start over. Default: continue when a checkpoint of this exact run exists.")] = None,
+    report_to: Annotated[str | None, Opt("--report-to", help="Also log curves to: tensorboard.")] = None,
     name: NameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -181,6 +189,8 @@ def train(
         lora_rank=lora_rank,
         seed=seed,
     )
+    options = _set({k: settings.pop(k) for k in FT_OPTIONS if k in settings}, save_every=save_every, report_to=report_to,
+                   resume=None if resume is None else "always" if resume else "never")
     cfg = {
         "method": method,
         "mode": mode,
@@ -194,7 +204,7 @@ def train(
         inputs = {"student": resolve_input(student, store, kind="model"), "data": resolve_input(data, store, kind="dataset")}
         if teacher:
             inputs["teacher"] = resolve_input(teacher, store, kind="model")
-        r = run_stage("distill.train", inputs, cfg, store=store, output_name=name)
+        r = run_stage("distill.train", inputs, cfg, store=store, output_name=name, options=options)
     emit(result_dict(r, name), as_json, print_result)
 
 

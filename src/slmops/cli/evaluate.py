@@ -66,7 +66,7 @@ def read_json_file(path: Path | None, flag: str) -> Any:
 
 
 def _model_or_url(store: Any, target: str | None, url: str | None) -> Any:
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     if (target is None) == (url is None):
         raise ConfigError("give a TARGET or --url (one of them)", fix="slmops eval bot@prod --data d, or slmops eval --url http://127.0.0.1:8000/v1 --data d")
@@ -113,7 +113,7 @@ def eval_cmd(
     """Evaluate a model or an OpenAI-compatible server on a dataset; gates fail the command with exit code 3."""
     from slmops.evaluate.gates import check_gates, enforce, gate_metrics, parse_gates
     from slmops.evaluate.report import load_report
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
     from slmops.stage.runner import run_stage
 
     gates = parse_gates(gate or [])
@@ -127,13 +127,13 @@ def eval_cmd(
             wanted.append(base)
     cfg: dict[str, Any] = {
         "metrics": wanted, "split": split, "limit": limit, "max_tokens": max_tokens, "temperature": temperature, "stop": stop or [],
-        "runtime": runtime, "url": url, "model_name": model_name, "api_key_env": api_key_env, "batch_size": batch_size,
+        "runtime": runtime, "url": url, "model_name": model_name, "api_key_env": api_key_env,
         "log_samples": log_samples or samples_out is not None, "json_schema": read_json_file(schema, "--schema"),
         "json_fields": csv(json_fields) or None, "embedding_model": embedding_model, "judge_url": judge_url, "judge_model": judge_model,
         "judge_api_key_env": judge_api_key_env, "judge_criteria": csv(judge_criteria) or None,
         "judge_rubric": read_json_file(judge_rubric, "--judge-rubric"),
-        "executor": executor, "workers": workers, "ray_address": address,
     }
+    options = {"batch_size": batch_size, "executor": executor, "workers": workers, "ray_address": address}
     with open_cli_store() as store, progress_bars(not as_json):
         model = _model_or_url(store, target, url)
         dataset = resolve_input(data, store, kind="dataset")
@@ -143,11 +143,11 @@ def eval_cmd(
             ref_art = resolve_input(ref, store)
             if ref_art.kind != "report":
                 ref_cfg = {**cfg, "url": None, "model_name": None, "api_key_env": None, "log_samples": False}
-                ref_art = run_stage("eval", {"data": dataset, "model": ref_art}, ref_cfg, store=store).artifact
+                ref_art = run_stage("eval", {"data": dataset, "model": ref_art}, ref_cfg, store=store, options=options).artifact
             inputs["ref"] = ref_art
             ref_report = load_report(ref_art)
         measured = url is not None and not reuse  # a server can change behind its URL: ask again unless --reuse
-        r = run_stage("eval", inputs, cfg, store=store, output_name=name, force=force or measured)
+        r = run_stage("eval", inputs, cfg, store=store, output_name=name, force=force or measured, options=options)
         report = load_report(r.artifact)
     results = check_gates(gates, report["metrics"], (ref_report or {}).get("metrics"))
     if samples_out is not None:
@@ -255,7 +255,7 @@ def validate_cmd(
     """Run the pre-shipping checklist: domain answers, output format, memory growth, latency, edge cases (exit 3 on a fail)."""
     from slmops.evaluate.gates import GateFailed
     from slmops.evaluate.report import load_report
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
     from slmops.stage.runner import run_stage
 
     cfg = {

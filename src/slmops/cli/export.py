@@ -18,7 +18,7 @@ from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import print_result, result_dict
 from slmops.cli.render import emit, out, progress_bars, warn
 from slmops.errors import ConfigError
-from slmops.pipeline.inputs import resolve_input
+from slmops.stage.inputs import resolve_input
 from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import MANIFEST, Artifact
 

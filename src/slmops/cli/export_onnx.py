@@ -17,7 +17,7 @@ import typer
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import progress_bars, warn
 from slmops.errors import ConfigError
-from slmops.pipeline.inputs import resolve_input
+from slmops.stage.inputs import resolve_input
 from slmops.stage.runner import run_stage
 from slmops.store.artifact import MANIFEST, Artifact
 

@@ -21,7 +21,8 @@ from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import result_dict
 from slmops.cli.render import emit, err, esc, out, progress_bars
 from slmops.errors import ConfigError
-from slmops.finetune.config import ALL_FIELDS, CONFIGS, METHODS, OPTION_FIELDS, RunOptions, flag, split_settings
+from slmops.finetune.config import ALL_FIELDS, CONFIGS, METHODS, OPTION_FIELDS, flag, split_settings
+from slmops.stage import RunOptions
 
 app = typer.Typer(help="Fine-tune a model: full, LoRA, DoRA or QLoRA; `finetune search` tunes hyper-parameters.", no_args_is_help=True)
 

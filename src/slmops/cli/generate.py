@@ -11,8 +11,8 @@ import typer
 
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, err, out
-from slmops.pipeline.inputs import resolve_input
 from slmops.runtimes import TARGET_KINDS
+from slmops.stage.inputs import resolve_input
 
 MaxTok = Annotated[int, typer.Option("--max-tokens", help="Most new tokens to generate.")]
 Temp = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; higher = more random.")]

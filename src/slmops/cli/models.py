@@ -12,7 +12,7 @@ from rich.tree import Tree
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, err, esc, human_bytes, out, progress_bars
 from slmops.errors import ConfigError, SlmopsError, StoreError
-from slmops.pipeline.inputs import import_ref, resolve_input
+from slmops.stage.inputs import import_ref, resolve_input
 from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import KINDS
 from slmops.store.refs import ModelRef

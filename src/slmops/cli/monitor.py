@@ -27,7 +27,7 @@ def drift(
 ) -> None:
     """Compare logged prompts (serve --log-content) in the window with the baseline's prompts: PSI of lengths and tokens."""
     from slmops.monitor.drift_run import run_drift
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
     from slmops.units import parse_duration
 
     window_s = parse_duration(window, flag="--window")
@@ -66,7 +66,7 @@ def sample(
 ) -> None:
     """Re-score a sampled share of logged requests (needs --log-content) with a judge; prints the running quality."""
     from slmops.monitor.sample import sample_and_score
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
     from slmops.units import parse_duration
 
     key = api_key_from_env(api_key_env)

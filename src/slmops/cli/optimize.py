@@ -11,7 +11,7 @@ from rich.text import Text
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import result_dict
 from slmops.cli.render import emit, human_bytes, out, progress_bars
-from slmops.pipeline.inputs import resolve_input
+from slmops.stage.inputs import resolve_input
 from slmops.stage.runner import run_stage
 
 Opt = typer.Option

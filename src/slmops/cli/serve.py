@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"{flag} needs --log-content", why=f"{flag} works on the logged prompts, which are only kept with --log-content",
                                   fix="add --log-content (prompts and completions are then stored in the request log)")
         if drift_baseline and bundle is None:
-            from slmops.pipeline.inputs import resolve_input
+            from slmops.stage.inputs import resolve_input
             from slmops.store.registry import Store
 
             with Store() as check:  # fail now, not inside the periodic task

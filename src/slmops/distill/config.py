@@ -1,18 +1,16 @@
 """Configs of the distillation stages.
 
 Fields that change the result (teacher, prompts, sampling, checks) are part of the runner's cache
-key and land in the manifest. Fields that only change *how* a run goes — concurrency, rate limit,
-timeouts, retries, prices, batch size, the API key's variable name — are declared with
-``exclude=True``: they are validated like the others (so flags, YAML and recipes set them the same
-way), but stay out of the cache key and the manifest's config; a resumed run with other settings
-is the same run. They are recorded in the artifact's ``meta`` instead. The API key itself is never
-a config value: only the *name* of the environment variable that holds it.
+key and land in the manifest. What only changes *how* a run goes — concurrency, rate limit,
+timeouts, retries, prices, batch size, executor, the API key's variable name — is not config but
+the stage's run options (:class:`slmops.stage.RunOptions`: ``run_stage(options=)``, the CLI flags,
+a recipe step's ``options:``); a resumed run with other options is the same run. The API key itself
+is never a value anywhere: only the *name* of the environment variable that holds it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -21,24 +19,6 @@ from slmops.distill.prompting import TaskType
 from slmops.distill.validate import ValidationConfig
 
 _KEYISH = re.compile(r"(key|token|secret|sig|password|auth)", re.IGNORECASE)
-RUN_OPTIONS = (
-    "api_key_env",
-    "api_key_header",
-    "concurrency",
-    "rpm",
-    "timeout_s",
-    "max_retries",
-    "backoff_base_s",
-    "backoff_max_s",
-    "cache",
-    "price_prompt_per_1m",
-    "price_completion_per_1m",
-    "min_success_ratio",
-    "batch_size",
-    "keep_work",
-    "executor",
-    "workers",
-)
 
 
 class GenerateConfig(BaseModel):
@@ -66,29 +46,6 @@ class GenerateConfig(BaseModel):
     splits: list[str] | None = Field(None, description="Splits of the prompts dataset to answer (default: all)")
     limit: int | None = Field(None, ge=1, description="Answer at most this many prompts per split (for a trial run)")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Checks on the answers")
-    # -- how requests run (not cache-keyed, see the module docstring) ---------------------------
-    api_key_env: str | None = Field(None, exclude=True, description="Name of the environment variable holding the API key")
-    api_key_header: Literal["authorization", "api-key"] = Field(
-        "authorization", exclude=True, description="Send the key as 'Authorization: Bearer' (OpenAI) or 'api-key' (Azure)"
-    )
-    concurrency: int = Field(4, ge=1, le=256, exclude=True, description="Requests in flight at once")
-    rpm: float | None = Field(None, gt=0, exclude=True, description="Requests per minute at most (token bucket)")
-    timeout_s: float = Field(60.0, gt=0, exclude=True, description="Timeout of one HTTP request in seconds")
-    max_retries: int = Field(5, ge=0, le=50, exclude=True, description="Retries on 429/5xx/timeouts/connection errors")
-    backoff_base_s: float = Field(1.0, ge=0, exclude=True, description="First retry delay bound; doubles each retry (full jitter)")
-    backoff_max_s: float = Field(30.0, ge=0, exclude=True, description="Largest retry delay bound")
-    cache: bool = Field(True, exclude=True, description="Reuse cached teacher responses ($SLMOPS_HOME/cache/teacher)")
-    price_prompt_per_1m: float | None = Field(None, ge=0, exclude=True, description="Price per million prompt tokens (for the cost metric)")
-    price_completion_per_1m: float | None = Field(None, ge=0, exclude=True, description="Price per million completion tokens")
-    min_success_ratio: float = Field(
-        0.95, ge=0, le=1, exclude=True, description="Fail the run when fewer requests than this share got an answer"
-    )
-    batch_size: int = Field(8, ge=1, le=1024, exclude=True, description="Prompts per batch for a local teacher")
-    keep_work: bool = Field(False, exclude=True, description="Keep the run's work file after success (default: delete it)")
-    executor: Literal["local", "ray"] = Field(
-        "local", exclude=True, description="local: this process asks the teacher; ray: prompts are sharded over Ray actors (--workers)")
-    workers: int = Field(1, ge=1, le=1024, exclude=True, description="Ray actors (shards) with --executor ray")
-    ray_address: str | None = Field(None, exclude=True, description="Ray cluster for --executor ray (default RAY_ADDRESS, else a local one)")
 
     @field_validator("base_url")
     @classmethod
@@ -101,7 +58,7 @@ class GenerateConfig(BaseModel):
         if parts.username or parts.password or any(_KEYISH.search(k) for k, _ in parse_qsl(parts.query)):
             raise ValueError(
                 "the URL must not carry credentials (it is recorded in the manifest); put the key in an "
-                "environment variable and name it with --api-key-env"
+                "environment variable and name it with --api-key-env (a run option)"
             )
         path = parts.path.rstrip("/").removesuffix("/chat/completions")
         return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{parts.query}" if parts.query else "")
@@ -115,7 +72,3 @@ class GenerateConfig(BaseModel):
                 "--top-logprobs cannot be combined with --chain-of-thought (the logprobs would cover the reasoning, not the kept answer)"
             )
         return self
-
-    def run_options(self) -> dict[str, Any]:
-        """The excluded (not cache-keyed) settings, for the manifest's meta (no secret in them)."""
-        return {k: getattr(self, k) for k in RUN_OPTIONS}

@@ -35,12 +35,14 @@ from slmops.distill.prompting import clean_answer, label_map, prompt_messages, s
 from slmops.distill.teachers import Result, Sampling, Teacher, TeacherReply, TeacherRequest
 from slmops.distill.validate import ValidationReport, Validator
 from slmops.errors import ConfigError, DataError, SlmopsError
-from slmops.stage import StageOutput
+from slmops.stage import RunOptions, StageContext, StageOutput
+from slmops.stage.context import resume_or_start_over
 from slmops.store.artifact import Artifact
 from slmops.store.locks import run_lock
 
 log = logging.getLogger(__name__)
 WORK_FILE = "answers.jsonl"
+TEACHER_TIMEOUT_S = 60.0  # per HTTP request, unless the run options say otherwise
 
 
 @dataclass(frozen=True)
@@ -116,12 +118,12 @@ class WorkFile:
             yield append
 
 
-def make_teacher(cfg: GenerateConfig, teacher: Artifact | None, cache_root: Path) -> Teacher:
+def make_teacher(cfg: GenerateConfig, opts: RunOptions, teacher: Artifact | None, cache_root: Path) -> Teacher:
     sampling = Sampling(cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.top_logprobs)
     if teacher is not None:
         from slmops.distill.teachers import LocalTeacher
 
-        return LocalTeacher(teacher, sampling, batch_size=cfg.batch_size, seed=cfg.seed)
+        return LocalTeacher(teacher, sampling, batch_size=opts.batch_size, seed=cfg.seed)
     from slmops.distill.cache import ResponseCache
     from slmops.distill.http_teacher import HttpTeacher
     from slmops.evaluate.targets import api_key_from_env
@@ -131,25 +133,26 @@ def make_teacher(cfg: GenerateConfig, teacher: Artifact | None, cache_root: Path
         base_url=cfg.base_url,
         model=cfg.model,
         sampling=sampling,
-        api_key=api_key_from_env(cfg.api_key_env),
-        api_key_header=cfg.api_key_header,
-        concurrency=cfg.concurrency,
-        rpm=cfg.rpm,
-        timeout_s=cfg.timeout_s,
-        max_retries=cfg.max_retries,
-        backoff_base_s=cfg.backoff_base_s,
-        backoff_max_s=cfg.backoff_max_s,
-        cache=ResponseCache(cache_root, enabled=cfg.cache),
-        price_prompt_per_1m=cfg.price_prompt_per_1m,
-        price_completion_per_1m=cfg.price_completion_per_1m,
+        api_key=api_key_from_env(opts.api_key_env),
+        api_key_header=opts.api_key_header,
+        concurrency=opts.concurrency,
+        rpm=opts.rpm,
+        timeout_s=opts.timeout(TEACHER_TIMEOUT_S),
+        max_retries=opts.max_retries,
+        backoff_base_s=opts.backoff_base_s,
+        backoff_max_s=opts.backoff_max_s,
+        cache=ResponseCache(cache_root, enabled=opts.cache),
+        price_prompt_per_1m=opts.price_prompt_per_1m,
+        price_completion_per_1m=opts.price_completion_per_1m,
     )
 
 
 def ask_teacher(
-    plan: list[Planned], cfg: GenerateConfig, work_dir: Path, *, teacher: Artifact | None, cache_root: Path
+    plan: list[Planned], cfg: GenerateConfig, ctx: StageContext, *, teacher: Artifact | None, cache_root: Path
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, Any]]:
     """Answer what the work file lacks; returns (answers by key, failures by key, this process's teacher stats)."""
-    work = WorkFile(work_dir / WORK_FILE)
+    opts = ctx.options
+    work = WorkFile(ctx.workdir / WORK_FILE)
     done = work.load()
     pending = [p for p in plan if p.key not in done]
     failures: dict[str, str] = {}
@@ -158,7 +161,7 @@ def ask_teacher(
         log.info("distill.generate: resuming, %d of %d answers already on disk", len(done), len(plan))
     if not pending:
         return done, failures, stats
-    t = make_teacher(cfg, teacher, cache_root) if cfg.executor == "local" else None
+    t = make_teacher(cfg, opts, teacher, cache_root) if opts.executor == "local" else None
     try:
         with progress.task("teacher answers", total=len(plan)) as bar, work.appender() as append:
             bar.set(len(plan) - len(pending))
@@ -175,7 +178,7 @@ def ask_teacher(
             if t is None:  # --executor ray: shards on Ray actors, answers appended here as they arrive
                 from slmops.distill.sharded import ask_sharded
 
-                stats = ask_sharded([p.request for p in pending], cfg, teacher, cache_root, work_dir.parents[1], on_result)
+                stats = ask_sharded([p.request for p in pending], cfg, opts, teacher, cache_root, ctx.store, on_result)
             else:
                 t.run([p.request for p in pending], on_result)
                 stats = t.stats()
@@ -250,7 +253,7 @@ def build_dataset(
     return report, counts
 
 
-def usage_of(done: dict[str, dict[str, Any]], cfg: GenerateConfig) -> dict[str, Any]:
+def usage_of(done: dict[str, dict[str, Any]], opts: RunOptions) -> dict[str, Any]:
     """Token usage over every answer of the run (all processes), and its cost when prices are given."""
     c: Counter[str] = Counter()
     for e in done.values():
@@ -261,19 +264,17 @@ def usage_of(done: dict[str, dict[str, Any]], cfg: GenerateConfig) -> dict[str, 
             c["billed_completion_tokens"] += int(e.get("completion_tokens") or 0)
         c["cached_answers"] += bool(e.get("cached"))
     out: dict[str, Any] = dict(c)
-    if cfg.price_prompt_per_1m is not None or cfg.price_completion_per_1m is not None:
+    if opts.price_prompt_per_1m is not None or opts.price_completion_per_1m is not None:
         out["cost_usd"] = round(
-            c["billed_prompt_tokens"] * (cfg.price_prompt_per_1m or 0) / 1e6
-            + c["billed_completion_tokens"] * (cfg.price_completion_per_1m or 0) / 1e6,
+            c["billed_prompt_tokens"] * (opts.price_prompt_per_1m or 0) / 1e6
+            + c["billed_completion_tokens"] * (opts.price_completion_per_1m or 0) / 1e6,
             6,
         )
     return out
 
 
-def generate(
-    prompts: Artifact, cfg: GenerateConfig, out: Path, *, teacher: Artifact | None, work_dir: Path, cache_root: Path
-) -> StageOutput:
-    """Run stage 1 end to end (see the module docstring); resumable through ``work_dir``."""
+def generate(prompts: Artifact, cfg: GenerateConfig, ctx: StageContext, *, teacher: Artifact | None) -> StageOutput:
+    """Run stage 1 end to end into ``ctx.out`` (see the module docstring); resumable through ``ctx.workdir``."""
     if teacher is None and not cfg.base_url:
         raise ConfigError(
             "distill generate needs a teacher", fix="pass --teacher MODEL (a local model) or --base-url URL --model NAME (an endpoint)"
@@ -283,20 +284,22 @@ def generate(
     plan = plan_requests(prompts, cfg)
     if cfg.samples > 1 and cfg.temperature == 0:
         log.warning("--samples %d with --temperature 0: greedy answers repeat, and duplicates are dropped", cfg.samples)
+    opts, work_dir, out = ctx.options, ctx.workdir, ctx.out
     with run_lock(work_dir, activity="generating this exact run",
                   fix="wait for it to finish or stop it; running the command again then continues where it stopped"):
-        done, failures, stats = ask_teacher(plan, cfg, work_dir, teacher=teacher, cache_root=cache_root)
+        resume_or_start_over(work_dir / WORK_FILE, opts, what="teacher answers")
+        done, failures, stats = ask_teacher(plan, cfg, ctx, teacher=teacher, cache_root=ctx.store.home / "cache" / "teacher")
         answered = sum(1 for p in plan if p.key in done)
         ratio = answered / len(plan)
-        if ratio < cfg.min_success_ratio:
+        if ratio < opts.min_success_ratio:
             kinds = Counter(failures.values()).most_common(3)
             raise SlmopsError(
-                f"the teacher answered {answered} of {len(plan)} requests ({ratio:.1%}), below --min-success-ratio {cfg.min_success_ratio:g}",
+                f"the teacher answered {answered} of {len(plan)} requests ({ratio:.1%}), below --min-success-ratio {opts.min_success_ratio:g}",
                 why="; ".join(f"{k} ×{n}" for k, n in kinds) or "requests failed",
                 fix="run the same command again to retry only the missing ones (the answers so far are kept), or lower --min-success-ratio",
             )
         report, counts = build_dataset(plan, done, cfg, out)
-    if not cfg.keep_work:
+    if not opts.keep_run_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
     dropped = report.to_dict()["dropped_by_reason"]
     metrics: dict[str, Any] = {
@@ -309,7 +312,7 @@ def generate(
         "dropped": sum(dropped.values()),
         **{f"dropped_{k}": v for k, v in dropped.items()},
         **counts,
-        **usage_of(done, cfg),
+        **usage_of(done, opts),
     }
     desc = (
         {"type": "local", "digest": teacher.digest}
@@ -319,7 +322,6 @@ def generate(
     meta = {
         "teacher": desc,
         "task": cfg.task,
-        "run_options": cfg.run_options(),
         "last_process": stats,
         "topk": bool(cfg.top_logprobs),
         "source": "distill.generate",

@@ -18,19 +18,21 @@ from typing import Any
 
 from slmops.distill.config import GenerateConfig
 from slmops.distill.teachers import OnResult, Result, TeacherRequest
-from slmops.pipeline.ray_worker import artifact_on_worker, artifact_source
+from slmops.stage import RunOptions
+from slmops.stage.shards import artifact_on_worker, artifact_source, run_sharded
 from slmops.store.artifact import Artifact
+from slmops.store.registry import Store
 
 
 class ShardWorker:
     """One Ray actor: a teacher of its own, answering chunks of requests."""
 
-    def __init__(self, cfg: GenerateConfig, teacher: dict[str, Any] | None, cache_root: str | None) -> None:
+    def __init__(self, cfg: GenerateConfig, opts: RunOptions, teacher: dict[str, Any] | None, cache_root: str | None) -> None:
         from slmops.distill.generate import make_teacher
 
         art = artifact_on_worker(teacher) if teacher else None
         root = Path(cache_root) if cache_root else Path(tempfile.gettempdir()) / "slmops-teacher-cache"
-        self.teacher = make_teacher(cfg, art, root)
+        self.teacher = make_teacher(cfg, opts, art, root)
 
     def process(self, requests: list[TeacherRequest]) -> list[tuple[str, Result]]:
         got: list[tuple[str, Result]] = []
@@ -44,11 +46,9 @@ class ShardWorker:
         self.teacher.close()
 
 
-def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, teacher: Artifact | None, cache_root: Path, store_home: Path,
-                on_result: OnResult) -> dict[str, Any]:
-    """Answer ``requests`` on ``cfg.workers`` Ray actors; ``on_result`` runs here, in the driver, for every answer."""
-    from slmops.pipeline.ray_shards import run_sharded
-
+def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, opts: RunOptions, teacher: Artifact | None, cache_root: Path,
+                store: Store, on_result: OnResult) -> dict[str, Any]:
+    """Answer ``requests`` on ``opts.workers`` Ray actors; ``on_result`` runs here, in the driver, for every answer."""
     by_key = {r.key: r for r in requests}
 
     def handle(answers: list[tuple[str, Result]]) -> int:
@@ -56,10 +56,10 @@ def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, teacher: Ar
             on_result(by_key[key], res)
         return len(answers)
 
-    src = artifact_source(teacher, store_home) if teacher is not None else None
-    chunk = max(1, cfg.batch_size * 2 if teacher is not None else cfg.concurrency * 4)
-    per_actor = run_sharded(requests, workers=cfg.workers, chunk=chunk, actor=ShardWorker, args=(cfg, src, str(cache_root)),
-                            num_cpus=1 if teacher is not None else 0.25, address=cfg.ray_address, on_result=handle,
+    src = artifact_source(teacher, store) if teacher is not None else None
+    chunk = max(1, opts.batch_size * 2 if teacher is not None else opts.concurrency * 4)
+    per_actor = run_sharded(requests, workers=opts.workers, chunk=chunk, actor=ShardWorker, args=(cfg, opts, src, str(cache_root)),
+                            num_cpus=1 if teacher is not None else 0.25, address=opts.ray_address, on_result=handle,
                             label="teacher", final="stats")
     stats: dict[str, Any] = {}
     for st in per_actor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from slmops.distill.config import GenerateConfig
 from slmops.distill.report import ReportConfig
 from slmops.distill.train import DistillTrainConfig
@@ -14,21 +12,12 @@ GENERATE = "distill.generate"
 TRAIN = "distill.train"
 
 
-def _home_and_key(name: str, cfg: object, inputs: dict[str, Artifact], out: Path) -> tuple[Path, str]:
-    from slmops.finetune.runs import run_key, store_home_of
-
-    return store_home_of(out), run_key(name, cfg, inputs)  # type: ignore[arg-type]
-
-
 @stage(GENERATE, config=GenerateConfig, kind="dataset", format="jsonl", inputs=("prompts",), optional_inputs=("teacher",))
 def generate(inputs: dict[str, Artifact], cfg: GenerateConfig, ctx: StageContext) -> StageOutput:
     """A teacher (endpoint or local model) answers the prompts; validated answers become a chat dataset."""
     from slmops.distill.generate import generate as run
 
-    home, key = _home_and_key(GENERATE, cfg, inputs, ctx.out)
-    return run(
-        inputs["prompts"], cfg, ctx.out, teacher=inputs.get("teacher"), work_dir=home / "runs" / key, cache_root=home / "cache" / "teacher"
-    )
+    return run(inputs["prompts"], cfg, ctx, teacher=inputs.get("teacher"))
 
 
 @stage("distill.report", config=ReportConfig, kind="report", format="json", inputs=("teacher", "student", "data"))
@@ -44,5 +33,4 @@ def train(inputs: dict[str, Artifact], cfg: DistillTrainConfig, ctx: StageContex
     """The student learns from the teacher: SFT on its answers, plus logit KD from its logits or stored top-k."""
     from slmops.distill.train import run_distill_train
 
-    _, key = _home_and_key(TRAIN, cfg, inputs, ctx.out)
-    return run_distill_train(inputs, cfg, ctx.out, key=key)
+    return run_distill_train(inputs, cfg, ctx)

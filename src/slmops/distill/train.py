@@ -10,8 +10,9 @@
 The KD loss (forward KL, reverse KL or JSD at temperature T) is mixed with the cross-entropy on the
 teacher's answer: ``alpha · KD + (1 − alpha) · CE``. Training itself — full or LoRA, checkpoints,
 resume, validation, early stopping — is :func:`slmops.finetune.train.run_finetune`, given the KD
-term through its ``loss_fn`` hook and this stage's own run key (so a distillation run never
-resumes a plain fine-tune's checkpoints).
+term through its ``loss_fn`` hook and this stage's own context (its cache key and work dir, so a
+distillation run never resumes a plain fine-tune's checkpoints, and its run options: ``save_every``,
+``resume``, ``report_to``…).
 
 Defaults follow practice for pretrained students (learning rate 1e-5…5e-5 for a full fine-tune,
 2–5 epochs); settings outside those ranges are allowed, with a warning.
@@ -20,13 +21,12 @@ Defaults follow practice for pretrained students (learning rate 1e-5…5e-5 for 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slmops.errors import ConfigError
-from slmops.stage import StageOutput
+from slmops.stage import StageContext, StageOutput
 from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ def practice_warnings(student: Artifact, cfg: DistillTrainConfig, ft: Any) -> li
     return out
 
 
-def run_distill_train(inputs: dict[str, Artifact], cfg: DistillTrainConfig, out: Path, *, key: str) -> StageOutput:
+def run_distill_train(inputs: dict[str, Artifact], cfg: DistillTrainConfig, ctx: StageContext) -> StageOutput:
+    """Train the student through the fine-tuning engine in this stage's context (its own work dir and run options)."""
     from slmops.distill.kd import KDSettings, TeacherLogitsKD, TopKKD, build_topk_table, check_same_vocabulary
     from slmops.finetune.config import make_config
     from slmops.finetune.train import check_inputs, run_finetune
@@ -123,7 +124,7 @@ def run_distill_train(inputs: dict[str, Artifact], cfg: DistillTrainConfig, out:
         table = build_topk_table(load_tokenizer(student), data, ft.train_split, template=ft.text_template, max_length=max_length)
         facts.update(topk_records=table.records, topk_aligned=table.aligned, topk_k=table.k)
         loss_fn = TopKKD(table, settings)
-    result = run_finetune(cfg.method, ft_inputs, ft, out, loss_fn=loss_fn, key=key)
+    result = run_finetune(cfg.method, ft_inputs, ft, ctx, loss_fn=loss_fn)
     if loss_fn is not None:
         facts.update(loss_fn.stats.to_dict())
         if isinstance(loss_fn, TopKKD):

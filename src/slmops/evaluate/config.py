@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slmops.errors import ConfigError
+
+#: Timeout of one HTTP request to an evaluated URL or a judge, unless the run options set ``request_timeout_s``.
+EVAL_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,6 @@ class EvalConfig(BaseModel):
     url: str | None = Field(None, description="Evaluate an OpenAI-compatible server at this URL instead of a local model")
     model_name: str | None = Field(None, description="Model name to request from --url (default: the first it lists)")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key for --url (the key is never stored)")
-    request_timeout_s: float = Field(120.0, gt=0, description="Timeout of one HTTP request, in seconds")
-    batch_size: int = Field(8, ge=1, le=1024, description="Examples per batch (checkpointed for resume; concurrent requests for --url)")
     log_samples: bool = Field(False, description="Save every example's prompt, output and scores with the report (samples.jsonl)")
     json_schema: dict[str, Any] | None = Field(None, description="JSON Schema for json_schema / json_field_match")
     json_fields: list[str] | None = Field(None, description="Fields compared by json_field_match (default: schema properties or reference keys)")
@@ -68,10 +69,6 @@ class EvalConfig(BaseModel):
     judge_api_key_env: str | None = Field(None, description="Environment variable holding the judge's API key")
     judge_criteria: list[str] | None = Field(None, description="Built-in rubric criteria to score: relevance, coherence")
     judge_rubric: dict[str, str] | None = Field(None, description="Custom rubric: criterion name -> description")
-    executor: Literal["local", "ray"] = Field(
-        "local", exclude=True, description="local: answer here; ray: shard the examples over Ray actors (--workers); not in the cache key")
-    workers: int = Field(1, ge=1, le=1024, exclude=True, description="Ray actors (shards) with --executor ray")
-    ray_address: str | None = Field(None, exclude=True, description="Ray cluster for --executor ray (default RAY_ADDRESS, else a local one)")
 
     @field_validator("metrics")
     @classmethod

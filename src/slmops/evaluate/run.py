@@ -23,14 +23,15 @@ from slmops.errors import ConfigError, DataError, SlmopsError
 from slmops.evaluate import jsonmetrics as jm
 from slmops.evaluate import metrics as tm
 from slmops.evaluate.checkpoint import Checkpoint
-from slmops.evaluate.config import EvalConfig, higher_is_better
+from slmops.evaluate.config import EVAL_TIMEOUT_S, EvalConfig, higher_is_better
 from slmops.evaluate.targets import RequestFailed, Target
-from slmops.settings import slmops_home
+from slmops.stage import RunOptions
 
 if TYPE_CHECKING:
     from slmops.data.records import Record
     from slmops.evaluate.similarity import Embedder
     from slmops.store.artifact import Artifact
+    from slmops.store.registry import Store
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,17 @@ def retention_pct(metrics: dict[str, Any], ref_metrics: dict[str, Any]) -> dict[
     return out
 
 
-def evaluate(target: Target, records: Sequence[Record], cfg: EvalConfig, *, workdir: Path | None = None,
-             embedder: Embedder | None = None, judge: Target | None = None, model: Artifact | None = None) -> EvalResult:
+def evaluate(target: Target, records: Sequence[Record], cfg: EvalConfig, *, options: RunOptions | None = None,
+             workdir: Path | None = None, store: Store | None = None, embedder: Embedder | None = None,
+             judge: Target | None = None, model: Artifact | None = None) -> EvalResult:
     """Answer and score ``records`` on ``target``; ``workdir`` holds resumable progress (None: in memory only).
 
-    With ``cfg.executor == "ray"`` the answers come from Ray actors (:mod:`slmops.evaluate.sharded`), each
-    opening its own target from ``cfg.url`` or ``model`` (the artifact behind a local target).
+    ``options`` (:class:`~slmops.stage.RunOptions`) set the batch size and the judge's request timeout. With
+    ``options.executor == "ray"`` the answers come from Ray actors (:mod:`slmops.evaluate.sharded`), each
+    opening its own target from ``cfg.url`` or ``model`` (the artifact behind a local target, found through
+    ``store``).
     """
+    opts = options or RunOptions()
     check_applicable(cfg, target, records)
     described = target.describe()  # for a URL: fails fast when the server is unreachable
     t0 = time.perf_counter()
@@ -160,14 +165,12 @@ def evaluate(target: Target, records: Sequence[Record], cfg: EvalConfig, *, work
         todo = [(s["index"], s["messages"]) for s, r in zip(samples, records, strict=True) if r.kind != "text"]
         gen_ckpt = ck("generate")
         resumed = sum(1 for i, _ in todo if i in gen_ckpt)
-        if cfg.executor == "ray":
+        if opts.executor == "ray":
             from slmops.evaluate.sharded import answer_sharded
-            from slmops.finetune.runs import store_home_of
 
-            home = store_home_of(workdir) if workdir else slmops_home()
-            rows = answer_sharded(todo, cfg, gen_ckpt, model=model, store_home=home, label=f"eval {target.label}")
+            rows = answer_sharded(todo, cfg, opts, gen_ckpt, model=model, store=store, label=f"eval {target.label}")
         else:
-            rows = run_batched(todo, _answer(target, cfg), gen_ckpt, label=f"eval {target.label}", batch_size=cfg.batch_size,
+            rows = run_batched(todo, _answer(target, cfg), gen_ckpt, label=f"eval {target.label}", batch_size=opts.batch_size,
                                workers=target.concurrency)
         for i, row in rows.items():
             samples[i].update({k: v for k, v in row.items() if k != "index"})
@@ -179,11 +182,11 @@ def evaluate(target: Target, records: Sequence[Record], cfg: EvalConfig, *, work
     extra_counts: dict[str, Any] = {}
     corpus: dict[str, float | None] = {}
     if "perplexity" in cfg.metrics:
-        corpus["perplexity"] = _perplexity_pass(target, records, samples, cfg, ck("perplexity"))
+        corpus["perplexity"] = _perplexity_pass(target, records, samples, cfg, opts, ck("perplexity"))
     if "similarity" in cfg.metrics:
         _similarity_pass(samples, cfg, embedder)
     if "judge" in cfg.metrics:
-        extra_counts["judge_unparsed"] = _judge_pass(samples, cfg, judge, ck("judge"))
+        extra_counts["judge_unparsed"] = _judge_pass(samples, cfg, opts, judge, ck("judge"))
     if "bleu" in cfg.metrics:
         pairs = [(s["output"], s["reference"]) for s in samples if s["output"] is not None and s["reference"] is not None]
         corpus["bleu"] = tm.corpus_bleu([p for p, _ in pairs], [r for _, r in pairs]) if pairs else None
@@ -214,7 +217,8 @@ def _requested_names(cfg: EvalConfig) -> list[str]:
     return out
 
 
-def _perplexity_pass(target: Target, records: Sequence[Record], samples: list[dict[str, Any]], cfg: EvalConfig, ckpt: Checkpoint) -> float | None:
+def _perplexity_pass(target: Target, records: Sequence[Record], samples: list[dict[str, Any]], cfg: EvalConfig, opts: RunOptions,
+                     ckpt: Checkpoint) -> float | None:
     from slmops.evaluate.perplexity import NLL, record_nll
 
     rt = target.runtime
@@ -227,7 +231,7 @@ def _perplexity_pass(target: Target, records: Sequence[Record], samples: list[di
             return {"index": index, "nll": None, "tokens": 0, "error": exc.message}
         return {"index": index, "nll": n.total if n else None, "tokens": n.tokens if n else 0, "error": None}
 
-    rows = run_batched(list(enumerate(records)), one, ckpt, label="perplexity", batch_size=cfg.batch_size)
+    rows = run_batched(list(enumerate(records)), one, ckpt, label="perplexity", batch_size=opts.batch_size)
     total = NLL()
     for i, row in rows.items():
         if row.get("nll") is not None and row["tokens"]:
@@ -252,7 +256,7 @@ def _similarity_pass(samples: list[dict[str, Any]], cfg: EvalConfig, embedder: E
             bar.advance(len(part))
 
 
-def _judge_pass(samples: list[dict[str, Any]], cfg: EvalConfig, judge: Target | None, ckpt: Checkpoint) -> int:
+def _judge_pass(samples: list[dict[str, Any]], cfg: EvalConfig, opts: RunOptions, judge: Target | None, ckpt: Checkpoint) -> int:
     from slmops.evaluate.judge import judge_messages, parse_verdict, rubric_for
     from slmops.evaluate.targets import HttpTarget, api_key_from_env
 
@@ -261,7 +265,7 @@ def _judge_pass(samples: list[dict[str, Any]], cfg: EvalConfig, judge: Target | 
     if judge is None:
         assert cfg.judge_url
         judge = HttpTarget(cfg.judge_url, cfg.judge_model, api_key=api_key_from_env(cfg.judge_api_key_env, "--judge-api-key-env"),
-                           timeout=cfg.request_timeout_s, concurrency=cfg.batch_size)
+                           timeout=opts.timeout(EVAL_TIMEOUT_S), concurrency=opts.batch_size)
     jt = judge
 
     def one(index: int, s: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +278,7 @@ def _judge_pass(samples: list[dict[str, Any]], cfg: EvalConfig, judge: Target | 
 
     try:
         todo = [(s["index"], s) for s in samples if s["output"] is not None]
-        rows = run_batched(todo, one, ckpt, label="judge", batch_size=cfg.batch_size, workers=jt.concurrency)
+        rows = run_batched(todo, one, ckpt, label="judge", batch_size=opts.batch_size, workers=jt.concurrency)
     finally:
         if own:
             jt.close()

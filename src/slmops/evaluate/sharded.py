@@ -12,27 +12,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from slmops import progress
 from slmops.errors import ConfigError
 from slmops.evaluate.checkpoint import Checkpoint
-from slmops.evaluate.config import EvalConfig
-from slmops.pipeline.ray_worker import artifact_on_worker, artifact_source
+from slmops.evaluate.config import EVAL_TIMEOUT_S, EvalConfig
+from slmops.stage import RunOptions
+from slmops.stage.shards import artifact_on_worker, artifact_source, run_sharded
 from slmops.store.artifact import Artifact
+from slmops.store.registry import Store
 
 
 class EvalShard:
     """One Ray actor: a target of its own, answering batches of (index, messages)."""
 
-    def __init__(self, cfg: EvalConfig, model: dict[str, Any] | None) -> None:
+    def __init__(self, cfg: EvalConfig, opts: RunOptions, model: dict[str, Any] | None) -> None:
         from slmops.evaluate.run import _answer
         from slmops.evaluate.targets import open_target
 
         art = artifact_on_worker(model) if model else None
         self.target = open_target(art, url=cfg.url, model_name=cfg.model_name, api_key_env=cfg.api_key_env, runtime=cfg.runtime,
-                                  timeout=cfg.request_timeout_s, concurrency=cfg.batch_size)
+                                  timeout=opts.timeout(EVAL_TIMEOUT_S), concurrency=opts.batch_size)
         self.fn = _answer(self.target, cfg)
         workers = getattr(self.target, "concurrency", 1)
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
@@ -48,11 +49,11 @@ class EvalShard:
         self.target.close()
 
 
-def answer_sharded(items: Sequence[tuple[int, Any]], cfg: EvalConfig, ckpt: Checkpoint, *, model: Artifact | None, store_home: Path,
-                   label: str) -> dict[int, dict[str, Any]]:
-    """Answer every item not yet in ``ckpt`` on ``cfg.workers`` Ray actors; return all rows by index."""
-    if model is None and cfg.url is None:
-        raise ConfigError("--executor ray needs the model artifact or --url to open the target on each worker")
+def answer_sharded(items: Sequence[tuple[int, Any]], cfg: EvalConfig, opts: RunOptions, ckpt: Checkpoint, *, model: Artifact | None,
+                   store: Store | None, label: str) -> dict[int, dict[str, Any]]:
+    """Answer every item not yet in ``ckpt`` on ``opts.workers`` Ray actors; return all rows by index."""
+    if (model is None or store is None) and cfg.url is None:
+        raise ConfigError("--executor ray needs the model artifact (and its store) or --url to open the target on each worker")
     todo = [(i, x) for i, x in items if i not in ckpt]
     errors = 0
     with progress.task(label, total=len(items)) as bar:
@@ -67,9 +68,7 @@ def answer_sharded(items: Sequence[tuple[int, Any]], cfg: EvalConfig, ckpt: Chec
             return len(rows)
 
         if todo:
-            from slmops.pipeline.ray_shards import run_sharded
-
-            src = artifact_source(model, store_home) if model is not None else None
-            run_sharded(todo, workers=cfg.workers, chunk=cfg.batch_size, actor=EvalShard, args=(cfg, src),
-                        num_cpus=1 if model is not None else 0.25, address=cfg.ray_address, on_result=handle, label="eval")
+            src = artifact_source(model, store) if model is not None and store is not None else None
+            run_sharded(todo, workers=opts.workers, chunk=opts.batch_size, actor=EvalShard, args=(cfg, opts, src),
+                        num_cpus=1 if model is not None else 0.25, address=opts.ray_address, on_result=handle, label="eval")
     return {i: ckpt.rows[i] for i, _ in items if i in ckpt}

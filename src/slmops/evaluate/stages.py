@@ -2,21 +2,23 @@
 
 ``eval`` takes ``data`` and either a ``model`` input or ``url`` in its config, plus an optional
 ``ref`` (another eval report, whose metrics become the reference for retention and relative gates).
-Its in-progress answers live in the store's staging area keyed by the run, so a crashed run resumes.
+Its in-progress answers live in the run's work dir (``ctx.workdir``, keyed by the cache key, which
+``gc`` leaves alone), so a crashed run resumes; run options (batch size, timeouts, executor) are outside
+that key, so a rerun with other options resumes too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 
 from slmops.errors import ConfigError
-from slmops.evaluate.config import EvalConfig
+from slmops.evaluate.config import EVAL_TIMEOUT_S, EvalConfig
 from slmops.evaluate.validate import ValidateConfig
 from slmops.stage import StageContext, StageOutput, stage
-from slmops.store.artifact import Artifact, canonical_json
-from slmops.store.staging import owned_dir
+from slmops.stage.context import resume_or_start_over
+from slmops.store.artifact import Artifact
+from slmops.store.locks import run_lock
 
 
 def select_records(data: Artifact, split: str, limit: int | None) -> tuple[str, list]:
@@ -28,16 +30,6 @@ def select_records(data: Artifact, split: str, limit: int | None) -> tuple[str, 
         split = next((s for s in ("test", "data", "validation") if s in have), have[0] if have else "data")
     records = read_dataset(data, None if split == "data" else split)
     return split, records[:limit] if limit else records
-
-
-#: Config fields that do not change any answer: a run resumes across changes to them.
-_NOT_IN_RESUME_KEY = {"batch_size", "request_timeout_s", "log_samples"}
-
-
-def _run_key(stage_name: str, cfg: EvalConfig, inputs: dict[str, Artifact]) -> str:
-    payload = {"stage": stage_name, "config": cfg.model_dump(mode="json", exclude=_NOT_IN_RESUME_KEY),
-               "inputs": {k: a.digest for k, a in sorted(inputs.items())}}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:24]
 
 
 def _check_target(inputs: dict[str, Artifact], url: str | None) -> Artifact | None:
@@ -63,17 +55,20 @@ def eval_stage(inputs: dict[str, Artifact], cfg: EvalConfig, ctx: StageContext) 
         ref_report = load_report(ref_art)
         ref = {"digest": ref_art.digest, "target": ref_report.get("target"), "metrics": ref_report.get("metrics", {})}
     split, records = select_records(data, cfg.split, cfg.limit)
+    opts, workdir = ctx.options, ctx.workdir
     target = open_target(model, url=cfg.url, model_name=cfg.model_name, api_key_env=cfg.api_key_env, runtime=cfg.runtime,
-                         timeout=cfg.request_timeout_s, concurrency=cfg.batch_size)
-    # resumable progress, kept after a crash for the rerun; owned meanwhile, so `models gc` leaves it alone
-    with owned_dir(ctx.out.parent, f"eval-{_run_key('eval', cfg, inputs)}", remove=False) as workdir:
+                         timeout=opts.timeout(EVAL_TIMEOUT_S), concurrency=opts.batch_size)
+    # resumable progress in the run's work dir: kept after a crash (and by gc) for the rerun
+    with run_lock(workdir, activity="evaluating this exact run", fix="wait for it to finish (or stop it); a rerun then resumes"):
+        resume_or_start_over(workdir / "progress", opts, what="answers")
         try:
-            result = evaluate(target, records, cfg, workdir=workdir, model=model)
+            result = evaluate(target, records, cfg, options=opts, workdir=workdir / "progress", store=ctx.store, model=model)
         finally:
             target.close()
     report = build_report(result, cfg, data=data.digest, split=split, ref=ref)
     write_eval_report(ctx.out, report, result.samples if cfg.log_samples else None)
-    shutil.rmtree(workdir, ignore_errors=True)
+    if not opts.keep_run_dir:
+        shutil.rmtree(workdir, ignore_errors=True)
     metrics = {k: v for k, v in result.metrics.items() if v is not None}
     metrics.update(examples=result.counts["examples"], errors=result.counts["errors"])
     return StageOutput(metrics=metrics, meta={"target": result.target, "split": split, "ref": ref["digest"] if ref else None})

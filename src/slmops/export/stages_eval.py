@@ -74,13 +74,6 @@ def with_active_adapter(rt: Any, art: Artifact) -> Any:
     return rt
 
 
-def store_of(art: Artifact) -> Any:
-    """The store an artifact lives in (``<home>/artifacts/<digest>``)."""
-    from slmops.store.registry import Store
-
-    return Store(art.path.parent.parent)
-
-
 @stage("parity", config=ParityConfig, kind="report", format="json", inputs=("candidate", "reference", "data"))
 def parity(inputs: dict[str, Artifact], cfg: ParityConfig, ctx: StageContext) -> StageOutput:
     """Compare a candidate (an export) with its reference on a dataset: KL, top-1, perplexity, greedy and task score."""
@@ -114,8 +107,7 @@ def optimize(inputs: dict[str, Artifact], cfg: OptimizeConfig, ctx: StageContext
 
     model = inputs["model"]
     _records(inputs["data"], None)  # fail early on a bad dataset
-    with store_of(model) as store:
-        result = run_optimize(model, inputs["data"], cfg, store)
+    result = run_optimize(model, inputs["data"], cfg, ctx.store)
     _write(ctx.out, result, report_markdown(result))
     metrics = {"chosen": result["chosen"], "chosen_digest": result["chosen_digest"], "candidates": len(result["rows"]),
                "passing": sum(r["passed"] for r in result["rows"])}

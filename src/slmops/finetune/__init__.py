@@ -29,9 +29,8 @@ _EXPORTS = {
     "LoraConfig": "slmops.finetune.config",
     "DoraConfig": "slmops.finetune.config",
     "QloraConfig": "slmops.finetune.config",
-    "RunOptions": "slmops.finetune.config",
+    "RunOptions": "slmops.stage.context",
     "make_config": "slmops.finetune.config",
-    "run_options": "slmops.finetune.config",
 }
 
 __all__ = list(_EXPORTS)

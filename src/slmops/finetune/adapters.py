@@ -100,7 +100,7 @@ def find_adapter(store: Store, base: Artifact, ref: str) -> Artifact:
         if len(matches) > 1:
             log.info("%d adapters of sha256:%s are named %r; using the newest", len(matches), base.short, ref)
         return store.get(matches[-1]["digest"])
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     try:
         return resolve_input(ref, store, kind="adapter")

@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from slmops.errors import ConfigError
-from slmops.finetune.config import RunOptions, make_config, run_options, stage_name
-from slmops.pipeline.inputs import resolve_input
+from slmops.finetune.config import make_config, make_options, stage_name
+from slmops.stage import RunOptions
+from slmops.stage.inputs import resolve_input
 from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
@@ -39,8 +40,8 @@ def finetune(
     cfg = make_config(method, dict(config or {}))
     base = _model(model, store)
     dataset = data if isinstance(data, Artifact) else resolve_input(data, store, kind="dataset")
-    with run_options(options):
-        return run_stage(stage_name(method), {"model": base, "data": dataset}, cfg, store=store, output_name=name, force=force)
+    opts = options if isinstance(options, RunOptions) else make_options(dict(options or {}))
+    return run_stage(stage_name(method), {"model": base, "data": dataset}, cfg, store=store, output_name=name, force=force, options=opts)
 
 
 def _adapter(store: Store, base: Artifact, ref: str | Artifact) -> Artifact:

@@ -3,10 +3,10 @@
 * :class:`FullConfig`, :class:`LoraConfig`, :class:`DoraConfig`, :class:`QloraConfig` — one per
   method (stages ``finetune.full|lora|dora|qlora``). Every field changes the result, so every field
   is part of the runner's cache key and lands in the manifest as the resolved config.
-* :class:`RunOptions` — resume policy, checkpoint cadence, reporting. They do not change the
-  trained weights, so they stay out of the cache key (a resumed run has the same key as the run it
-  continues); they are passed to the stage through :func:`run_options` and recorded in the
-  artifact's ``meta``.
+* Run options — resume policy, checkpoint cadence, reporting (:data:`OPTION_FIELDS` of the one
+  :class:`slmops.stage.RunOptions`). They do not change the trained weights, so they stay out of the
+  cache key (a resumed run has the same key as the run it continues); the runner hands them to the
+  stage in its context and records them in the artifact's ``meta``.
 
 :func:`make_config` validates a flat mapping (YAML merged with flags) and turns pydantic's errors
 into one line that names the flag, e.g. ``--lora-rank 0 is not valid: must be greater than 0``.
@@ -15,15 +15,14 @@ CLI flags are the field names with dashes (``lora_rank`` → ``--lora-rank``).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import difflib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.errors import ConfigError
+from slmops.stage.context import RunOptions
 
 Method = Literal["full", "lora", "dora", "qlora"]
 METHODS: tuple[str, ...] = ("full", "lora", "dora", "qlora")
@@ -162,46 +161,8 @@ def check_method(method: str) -> str:
     return method
 
 
-class RunOptions(BaseModel):
-    """How a fine-tuning run is executed; none of this changes the weights, so none is cache-keyed."""
-
-    model_config = ConfigDict(extra="forbid")
-    resume: Literal["auto", "always", "never"] = Field(
-        "auto", description="auto: continue from a checkpoint of the same run if one exists; always: require one (--resume); never: start over (--no-resume)"
-    )
-    save_every: int = Field(100, ge=0, description="Write a checkpoint every N optimizer steps (0 = only on SIGTERM)")
-    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep")
-    keep_run_dir: bool = Field(False, description="Keep the checkpoints after the run succeeded (default: delete them)")
-    report_to: list[Literal["tensorboard"]] = Field(
-        default_factory=list, description="Also log curves to: tensorboard (files under $SLMOPS_HOME/runs/<key>/tensorboard)"
-    )
-
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [s.strip() for s in v.split(",") if s.strip() and s.strip() != "none"]
-        return v
-
-
-OPTION_FIELDS: tuple[str, ...] = tuple(RunOptions.model_fields)
-
-_options: contextvars.ContextVar[RunOptions | None] = contextvars.ContextVar("slmops_finetune_options", default=None)
-
-
-@contextlib.contextmanager
-def run_options(options: RunOptions | Mapping[str, Any] | None) -> Iterator[RunOptions]:
-    """Set the :class:`RunOptions` that fine-tuning stages started inside the block use."""
-    opts = options if isinstance(options, RunOptions) else make_options(dict(options or {}))
-    token = _options.set(opts)
-    try:
-        yield opts
-    finally:
-        _options.reset(token)
-
-
-def current_options() -> RunOptions:
-    return _options.get() or RunOptions()
+#: The run options (:class:`slmops.stage.RunOptions`) a fine-tune reads: flags and YAML keys beside the config.
+OPTION_FIELDS: tuple[str, ...] = ("resume", "save_every", "keep_checkpoints", "keep_run_dir", "report_to")
 
 
 def _describe(err: Mapping[str, Any], values: Mapping[str, Any]) -> str:
@@ -240,6 +201,7 @@ def make_config(method: str, values: Mapping[str, Any], *, source: str = "the fi
 
 
 def make_options(values: Mapping[str, Any], *, source: str = "the run options") -> RunOptions:
+    """Validate fine-tuning run options (:data:`OPTION_FIELDS`); one :class:`ConfigError` naming the flag."""
     for key in values:
         if key not in OPTION_FIELDS:
             raise _unknown(key, None, OPTION_FIELDS, source)

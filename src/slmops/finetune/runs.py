@@ -1,11 +1,11 @@
-"""The stable per-run directory and the SIGTERM → checkpoint hand-off (the run lock is :mod:`slmops.store.locks`).
+"""The SIGTERM → checkpoint hand-off of a training run (the run lock is :mod:`slmops.store.locks`).
 
 The runner builds a stage's output in a temp dir that vanishes if the stage fails, so whatever
-must survive a crash lives in ``$SLMOPS_HOME/runs/<cache key>/`` instead: ``checkpoints/``,
-``best/`` (early stopping) and ``tensorboard/``. The cache key covers stage, stage version,
-config and input digests, so the same command finds the same directory after a crash, and any
-change to the config or data gets a fresh one. A lock file keeps two processes from training the
-same run at once; the OS drops the lock when its holder dies, even by SIGKILL.
+must survive a crash lives in the stage context's work dir, ``$SLMOPS_HOME/runs/<cache key>/``:
+``checkpoints/``, ``best/`` (early stopping) and ``tensorboard/``. The cache key covers stage, stage
+version, config and input digests, so the same command finds the same directory after a crash, and
+any change to the config or data gets a fresh one. A lock file keeps two processes from training
+the same run at once; the OS drops the lock when its holder dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -15,14 +15,9 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from slmops.errors import SlmopsError
-from slmops.settings import slmops_home
-from slmops.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +30,6 @@ class TrainingInterrupted(SlmopsError):
     def __init__(self, what: str, *, why: str | None = None, fix: str | None = None, signum: int = signal.SIGTERM) -> None:
         super().__init__(what, why=why, fix=fix)
         self.exit_code = 128 + int(signum)
-
-
-def store_home_of(out: Path) -> Path:
-    """The store home a stage's temp output dir belongs to (``<home>/artifacts/.tmp/<id>``)."""
-    out = Path(out).resolve()
-    if out.parent.name == ".tmp" and out.parent.parent.name == "artifacts":
-        return out.parents[2]
-    return slmops_home()
-
-
-def run_key(stage: str, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:
-    """The runner's cache key for this stage call (see :func:`slmops.stage.cache_key`)."""
-    from slmops.stage import cache_key, get_stage
-
-    st = get_stage(stage)
-    return cache_key(st, st.make_config(cfg), inputs)
-
-
-def run_dir(home: Path, key: str) -> Path:
-    return Path(home) / "runs" / key
 
 
 class StopSignal:

@@ -25,7 +25,8 @@ from typing import Any
 from slmops import progress
 from slmops._optional import require
 from slmops.errors import ConfigError, SlmopsError
-from slmops.finetune.config import CONFIGS, RunOptions, check_method
+from slmops.finetune.config import CONFIGS, check_method
+from slmops.stage import RunOptions
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
 
@@ -107,7 +108,7 @@ def search(
 ) -> dict[str, Any]:
     """Run ``trials`` fine-tunes proposed by optuna; register and tag the best. Returns the results table."""
     from slmops.finetune.api import _model, finetune
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy {strategy} is not supported", fix=f"use {' or '.join(STRATEGIES)}")

@@ -27,13 +27,13 @@ from slmops.errors import ConfigError
 from slmops.finetune import checkpoint as ckpt
 from slmops.finetune import loop
 from slmops.finetune.adapters import normalize_adapter_config
-from slmops.finetune.config import LoraConfig, TrainConfig, current_options, stage_name
+from slmops.finetune.config import LoraConfig, TrainConfig
 from slmops.finetune.data import build_data
 from slmops.finetune.evaluation import exact_match
 from slmops.finetune.methods import check_method_config, context_length, prepare, set_checkpointing
-from slmops.finetune.runs import StopSignal, run_dir, run_key, store_home_of
+from slmops.finetune.runs import StopSignal
 from slmops.models.loading import load_tokenizer, model_folder, quiet_progress
-from slmops.stage import StageOutput
+from slmops.stage import StageContext, StageOutput
 from slmops.store.artifact import Artifact
 from slmops.store.locks import run_lock
 
@@ -123,15 +123,15 @@ def write_curves(history: Any, out: Path, *, record: dict[str, Any]) -> None:
     (folder / "curves.csv").write_text(history.csv())
 
 
-def run_finetune(method: str, inputs: dict[str, Artifact], cfg: TrainConfig, out: Path, *, loss_fn: Any = None,
-                 key: str | None = None) -> StageOutput:
-    """Train ``inputs['model']`` on ``inputs['data']`` with ``method`` into ``out``."""
-    options = current_options()
+def run_finetune(method: str, inputs: dict[str, Artifact], cfg: TrainConfig, ctx: StageContext, *, loss_fn: Any = None) -> StageOutput:
+    """Train ``inputs['model']`` on ``inputs['data']`` with ``method`` into ``ctx.out``; checkpoints in ``ctx.workdir``.
+
+    Another stage on this engine (``distill.train``) passes its own context, so its run has its own work dir.
+    """
+    options, out, key, folder = ctx.options, ctx.out, ctx.key, ctx.workdir
     base, dataset = inputs["model"], inputs["data"]
     max_length = check_inputs(inputs, cfg)
     targets = check_method_config(base, method, cfg)
-    key = key or run_key(stage_name(method), cfg, inputs)  # another stage on this engine (distill.train) passes its own
-    folder = run_dir(store_home_of(out), key)
     accelerator = make_accelerator(cfg)
     stop = StopSignal()
     with run_lock(folder, activity="training this exact run", enabled=accelerator.is_local_main_process,
@@ -196,7 +196,6 @@ def run_finetune(method: str, inputs: dict[str, Artifact], cfg: TrainConfig, out
         "data": dataset.digest,
         "run_key": key,
         "run_dir": str(folder) if folder.exists() else None,
-        "run_options": options.model_dump(mode="json"),
         "data_counts": data.counts,
         "world_size": accelerator.num_processes,
         "device": str(accelerator.device),

@@ -288,27 +288,24 @@ def hub_download(repo_id: str, *, revision: str | None = None, local_dir: Path |
 
 # -- convenience -------------------------------------------------------------------------------------
 def import_model(ref: str | Path, *, store: Any = None, name: str | None = None, allow_pickle: bool = False) -> Artifact:
-    """Import a folder (``./path``) or hub model (``hf:org/name``) through the cached ``models.import`` stage."""
-    from slmops.stage.runner import run_stage
+    """Import a folder (``./path``) or hub model (``hf:org/name``) through the cached ``models.import`` stage.
+
+    The reference goes through :func:`slmops.stage.inputs.import_source`, which records where it came from.
+    """
+    from slmops.stage.inputs import import_source
+    from slmops.store.refs import ModelRef
     from slmops.store.registry import Store
 
     text = str(ref)
-    source = None
-    if text.startswith("hf:"):
-        folder, source = hub_download(text[3:]), text
-    else:
-        folder = Path(text).expanduser()
-    config = {"path": str(folder), "allow_pickle": allow_pickle, "source": source}
+    parsed = ModelRef.parse(text) if text.startswith("hf:") else ModelRef("path", text)
     if store is not None:
-        return run_stage("models.import", {}, config, store=store, output_name=name).artifact
+        return import_source(parsed, store, allow_pickle=allow_pickle, name=name)
     with Store() as s:
-        return run_stage("models.import", {}, config, store=s, output_name=name).artifact
+        return import_source(parsed, s, allow_pickle=allow_pickle, name=name)
 
 
 def importer_for(store: Any, *, allow_pickle: bool = False) -> Callable[[Any], Artifact]:
-    """An ``Importer`` for :func:`slmops.store.refs.resolve`: folders and hub refs become artifacts."""
+    """An ``Importer`` for :func:`slmops.store.refs.resolve`: folders, files, ``pkg:`` and ``hf:`` refs become artifacts."""
+    from slmops.stage.inputs import import_source
 
-    def _import(ref: Any) -> Artifact:
-        return import_model(str(ref) if ref.scheme == "hf" else ref.value, store=store, allow_pickle=allow_pickle)
-
-    return _import
+    return lambda ref: import_source(ref, store, allow_pickle=allow_pickle)

@@ -16,9 +16,9 @@ from typing import Any
 
 from slmops import progress
 from slmops.errors import ConfigError, SlmopsError
-from slmops.pipeline.inputs import resolve_input
-from slmops.pipeline.recipe import REF, Recipe, StepSpec, split_ref, substitute_vars
+from slmops.pipeline.recipe import REF, Recipe, StepSpec, split_ref, step_options, substitute_vars
 from slmops.stage import cache_key, get_stage
+from slmops.stage.inputs import resolve_input
 from slmops.stage.runner import run_stage
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
@@ -144,7 +144,8 @@ def run_recipe(
                     res = _plan(step, spec, inputs, cfg, store)
                 else:
                     try:
-                        run = run_stage(spec.stage, inputs, cfg, store=store, output_name=spec.name, force=step in force)  # type: ignore[arg-type]
+                        run = run_stage(spec.stage, inputs, cfg, store=store, output_name=spec.name, force=step in force,  # type: ignore[arg-type]
+                                        options=step_options(spec, recipe, where))
                     except SlmopsError as exc:
                         exc.what = f"{where} ({spec.stage}): {exc.what}"
                         raise

@@ -17,18 +17,18 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
 from slmops import progress
-from slmops._optional import require
 from slmops.errors import SlmopsError
 from slmops.pipeline.execute import ACTIONS, StepResult, _input, check_gates
-from slmops.pipeline.recipe import Recipe, StepSpec, substitute_vars
-from slmops.stage import Stage, StageOutput
+from slmops.pipeline.recipe import Recipe, StepSpec, step_options, substitute_vars
+from slmops.stage import RunOptions, Stage, StageOutput
 from slmops.stage.runner import RunResult, cache_hit, commit_output, prepare_stage
+from slmops.stage.shards import connect, ray_get
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
 from slmops.store.staging import owned_dir
@@ -45,21 +45,9 @@ class _Running:
     key: str
     inputs: dict[str, Artifact]
     started: float
+    options: RunOptions = field(default_factory=RunOptions)
     out: Any = None  # shared-fs: the temp dir the worker writes into ...
     owner: Any = None  # ... owned by the driver while the step runs (gc leaves it alone)
-
-
-def connect(address: str | None = None) -> Any:
-    """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``; none: start a local one) unless connected."""
-    ray = require("ray", extra="scale", purpose="--executor ray")
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise SlmopsError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS') or 'a new local cluster'}",
-                              why=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                              fix="check --address (ray://HOST:10001 or HOST:6379) and that `ray status` works there") from exc
-    return ray
 
 
 def _exchange(recipe: Recipe, store: Store) -> dict[str, Any]:
@@ -174,6 +162,7 @@ def _start(step: str, recipe: Recipe, store: Store, done: dict[str, StepResult],
     cfg_data = substitute_vars(spec.config, recipe.vars, f"{where}, config")
     try:
         st, cfg, key = prepare_stage(spec.stage, inputs, cfg_data)  # type: ignore[arg-type]
+        options = step_options(spec, recipe, where)
         hit = None if step in force else cache_hit(store, st, key, spec.name)
     except SlmopsError as exc:
         exc.what = f"{where} ({spec.stage}): {exc.what}"
@@ -181,7 +170,7 @@ def _start(step: str, recipe: Recipe, store: Store, done: dict[str, StepResult],
     if hit is not None:
         return _result(step, spec, recipe, hit, started)
     ins = {role: a.digest for role, a in inputs.items() if a is not None}
-    r = _Running(step, st, cfg, key, inputs, started)  # type: ignore[arg-type]
+    r = _Running(step, st, cfg, key, inputs, started, options)  # type: ignore[arg-type]
     ex = dict(exchange)
     if exchange["mode"] == "shared-fs":
         r.owner = owned_dir(store.tmp, f"{os.getpid()}-ray-{uuid.uuid4().hex[:12]}")
@@ -193,21 +182,10 @@ def _start(step: str, recipe: Recipe, store: Store, done: dict[str, StepResult],
         report = TransferReport("push", objects.spec.name, step, "")
         for digest in ins.values():
             ensure_on_remote(store, objects, digest, report)
-    ref = task.options(name=f"slmops:{recipe.name}:{step}", **_options(spec)).remote(st.name, st.version, cfg, ins, ex)
+    ref = task.options(name=f"slmops:{recipe.name}:{step}", **_options(spec)).remote(st.name, st.version, cfg, ins, ex, options)
     running[ref] = r
     log.info("%s: submitted to Ray", where)
     return None
-
-
-def ray_get(ray: Any, ref: Any, where: str) -> Any:
-    """``ray.get(ref)``, except that an SlmopsError raised remotely comes back as itself, prefixed with ``where``."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
-        if isinstance(cause, SlmopsError):
-            raise type(cause)(f"{where}: {cause.what}", why=cause.why, fix=cause.fix) from None
-        raise
 
 
 def _get(ray: Any, ref: Any, r: _Running) -> dict[str, Any]:
@@ -223,14 +201,14 @@ def _commit(r: _Running, fields: dict[str, Any], recipe: Recipe, store: Store, o
     spec = recipe.steps[r.step]
     out = StageOutput(metrics=fields["metrics"], meta=fields["meta"], kind=fields["kind"], format=fields["format"])
     if r.out is not None:
-        run = commit_output(store, r.st, r.cfg, r.key, r.inputs, r.out, out, spec.name)
+        run = commit_output(store, r.st, r.cfg, r.key, r.inputs, r.out, out, spec.name, r.options)
         _cleanup(r)  # the folder was renamed into the store: this only lets go of it
     else:
         from slmops.store.sync import TransferReport, download_tree
 
         with store.staging() as tmp:
             download_tree(objects, fields["files"], tmp, TransferReport("pull", objects.spec.name, r.step, ""))
-            run = commit_output(store, r.st, r.cfg, r.key, r.inputs, tmp, out, spec.name)
+            run = commit_output(store, r.st, r.cfg, r.key, r.inputs, tmp, out, spec.name, r.options)
     log.info("step %r ran on %s (pid %s)", r.step, fields.get("node"), fields.get("pid"))
     return _result(r.step, spec, recipe, run, r.started)
 

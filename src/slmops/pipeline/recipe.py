@@ -10,7 +10,9 @@
 An input is ``${step}`` (that step's output artifact), ``${step.FIELD}`` (the artifact whose digest
 that step's output reports as the metric ``FIELD_digest``, e.g. ``${sweep.chosen}`` for the winner of
 an ``optimize`` step) or any reference ``resolve_input`` accepts. Config strings and gates may use
-``${vars.NAME}``; a config value that is exactly one ``${vars.NAME}`` keeps its type.
+``${vars.NAME}``; a config value that is exactly one ``${vars.NAME}`` keeps its type. A step's
+``options:`` are its run options (:class:`slmops.stage.RunOptions`: ``save_every``, ``resume``,
+``executor``, ``batch_size``, ``concurrency``…): validated like the config, but not part of the cache key.
 A step may declare ``resources: {cpus, gpus, memory}`` and the recipe ``executor: {exchange, remote}``
 for ``--executor ray`` (:mod:`slmops.pipeline.ray_exec`). This module parses and checks a recipe
 (strict schema, errors naming the step and field) and orders its steps; :mod:`slmops.pipeline.execute`
@@ -28,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.errors import ConfigError
-from slmops.stage import all_stages
+from slmops.stage import RunOptions, all_stages, make_options
 from slmops.units import parse_size
 
 REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
@@ -76,6 +78,8 @@ class StepSpec(BaseModel):
     description: str | None = Field(None, description="What the step is for (shown in --dry-run)")
     inputs: dict[str, str] = Field(default_factory=dict, description="Input role -> ${step} or a reference")
     config: dict[str, Any] = Field(default_factory=dict, description="The stage's config (validated against its schema)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Run options of the stage (save_every, resume, executor, batch_size…; see RunOptions): how it runs, not cache-keyed")
     name: str | None = Field(None, description="Register the output under this name (a new version when it changes)")
     gates: list[str] = Field(default_factory=list, description="Conditions on the output's metrics, e.g. 'accuracy>=0.9'; a failure stops the run")
     target: str | None = Field(None, description="For actions: the artifact they act on (${step} or a reference)")
@@ -218,6 +222,11 @@ def parse_recipe(data: dict[str, Any], *, source: str | None = None, overrides: 
     return recipe
 
 
+def step_options(spec: StepSpec, recipe: Recipe, where: str) -> RunOptions:
+    """The step's ``options:`` (``${vars.NAME}`` substituted) as validated :class:`RunOptions`."""
+    return make_options(substitute_vars(spec.options, recipe.vars, f"{where}, options"), where=f"{where} ({spec.stage}) options")
+
+
 def check_recipe(recipe: Recipe) -> None:
     """Every stage exists, configs validate, inputs name real steps and roles, and there is no cycle."""
     stages = all_stages()
@@ -250,4 +259,5 @@ def check_recipe(recipe: Recipe) -> None:
                 fix=f"{spec.stage} takes {', '.join(st.inputs) or 'nothing'}" + (f" (optional {', '.join(st.optional_inputs)})" if st.optional_inputs else ""),
             )
         st.make_config(substitute_vars(spec.config, recipe.vars, f"{where}, config"), where=f"{where} ({spec.stage}) config")
+        step_options(spec, recipe, where)
     recipe.order()

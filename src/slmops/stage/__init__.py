@@ -6,7 +6,7 @@ module (or a stage that runs other stages) imports it without reaching up into :
 which only walks recipes.
 """
 
-from slmops.stage.context import RunOptions, StageContext
+from slmops.stage.context import RunOptions, StageContext, make_options, split_options
 from slmops.stage.registry import Stage, StageOutput, all_stages, cache_key, get_stage, stage, validate_config
 
-__all__ = ["RunOptions", "Stage", "StageContext", "StageOutput", "all_stages", "cache_key", "get_stage", "stage", "validate_config"]
+__all__ = ["RunOptions", "Stage", "StageContext", "StageOutput", "all_stages", "cache_key", "get_stage", "make_options", "split_options", "stage", "validate_config"]

@@ -128,13 +128,19 @@ def validate_config(model: type[BaseModel], data: dict[str, Any], *, where: str)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        from slmops.stage.context import OPTION_FIELDS
+
+        problems, options = [], []
         for err in exc.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "(config)"
             msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "extra_forbidden" and loc in OPTION_FIELDS:
+                msg, options = "a run option, not a config field", [*options, loc]
             problems.append(f"{loc}: {msg}")
-        allowed = ", ".join(model.model_fields)
-        raise ConfigError(f"invalid config for {where}", why="; ".join(problems), fix=f"fields are: {allowed}") from exc
+        fix = f"fields are: {', '.join(model.model_fields)}"
+        if options:
+            fix = f"pass {', '.join(options)} as run options (a recipe step's options:, run_stage(options=)); {fix}"
+        raise ConfigError(f"invalid config for {where}", why="; ".join(problems), fix=fix) from exc
 
 
 def cache_key(st: Stage, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:

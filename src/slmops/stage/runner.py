@@ -8,6 +8,7 @@ the result with its parents and resolved config.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pydantic import BaseModel
 
 from slmops.errors import ConfigError
 from slmops.stage import RunOptions, Stage, StageContext, StageOutput, cache_key, get_stage
+from slmops.stage.context import make_options
 from slmops.store.artifact import Artifact, Parent, StageInfo
 from slmops.store.registry import Store
 
@@ -52,8 +54,9 @@ def prepare_stage(name: str, inputs: dict[str, Artifact], config: BaseModel | di
 
 
 def commit_output(store: Store, st: Stage, cfg: BaseModel, key: str, inputs: dict[str, Artifact], tmp: Path,
-                  result: StageOutput, output_name: str | None) -> RunResult:
-    """Register the files a stage wrote into ``tmp`` with their parents and resolved config."""
+                  result: StageOutput, output_name: str | None, options: RunOptions | None = None) -> RunResult:
+    """Register the files a stage wrote into ``tmp`` with their parents, resolved config and run options."""
+    recorded = options.recorded() if options is not None else {}
     artifact = store.commit(
         tmp,
         kind=result.kind or st.kind,
@@ -61,7 +64,7 @@ def commit_output(store: Store, st: Stage, cfg: BaseModel, key: str, inputs: dic
         parents=[Parent(digest=a.digest, role=role) for role, a in sorted(inputs.items())],
         stage=StageInfo(name=st.name, version=st.version, config=cfg.model_dump(mode="json"), cache_key=key),
         metrics=result.metrics,
-        meta=result.meta,
+        meta={**result.meta, "run_options": recorded} if recorded else result.meta,
     )
     version = store.add_version(output_name, artifact.digest) if output_name else None
     return RunResult(artifact, False, st.name, version)
@@ -84,15 +87,20 @@ def run_stage(
     store: Store,
     output_name: str | None = None,
     force: bool = False,
-    options: RunOptions | None = None,
+    options: RunOptions | Mapping[str, Any] | None = None,
 ) -> RunResult:
-    """Run (or fetch from cache) stage ``name`` on ``inputs`` with ``config``."""
+    """Run (or fetch from cache) stage ``name`` on ``inputs`` with ``config``.
+
+    ``options`` (:class:`RunOptions`, or a mapping of its fields) change how the run goes, never its
+    cache key; the ones that differ from the defaults are recorded in ``meta["run_options"]``.
+    """
     inputs = dict(inputs or {})
+    opts = make_options(options, where=f"the run options of stage {name}")
     st, cfg, key = prepare_stage(name, inputs, config)
     if not force and (hit := cache_hit(store, st, key, output_name)) is not None:
         return hit
     with store.staging() as tmp:
         log.info("%s: running into %s", name, tmp)
-        ctx = StageContext(store=store, out=tmp, key=key, stage=st.name, options=options or RunOptions())
+        ctx = StageContext(store=store, out=tmp, key=key, stage=st.name, options=opts)
         result = st.fn(inputs, cfg, ctx) or StageOutput()
-        return commit_output(store, st, cfg, key, inputs, tmp, result, output_name)
+        return commit_output(store, st, cfg, key, inputs, tmp, result, output_name, opts)

