@@ -321,26 +321,25 @@ def test_plain_text_record_is_learned_whole(toks: dict[str, Any]) -> None:
 
 
 def test_record_objects_from_slmops_data(toks: dict[str, Any]) -> None:
-    records = pytest.importorskip("slmops.data.records")
-    rec = records.Record(
-        kind="chat", id="obj-1", messages=[records.Message(role="user", content="hi"), records.Message(role="assistant", content="the dog")]
-    )
+    from slmops.data.records import Message, Record
+
+    rec = Record(kind="chat", id="obj-1", messages=[Message(role="user", content="hi"), Message(role="assistant", content="the dog")])
     tok = toks["chatml"]
     ex = build_example(tok, rec, max_length=64)
     assert [tok.decode(r) for r in labelled_runs(ex)] == ["the dog<|im_end|>"]
-    txt = records.Record(kind="text", text="hello world")
+    txt = Record(kind="text", text="hello world")
     assert build_example(tok, txt, max_length=64).num_labels == len(tok.encode("hello world", add_special_tokens=False)) + 1
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
 def test_masks_on_the_tiny_models_tokenizers(tmp_path_factory: pytest.TempPathFactory, arch: str) -> None:
     """The tokenizers ``models.init`` makes (with {% generation %} templates): same ids and mask as transformers."""
-    tiny = pytest.importorskip("slmops.testing.tiny")
     from slmops.models.loading import load_tokenizer
     from slmops.store.registry import Store
+    from slmops.testing.tiny import tiny_model
 
     with Store(tmp_path_factory.mktemp(f"tpl_{arch}")) as store:
-        tok = load_tokenizer(tiny.tiny_model(arch, store=store))
+        tok = load_tokenizer(tiny_model(arch, store=store))
     ex = build_example(tok, CHAT, max_length=512)
     hf = tok.apply_chat_template(CHAT, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     assert ex.input_ids == hf["input_ids"]

@@ -2,17 +2,21 @@
 producing stage and its config, its lineage names exactly its inputs, and a second run is a cache hit.
 
 ``EXAMPLES`` builds cheap inputs for each stage. A stage without an example must be listed in
-``COVERED_ELSEWHERE`` with the test that runs it twice through the runner, so a new stage cannot slip by.
+``COVERED_ELSEWHERE`` with the test that runs it through the runner (checked here: the test exists and
+reaches the stage), so a new stage cannot slip by.
 """
 
 from __future__ import annotations
 
+import ast
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from slmops.stage import all_stages
 from slmops.stage.runner import run_stage
@@ -77,32 +81,64 @@ EXAMPLES: dict[str, Example] = {
     "bench": lambda s, t: ({"model": _model(s)}, {"prompt_tokens": [8], "output_tokens": [4], "repetitions": 1, "warmup": 0, "isolate": False}),
 }
 
-#: Stages whose inputs are expensive or stateful (a served request log, several trained runs); the named
-#: tests run each of them through the runner twice and check registration, lineage and the cache hit.
-COVERED_ELSEWHERE: dict[str, str] = {
-    "finetune.dora": "tests/finetune/test_methods.py",
-    "finetune.qlora": "tests/finetune/test_methods.py",
-    "adapters.combine": "tests/finetune/test_adapters.py",
-    "export.gguf_lora": "tests/export/test_gguf_lora.py",
-    "export.ollama": "tests/export/test_gguf_ollama.py",
-    "export.foundry": "tests/pipeline/test_quickstart.py",
-    "parity": "tests/pipeline/test_quickstart.py",
-    "optimize": "tests/export/test_gguf_parity_optimize.py",
-    "distill.generate": "tests/pipeline/test_quickstart.py",
-    "distill.train": "tests/pipeline/test_quickstart.py",
-    "distill.report": "tests/pipeline/test_quickstart.py",
-    "compare": "tests/pipeline/test_quickstart.py",
-    "validate": "tests/evaluate/test_eval_validate.py",
-    "data.from_logs": "tests/monitor/test_feedback.py",
-    "monitor.drift": "tests/monitor/test_feedback.py",
-}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Covered:
+    """A stage whose inputs are expensive or stateful (a served request log, several trained runs), run by ``test``.
+
+    ``via`` is how that test reaches the stage: text its source holds (the stage name, the CLI verb or the
+    library call that runs it), or ``examples/*.yaml``: a recipe it runs, which must have a step of the stage.
+    """
+
+    stage: str
+    test: str  # path::function
+    via: str
+
+
+COVERED_ELSEWHERE: list[Covered] = [
+    Covered("finetune.dora", "tests/finetune/test_methods.py::test_method_lowers_validation_loss", '"dora"'),
+    Covered("finetune.qlora", "tests/finetune/test_methods.py::test_qlora_adapter_loads_on_fp32_base", 'method="qlora"'),
+    Covered("adapters.combine", "tests/finetune/test_adapters.py::test_combine_makes_a_loadable_peft_adapter", "combine("),
+    Covered("export.gguf_lora", "tests/export/test_gguf_lora.py::test_lora_on_other_families", '"export.gguf_lora"'),
+    Covered("export.ollama", "tests/export/test_gguf_ollama.py::test_export_ollama_writes_modelfile_next_to_gguf", '"export.ollama"'),
+    Covered("optimize", "tests/export/test_gguf_parity_optimize.py::test_optimize_chooses_the_smallest_passing", '"optimize"'),
+    Covered("validate", "tests/evaluate/test_eval_validate.py::test_local_model_checklist", '"validate"'),
+    Covered("data.from_logs", "tests/monitor/test_feedback.py::test_from_logs_scrubs_and_points_at_the_model", '"from-logs"'),
+    Covered("monitor.drift", "tests/monitor/test_feedback.py::test_drift_same_task_is_stable_other_task_significant", '"drift"'),
+    *(Covered(name, "tests/pipeline/test_quickstart.py::test_reduced_quickstart_runs_end_to_end_then_is_fully_cached", "examples/quickstart.yaml")
+      for name in ("export.foundry", "parity", "distill.generate", "distill.train", "distill.report", "compare")),
+]
 
 
 def test_every_registered_stage_is_checked() -> None:
     registered = {n for n in all_stages() if not n.startswith("test.")}  # stages tests register for themselves
-    unchecked = registered - set(EXAMPLES) - set(COVERED_ELSEWHERE)
+    covered = [c.stage for c in COVERED_ELSEWHERE]
+    assert len(covered) == len(set(covered)), "a stage is listed twice in COVERED_ELSEWHERE"
+    unchecked = registered - set(EXAMPLES) - set(covered)
     assert not unchecked, f"add a conformance example for: {sorted(unchecked)}"
-    assert not (set(EXAMPLES) | set(COVERED_ELSEWHERE)) - registered, "an example names a stage that is no longer registered"
+    assert not (set(EXAMPLES) | set(covered)) - registered, "an example names a stage that is no longer registered"
+    assert not set(EXAMPLES) & set(covered), "a stage has an example here and is listed as covered elsewhere"
+
+
+def _test_source(node: str) -> str:
+    path, _, name = node.partition("::")
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    found = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == name]
+    assert found, f"{node} does not exist"
+    return ast.get_source_segment((ROOT / path).read_text(encoding="utf-8"), found[0]) or ""
+
+
+@pytest.mark.parametrize("covered", COVERED_ELSEWHERE, ids=lambda c: c.stage)
+def test_covered_elsewhere_names_a_test_that_runs_the_stage(covered: Covered) -> None:
+    source = _test_source(covered.test)
+    if covered.via.endswith(".yaml"):
+        recipe = yaml.safe_load((ROOT / covered.via).read_text(encoding="utf-8"))
+        assert Path(covered.via).stem.upper() in source or covered.via in source, f"{covered.test} does not run {covered.via}"
+        assert covered.stage in {s.get("stage") for s in recipe["steps"].values()}, f"{covered.via} has no {covered.stage} step"
+    else:
+        assert covered.via in source, f"{covered.test} does not reach {covered.stage} (no {covered.via} in it)"
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from slmops.errors import ConfigError
 from slmops.pipeline.execute import run_recipe
 from slmops.pipeline.recipe import load_recipe, parse_recipe
+from slmops.stage import StageContext, StageOutput, stage
 from slmops.store import Store
 
 RECIPE = {
@@ -117,3 +120,46 @@ def test_step_field_reference_resolves_a_reported_digest(store: Store) -> None:
     with pytest.raises(ConfigError, match=r"step 'prod', target: \$\{data.chosen\} names no artifact") as exc:
         run_recipe(parse_recipe(recipe), store=store)
     assert "reports no metric chosen_digest" in exc.value.why
+
+
+class _Tagged(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tag: str = "x"
+
+
+@stage("test.options", config=_Tagged, kind="report", format="json")
+def _echo_options(inputs: dict, cfg: _Tagged, ctx: StageContext) -> StageOutput:
+    """Writes the run options the runner handed it (a probe for the recipe → runner → context path)."""
+    (ctx.out / "options.json").write_text(json.dumps(ctx.options.model_dump(mode="json")))
+    return StageOutput()
+
+
+def test_step_options_reach_the_stage_and_stay_out_of_the_cache_key(store: Store) -> None:
+    recipe = {"name": "opts", "vars": {"bs": 16},
+              "steps": {"probe": {"stage": "test.options", "options": {"save_every": 5, "batch_size": "${vars.bs}", "resume": "never"}}}}
+    [res] = run_recipe(parse_recipe(recipe), store=store)
+    assert res.status == "ran" and res.artifact is not None
+    seen = json.loads((res.artifact.path / "options.json").read_text())
+    assert (seen["save_every"], seen["batch_size"], seen["resume"], seen["executor"]) == (5, 16, "never", "local")
+    assert res.artifact.manifest.meta["run_options"] == {"save_every": 5, "batch_size": 16, "resume": "never"}
+    # other options, same config and inputs: the same run (a cache hit); another config is another run
+    [again] = run_recipe(parse_recipe({**recipe, "vars": {"bs": 2}}), store=store)
+    assert again.status == "cached" and again.artifact == res.artifact
+    other = {"name": "opts", "steps": {"probe": {"stage": "test.options", "config": {"tag": "y"}, "options": {"batch_size": 2}}}}
+    [ran] = run_recipe(parse_recipe(other), store=store)
+    assert ran.status == "ran" and json.loads((ran.artifact.path / "options.json").read_text())["batch_size"] == 2
+
+
+@pytest.mark.parametrize(
+    ("step", "message", "why"),
+    [
+        ({"options": {"save_evry": 5}}, "step 'x' (test.options) options", "save_evry: unknown field"),
+        ({"options": {"save_every": -1}}, "step 'x' (test.options) options", "save_every"),
+        ({"options": {"executor": "slurm"}}, "step 'x' (test.options) options", "executor"),
+        ({"config": {"batch_size": 4}}, "step 'x' (test.options) config", "batch_size: a run option, not a config field"),
+    ],
+)
+def test_step_options_are_validated(step: dict, message: str, why: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_recipe({"name": "bad", "steps": {"x": {"stage": "test.options", **step}}})
+    assert message in exc.value.message and why in (exc.value.why or "")
