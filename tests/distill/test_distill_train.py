@@ -28,6 +28,22 @@ def test_sft_mode_trains_the_student(store, answers, tiny_pair):
     assert m.stage.config["train"]["epochs"] == 3  # the distillation default, resolved into the manifest
 
 
+def test_run_options_reach_the_training_loop(store, answers, tiny_pair):
+    """``save_every``, ``keep_run_dir`` and ``resume`` set on distill.train drive its checkpoints; none is cache-keyed."""
+    from slmops.stage.runner import prepare_stage
+
+    inputs, cfg = {"student": tiny_pair["student"], "data": answers}, {"train": FAST}
+    workdir = store.home / "runs" / prepare_stage("distill.train", inputs, cfg)[2]
+    r = run_stage("distill.train", inputs, cfg, store=store, options={"save_every": 1, "keep_run_dir": True})
+    assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["step-00000001"]  # every step before the last, kept
+    assert r.artifact.manifest.meta["run_options"] == {"save_every": 1, "keep_run_dir": True}
+    assert run_stage("distill.train", inputs, cfg, store=store, options={"save_every": 5}).cached  # options are no part of the key
+    run_stage("distill.train", inputs, cfg, store=store, force=True)
+    assert not workdir.exists()  # the default (keep_run_dir off) clears it after success
+    with pytest.raises(ConfigError, match="--resume: there is no checkpoint of this run"):
+        run_stage("distill.train", inputs, cfg, store=store, force=True, options={"resume": "always"})
+
+
 @pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "jsd"])
 def test_logit_kd_from_a_local_teacher(store, answers, tiny_pair, loss):
     inputs = {"student": tiny_pair["student"], "data": answers, "teacher": tiny_pair["teacher"]}

@@ -94,7 +94,7 @@ def eval_cmd(
     split: Split = "auto", limit: Limit = None, max_tokens: MaxTok = 128,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy (reproducible).")] = 0.0,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per checkpointed batch; concurrent requests for --url.")] = 8,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per checkpointed batch; concurrent requests for --url (default 8).")] = None,
     log_samples: Annotated[bool, typer.Option("--log-samples", help="Save every example's prompt, output and scores with the report.")] = False,
     samples_out: Annotated[Path | None, typer.Option("--samples-out", help="Also copy samples.jsonl here (implies --log-samples).")] = None,
     schema: Schema = None,
@@ -133,7 +133,7 @@ def eval_cmd(
         "judge_api_key_env": judge_api_key_env, "judge_criteria": csv(judge_criteria) or None,
         "judge_rubric": read_json_file(judge_rubric, "--judge-rubric"),
     }
-    options = {"batch_size": batch_size, "executor": executor, "workers": workers, "ray_address": address}
+    options = {"executor": executor, "workers": workers, "ray_address": address, **({"batch_size": batch_size} if batch_size else {})}
     with open_cli_store() as store, progress_bars(not as_json):
         model = _model_or_url(store, target, url)
         dataset = resolve_input(data, store, kind="dataset")

@@ -43,6 +43,7 @@ from slmops.store.locks import run_lock
 log = logging.getLogger(__name__)
 WORK_FILE = "answers.jsonl"
 TEACHER_TIMEOUT_S = 60.0  # per HTTP request, unless the run options say otherwise
+TEACHER_BATCH_SIZE = 8  # prompts per batch of a local teacher, unless the run options say otherwise
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def make_teacher(cfg: GenerateConfig, opts: RunOptions, teacher: Artifact | None
     if teacher is not None:
         from slmops.distill.teachers import LocalTeacher
 
-        return LocalTeacher(teacher, sampling, batch_size=opts.batch_size, seed=cfg.seed)
+        return LocalTeacher(teacher, sampling, batch_size=opts.batch(TEACHER_BATCH_SIZE), seed=cfg.seed)
     from slmops.distill.cache import ResponseCache
     from slmops.distill.http_teacher import HttpTeacher
     from slmops.evaluate.targets import api_key_from_env

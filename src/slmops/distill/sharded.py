@@ -49,6 +49,8 @@ class ShardWorker:
 def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, opts: RunOptions, teacher: Artifact | None, cache_root: Path,
                 store: Store, on_result: OnResult) -> dict[str, Any]:
     """Answer ``requests`` on ``opts.workers`` Ray actors; ``on_result`` runs here, in the driver, for every answer."""
+    from slmops.distill.generate import TEACHER_BATCH_SIZE
+
     by_key = {r.key: r for r in requests}
 
     def handle(answers: list[tuple[str, Result]]) -> int:
@@ -57,7 +59,7 @@ def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, opts: RunOp
         return len(answers)
 
     src = artifact_source(teacher, store) if teacher is not None else None
-    chunk = max(1, opts.batch_size * 2 if teacher is not None else opts.concurrency * 4)
+    chunk = max(1, opts.batch(TEACHER_BATCH_SIZE) * 2 if teacher is not None else opts.concurrency * 4)
     per_actor = run_sharded(requests, workers=opts.workers, chunk=chunk, actor=ShardWorker, args=(cfg, opts, src, str(cache_root)),
                             num_cpus=1 if teacher is not None else 0.25, address=opts.ray_address, on_result=handle,
                             label="teacher", final="stats")

@@ -11,6 +11,8 @@ from slmops.errors import ConfigError
 
 #: Timeout of one HTTP request to an evaluated URL or a judge, unless the run options set ``request_timeout_s``.
 EVAL_TIMEOUT_S = 120.0
+#: Examples per checkpointed batch (and concurrent requests to a URL), unless the run options set ``batch_size``.
+EVAL_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)

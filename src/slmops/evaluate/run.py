@@ -23,7 +23,7 @@ from slmops.errors import ConfigError, DataError, SlmopsError
 from slmops.evaluate import jsonmetrics as jm
 from slmops.evaluate import metrics as tm
 from slmops.evaluate.checkpoint import Checkpoint
-from slmops.evaluate.config import EVAL_TIMEOUT_S, EvalConfig, higher_is_better
+from slmops.evaluate.config import EVAL_BATCH_SIZE, EVAL_TIMEOUT_S, EvalConfig, higher_is_better
 from slmops.evaluate.targets import RequestFailed, Target
 from slmops.stage import RunOptions
 
@@ -170,7 +170,7 @@ def evaluate(target: Target, records: Sequence[Record], cfg: EvalConfig, *, opti
 
             rows = answer_sharded(todo, cfg, opts, gen_ckpt, model=model, store=store, label=f"eval {target.label}")
         else:
-            rows = run_batched(todo, _answer(target, cfg), gen_ckpt, label=f"eval {target.label}", batch_size=opts.batch_size,
+            rows = run_batched(todo, _answer(target, cfg), gen_ckpt, label=f"eval {target.label}", batch_size=opts.batch(EVAL_BATCH_SIZE),
                                workers=target.concurrency)
         for i, row in rows.items():
             samples[i].update({k: v for k, v in row.items() if k != "index"})
@@ -231,7 +231,7 @@ def _perplexity_pass(target: Target, records: Sequence[Record], samples: list[di
             return {"index": index, "nll": None, "tokens": 0, "error": exc.message}
         return {"index": index, "nll": n.total if n else None, "tokens": n.tokens if n else 0, "error": None}
 
-    rows = run_batched(list(enumerate(records)), one, ckpt, label="perplexity", batch_size=opts.batch_size)
+    rows = run_batched(list(enumerate(records)), one, ckpt, label="perplexity", batch_size=opts.batch(EVAL_BATCH_SIZE))
     total = NLL()
     for i, row in rows.items():
         if row.get("nll") is not None and row["tokens"]:
@@ -265,7 +265,7 @@ def _judge_pass(samples: list[dict[str, Any]], cfg: EvalConfig, opts: RunOptions
     if judge is None:
         assert cfg.judge_url
         judge = HttpTarget(cfg.judge_url, cfg.judge_model, api_key=api_key_from_env(cfg.judge_api_key_env, "--judge-api-key-env"),
-                           timeout=opts.timeout(EVAL_TIMEOUT_S), concurrency=opts.batch_size)
+                           timeout=opts.timeout(EVAL_TIMEOUT_S), concurrency=opts.batch(EVAL_BATCH_SIZE))
     jt = judge
 
     def one(index: int, s: dict[str, Any]) -> dict[str, Any]:
@@ -278,7 +278,7 @@ def _judge_pass(samples: list[dict[str, Any]], cfg: EvalConfig, opts: RunOptions
 
     try:
         todo = [(s["index"], s) for s in samples if s["output"] is not None]
-        rows = run_batched(todo, one, ckpt, label="judge", batch_size=opts.batch_size, workers=jt.concurrency)
+        rows = run_batched(todo, one, ckpt, label="judge", batch_size=opts.batch(EVAL_BATCH_SIZE), workers=jt.concurrency)
     finally:
         if own:
             jt.close()

@@ -17,7 +17,7 @@ from typing import Any
 from slmops import progress
 from slmops.errors import ConfigError
 from slmops.evaluate.checkpoint import Checkpoint
-from slmops.evaluate.config import EVAL_TIMEOUT_S, EvalConfig
+from slmops.evaluate.config import EVAL_BATCH_SIZE, EVAL_TIMEOUT_S, EvalConfig
 from slmops.stage import RunOptions
 from slmops.stage.shards import artifact_on_worker, artifact_source, run_sharded
 from slmops.store.artifact import Artifact
@@ -33,7 +33,7 @@ class EvalShard:
 
         art = artifact_on_worker(model) if model else None
         self.target = open_target(art, url=cfg.url, model_name=cfg.model_name, api_key_env=cfg.api_key_env, runtime=cfg.runtime,
-                                  timeout=opts.timeout(EVAL_TIMEOUT_S), concurrency=opts.batch_size)
+                                  timeout=opts.timeout(EVAL_TIMEOUT_S), concurrency=opts.batch(EVAL_BATCH_SIZE))
         self.fn = _answer(self.target, cfg)
         workers = getattr(self.target, "concurrency", 1)
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
@@ -69,6 +69,6 @@ def answer_sharded(items: Sequence[tuple[int, Any]], cfg: EvalConfig, opts: RunO
 
         if todo:
             src = artifact_source(model, store) if model is not None and store is not None else None
-            run_sharded(todo, workers=opts.workers, chunk=opts.batch_size, actor=EvalShard, args=(cfg, opts, src),
+            run_sharded(todo, workers=opts.workers, chunk=opts.batch(EVAL_BATCH_SIZE), actor=EvalShard, args=(cfg, opts, src),
                         num_cpus=1 if model is not None else 0.25, address=opts.ray_address, on_result=handle, label="eval")
     return {i: ckpt.rows[i] for i, _ in items if i in ckpt}

@@ -13,7 +13,7 @@ import json
 import shutil
 
 from slmops.errors import ConfigError
-from slmops.evaluate.config import EVAL_TIMEOUT_S, EvalConfig
+from slmops.evaluate.config import EVAL_BATCH_SIZE, EVAL_TIMEOUT_S, EvalConfig
 from slmops.evaluate.validate import ValidateConfig
 from slmops.stage import StageContext, StageOutput, stage
 from slmops.stage.context import resume_or_start_over
@@ -57,7 +57,7 @@ def eval_stage(inputs: dict[str, Artifact], cfg: EvalConfig, ctx: StageContext) 
     split, records = select_records(data, cfg.split, cfg.limit)
     opts, workdir = ctx.options, ctx.workdir
     target = open_target(model, url=cfg.url, model_name=cfg.model_name, api_key_env=cfg.api_key_env, runtime=cfg.runtime,
-                         timeout=opts.timeout(EVAL_TIMEOUT_S), concurrency=opts.batch_size)
+                         timeout=opts.timeout(EVAL_TIMEOUT_S), concurrency=opts.batch(EVAL_BATCH_SIZE))
     # resumable progress in the run's work dir: kept after a crash (and by gc) for the rerun
     with run_lock(workdir, activity="evaluating this exact run", fix="wait for it to finish (or stop it); a rerun then resumes"):
         resume_or_start_over(workdir / "progress", opts, what="answers")

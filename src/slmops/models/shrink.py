@@ -30,6 +30,7 @@ TARGETS = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_k
 #: Files of the teacher folder that the student does not copy (it writes its own).
 OWN_FILES = ("config.json", "generation_config.json", "manifest.json")
 PLAN_FILE = "shrink.json"
+SHRINK_BATCH_SIZE = 4  # windows per forward pass (speed only), unless the run options set batch_size
 
 
 class ShrinkConfig(BaseModel):
@@ -46,7 +47,6 @@ class ShrinkConfig(BaseModel):
     eval_sequences: int = Field(16, ge=0, le=100_000, description="Further (disjoint) windows that measure perplexity before healing; 0 = skip")
     sequence_length: int = Field(256, ge=8, le=32768, description="Tokens per calibration window")
     rescale_norms: bool = Field(True, description="Rescale RMSNorm weights over fewer hidden channels to keep their output's scale")
-    batch_size: int = Field(4, ge=1, le=1024, exclude=True, description="Windows per forward pass (speed only; not cache-keyed)")
 
     def targets(self) -> dict[str, int | None]:
         return {k: getattr(self, k) for k in TARGETS}
@@ -71,7 +71,7 @@ def _copy_tokenizer(teacher: Path, out: Path) -> list[str]:
     return copied
 
 
-def shrink_model(teacher: Any, cfg: ShrinkConfig, out: Path, *, texts: list[str] | None = None) -> dict[str, Any]:
+def shrink_model(teacher: Any, cfg: ShrinkConfig, out: Path, *, texts: list[str] | None = None, batch_size: int = SHRINK_BATCH_SIZE) -> dict[str, Any]:
     """Write the shrunk student of ``teacher`` (an artifact or folder) into ``out``; return the facts for the manifest.
 
     ``texts`` is the calibration text (default: the packaged English prose). Nothing is written
@@ -98,7 +98,7 @@ def shrink_model(teacher: Any, cfg: ShrinkConfig, out: Path, *, texts: list[str]
         )
     calib, held_out = chunks[: cfg.calibration_sequences], chunks[cfg.calibration_sequences :]
     with progress.task("shrink: measuring importance", total=len(calib)) as task:
-        imp = measure(model, calib, batch_size=cfg.batch_size, on_batch=task.advance)
+        imp = measure(model, calib, batch_size=batch_size, on_batch=task.advance)
     plan = choose(imp, config, dims, rescale_norms=cfg.rescale_norms)
     new_config = student_config(config, plan)
     with torch.random.fork_rng(devices=[]):
@@ -112,9 +112,9 @@ def shrink_model(teacher: Any, cfg: ShrinkConfig, out: Path, *, texts: list[str]
     student.generation_config = model.generation_config
     student.eval()
     with progress.task("shrink: perplexity before healing", total=2) as task:
-        ppl_teacher = perplexity(model, held_out, batch_size=cfg.batch_size)
+        ppl_teacher = perplexity(model, held_out, batch_size=batch_size)
         task.advance()
-        ppl_student = perplexity(student, held_out, batch_size=cfg.batch_size)
+        ppl_student = perplexity(student, held_out, batch_size=batch_size)
         task.advance()
     params_before, params_after = count_parameters(model), count_parameters(student)
     with quiet_progress():

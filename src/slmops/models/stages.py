@@ -57,9 +57,10 @@ def from_gguf(inputs: dict[str, Artifact], cfg: FromGGUFConfig, ctx: StageContex
 @stage("models.shrink", config=ShrinkConfig, kind="model", format="hf-safetensors", inputs=("model",), optional_inputs=("data",), fingerprint=shrink_fingerprint)
 def shrink(inputs: dict[str, Artifact], cfg: ShrinkConfig, ctx: StageContext) -> StageOutput:
     """A smaller model of the same architecture and tokenizer, pruned from the teacher by measured importance."""
-    from slmops.models.shrink import shrink_model
+    from slmops.models.shrink import SHRINK_BATCH_SIZE, shrink_model
 
     data = inputs.get("data")
-    facts = shrink_model(inputs["model"], cfg, ctx.out, texts=list(dataset_texts(data)) if data is not None else None)
+    facts = shrink_model(inputs["model"], cfg, ctx.out, texts=list(dataset_texts(data)) if data is not None else None,
+                         batch_size=ctx.options.batch(SHRINK_BATCH_SIZE))
     keys = ("parameters", "parameters_teacher", "parameter_ratio", "perplexity_teacher", "perplexity_before_healing", "vocab_size", "context_length")
     return StageOutput(metrics={k: facts[k] for k in keys if facts.get(k) is not None}, meta=facts)

@@ -46,7 +46,9 @@ class RunOptions(BaseModel):
     workers: int = Field(1, ge=1, le=1024, description="Ray actors (shards) with --executor ray")
     ray_address: str | None = Field(None, description="Ray cluster for --executor ray (default RAY_ADDRESS, else a local one)")
     # -- batching and request pacing -------------------------------------------------------------------
-    batch_size: int = Field(8, ge=1, le=1024, description="Examples per inference batch (checkpointed for resume; concurrent requests for a URL)")
+    batch_size: int | None = Field(
+        None, ge=1, le=1024, description="Examples per inference batch: checkpointed for resume, concurrent requests for a URL "
+        "(default: the stage's own, 8 for teacher generation and eval, 4 for shrink)")
     concurrency: int = Field(4, ge=1, le=256, description="Requests to a teacher endpoint in flight at once")
     rpm: float | None = Field(None, gt=0, description="Requests per minute at most (token bucket)")
     request_timeout_s: float | None = Field(None, gt=0, description="Timeout of one HTTP request in seconds (default: 60 for a teacher, 120 for eval)")
@@ -68,6 +70,10 @@ class RunOptions(BaseModel):
         if isinstance(v, str):
             return [s.strip() for s in v.split(",") if s.strip() and s.strip() != "none"]
         return v
+
+    def batch(self, default: int) -> int:
+        """``batch_size``, or the calling stage's ``default``."""
+        return self.batch_size if self.batch_size is not None else default
 
     def timeout(self, default: float) -> float:
         """``request_timeout_s``, or the calling stage's ``default``."""
