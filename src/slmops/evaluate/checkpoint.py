@@ -2,8 +2,8 @@
 
 A rerun after a crash (or Ctrl-C) with the same model, data and config finds the file, keeps every
 complete line and only does the rest. A torn last line (the crash happened mid-write) is ignored.
-The eval stage keeps these files in the store's staging area (``artifacts/.tmp/eval-<key>/``) and
-removes them once the report is committed; ``slmops models gc`` also clears abandoned ones.
+The eval stage keeps these files in its run's work dir (``runs/<cache key>/progress/``, the stage
+context's ``workdir``, which ``slmops models gc`` leaves alone) and removes them once the report is committed.
 """
 
 from __future__ import annotations
