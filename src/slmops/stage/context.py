@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from slmops.errors import ConfigError
+from slmops.stage.registry import validate_config
 from slmops.store.registry import Store
 
 
@@ -92,11 +94,12 @@ def resume_or_start_over(progress: Path, options: RunOptions, *, what: str) -> b
 
     ``never`` deletes it (the run starts over); ``always`` requires it; ``auto`` keeps what is there.
     """
-    from slmops.errors import ConfigError
-
     found = progress.exists()
     if options.resume == "never" and found:
-        shutil.rmtree(progress) if progress.is_dir() else progress.unlink()
+        if progress.is_dir():
+            shutil.rmtree(progress)
+        else:
+            progress.unlink()
         return False
     if options.resume == "always" and not found:
         raise ConfigError(f"--resume: no saved {what} of this exact run", why=f"{progress} does not exist",
@@ -108,8 +111,6 @@ def make_options(values: RunOptions | Mapping[str, Any] | None, *, where: str = 
     """Validate ``values`` as :class:`RunOptions`; one :class:`~slmops.errors.ConfigError` naming each bad field."""
     if isinstance(values, RunOptions):
         return values
-    from slmops.stage.registry import validate_config
-
     return validate_config(RunOptions, dict(values or {}), where=where)  # type: ignore[return-value]
 
 
