@@ -11,7 +11,7 @@ import httpx
 import pytest
 from serve_helpers import CHAT
 
-from slmops.serve.requestlog import query
+from slmops.monitor.requestlog import query
 
 
 def test_request_log_keeps_metadata_only_by_default(start_server: Any, tmp_path: Any) -> None:
