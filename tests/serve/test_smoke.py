@@ -19,6 +19,19 @@ def test_unknown_config_keys_are_refused() -> None:
         get_action("serve-smokes")
 
 
+def test_a_recipe_with_a_bad_action_config_is_refused_before_anything_runs() -> None:
+    from slmops.pipeline.recipe import parse_recipe
+
+    steps = {"x": {"action": "serve-smoke", "target": "bot", "config": {"max_tokens": 0}}}
+    with pytest.raises(ConfigError, match="step 'x', config: max_tokens"):
+        parse_recipe({"name": "bad", "steps": steps})
+    steps = {"x": {"action": "alias", "target": "bot", "alias": "bot@a", "config": {"model": "m"}}}
+    with pytest.raises(ConfigError, match="takes no config"):
+        parse_recipe({"name": "bad", "steps": steps})
+    ok = {"x": {"action": "serve-smoke", "target": "bot", "config": {"model": "bot", "prompt": "hi", "max_tokens": 8}}}
+    assert parse_recipe({"name": "ok", "steps": ok}).order() == ["x"]
+
+
 def test_the_action_serves_the_target_and_asks_one_question(serve_home: Path) -> None:
     from slmops.store import Store
     from slmops.store.refs import resolve

@@ -6,10 +6,10 @@ Registered as the recipe action ``serve-smoke`` (the quickstart's last step); it
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from slmops.errors import ConfigError, SlmopsError
-from slmops.pipeline.actions import action
+from slmops.errors import SlmopsError
+from slmops.pipeline.actions import action, action_config
 from slmops.pipeline.recipe import StepSpec
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
@@ -45,13 +45,9 @@ def smoke_check(target: Artifact, *, store: Store, model: str | None = None, pro
     return f"served {model_id} at {url}: {prompt!r} -> {text!r} ({tokens} tokens)"
 
 
-@action("serve-smoke")
+@action("serve-smoke", config=SmokeConfig)
 def serve_smoke(spec: StepSpec, target: Artifact, store: Store) -> str:
     """The recipe action: :func:`smoke_check` with the step's ``config``."""
-    try:
-        cfg = SmokeConfig.model_validate(spec.config)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"serve-smoke config: {'.'.join(map(str, err['loc']))}: {err['msg']}",
-                          fix="use model, prompt and max_tokens (docs/recipes.md)") from exc
+    cfg = action_config("serve-smoke", spec.config, "serve-smoke")
+    assert isinstance(cfg, SmokeConfig)
     return smoke_check(target, store=store, **cfg.model_dump())
