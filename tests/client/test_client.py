@@ -186,3 +186,16 @@ def test_backoff_retry_after_and_urls() -> None:
     assert normalize_base_url("http://h:1/v1/chat/completions") == "http://h:1/v1"
     with pytest.raises(Exception, match="credentials"):
         normalize_base_url("http://u:p@h/v1")
+
+
+def test_the_key_can_come_from_an_environment_variable(server: tuple[str, Script], monkeypatch: pytest.MonkeyPatch) -> None:
+    from slmops.errors import ConfigError
+
+    url, script = server
+    monkeypatch.setenv("JUDGE_KEY", "sk-env")
+    with OpenAIClient(url, api_key_env="JUDGE_KEY", retry=FAST) as client:
+        client.chat(BODY)
+    assert script.seen[-1]["authorization"] == "Bearer sk-env"
+    monkeypatch.delenv("JUDGE_KEY")
+    with pytest.raises(ConfigError, match="JUDGE_KEY"):
+        OpenAIClient(url, api_key_env="JUDGE_KEY")

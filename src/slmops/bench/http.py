@@ -24,7 +24,6 @@ from slmops.bench.prompts import filler_text
 from slmops.bench.stats import RequestTiming, aggregate, itls
 from slmops.client import AsyncOpenAIClient, ClientError, OpenAIClient, chat_body, delta_text, normalize_base_url
 from slmops.errors import ConfigError
-from slmops.settings import api_key_from_env
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +70,9 @@ async def _level(client: AsyncOpenAIClient, bodies: list[dict[str, Any]], concur
     return timings, wall
 
 
-async def _run(base_url: str, model: str, cfg: BenchConfig, api_key: str | None) -> list[dict[str, Any]]:
+async def _run(base_url: str, model: str, cfg: BenchConfig) -> list[dict[str, Any]]:
     levels: list[dict[str, Any]] = []
-    async with AsyncOpenAIClient(base_url, api_key=api_key, timeout_s=cfg.request_timeout_s, max_connections=max(cfg.concurrency)) as client:
+    async with AsyncOpenAIClient(base_url, api_key_env=cfg.api_key_env, timeout_s=cfg.request_timeout_s, max_connections=max(cfg.concurrency)) as client:
         for p, o in cfg.grid():
             for c in cfg.concurrency:
                 bodies = [chat_body(model, [{"role": "user", "content": filler_text(p, i)}], max_tokens=o, stream=True,
@@ -93,14 +92,13 @@ async def _run(base_url: str, model: str, cfg: BenchConfig, api_key: str | None)
 def bench_http(cfg: BenchConfig) -> dict[str, Any]:
     """Run the load test described by ``cfg`` (``cfg.url`` set) and return per-level statistics."""
     assert cfg.url
-    api_key = api_key_from_env(cfg.api_key_env)
     base_url = normalize_base_url(cfg.url)
     model = cfg.model_name
     if model is None:  # the server's first model; also fails fast when the server is unreachable
-        with OpenAIClient(base_url, api_key=api_key, timeout_s=cfg.request_timeout_s, purpose="benchmarking a server over HTTP") as c:
+        with OpenAIClient(base_url, api_key_env=cfg.api_key_env, timeout_s=cfg.request_timeout_s, purpose="benchmarking a server over HTTP") as c:
             listed = c.models()
         if not listed:
             raise ConfigError(f"{base_url} lists no models", fix="name one with --model-name")
         model = listed[0]
-    levels = asyncio.run(_run(base_url, model, cfg, api_key))
+    levels = asyncio.run(_run(base_url, model, cfg))
     return {"target": {"kind": "http", "url": base_url, "model": model}, "levels": levels}

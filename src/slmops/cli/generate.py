@@ -117,9 +117,8 @@ def register(app: typer.Typer) -> None:
         rt: Any = None
         if url is not None:
             from slmops.client import OpenAIClient, chat_body, delta_text, normalize_base_url
-            from slmops.settings import api_key_from_env
 
-            client = OpenAIClient(normalize_base_url(url), api_key=api_key_from_env(api_key_env), timeout_s=300.0, purpose="chat --url")
+            client = OpenAIClient(normalize_base_url(url), api_key_env=api_key_env, timeout_s=300.0, purpose="chat --url")
             rt = client  # closed when the chat ends
             name = model_id or model or next(iter(client.models()), None)
             if name is None:

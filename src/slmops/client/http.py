@@ -2,7 +2,7 @@
 
 :class:`OpenAIClient` (sync, thread-safe: one ``httpx.Client`` shared by worker threads) sends
 JSON to ``{base_url}{path}`` with the key in a header (``Authorization: Bearer`` or Azure's
-``api-key``). An attempt that fails with a status in :data:`~slmops.client.retry.RETRY_STATUS`
+``api-key``; given, or read from the environment variable ``api_key_env``, never logged). An attempt that fails with a status in :data:`~slmops.client.retry.RETRY_STATUS`
 (429, 5xx …), a timeout, a dropped or refused connection, or a 200 whose body ``parse`` rejects is
 retried after the server's ``Retry-After`` or else exponential backoff with full jitter, up to
 ``retry.max_retries`` times; other statuses fail at once. Every failure ends in a
@@ -29,6 +29,7 @@ from slmops._optional import require
 from slmops.client.errors import ClientError, ServerUnreachable, auth_headers, chunk_error, error_detail, fix_for
 from slmops.client.retry import RETRY_STATUS, Retry, parse_retry_after
 from slmops.client.sse import aiter_chunks, iter_chunks
+from slmops.settings import api_key_from_env
 
 MALFORMED = "malformed response (not a chat completion)"
 
@@ -100,8 +101,8 @@ def _settings(httpx: Any, timeout_s: float, connect_timeout_s: float | None, max
 class OpenAIClient:
     """A client of one OpenAI-compatible server at ``base_url`` (used as given: normalise it first where users type it)."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, api_key_header: str = "authorization", timeout_s: float = 120.0,
-                 connect_timeout_s: float | None = 10.0, retry: Retry | None = None, max_connections: int | None = None,
+    def __init__(self, base_url: str, *, api_key: str | None = None, api_key_env: str | None = None, api_key_header: str = "authorization",
+                 timeout_s: float = 120.0, connect_timeout_s: float | None = 10.0, retry: Retry | None = None, max_connections: int | None = None,
                  stop: threading.Event | None = None, before_attempt: Callable[[int], None] | None = None,
                  on_failure: Callable[[Failure], None] | None = None, purpose: str = "talking to an OpenAI-compatible server") -> None:
         self._httpx = httpx = require("httpx", extra="serve", purpose=purpose)
@@ -111,7 +112,7 @@ class OpenAIClient:
         self.before_attempt = before_attempt
         self.on_failure = on_failure
         self._rng = random.Random()
-        self._headers = {"content-type": "application/json", **auth_headers(api_key, api_key_header)}
+        self._headers = {"content-type": "application/json", **auth_headers(api_key or api_key_from_env(api_key_env), api_key_header)}
         self._client = httpx.Client(headers=self._headers, **_settings(httpx, timeout_s, connect_timeout_s, max_connections))
 
     def close(self) -> None:
@@ -238,11 +239,11 @@ class OpenAIClient:
 class AsyncOpenAIClient:
     """The asyncio client for load generators: streamed requests, same headers and timeouts, no retries."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, api_key_header: str = "authorization", timeout_s: float = 120.0,
-                 connect_timeout_s: float | None = 10.0, max_connections: int | None = None) -> None:
+    def __init__(self, base_url: str, *, api_key: str | None = None, api_key_env: str | None = None, api_key_header: str = "authorization",
+                 timeout_s: float = 120.0, connect_timeout_s: float | None = 10.0, max_connections: int | None = None) -> None:
         self._httpx = httpx = require("httpx", extra="serve", purpose="load-testing a server over HTTP")
         self.base_url = base_url.rstrip("/")
-        headers = {"content-type": "application/json", **auth_headers(api_key, api_key_header)}
+        headers = {"content-type": "application/json", **auth_headers(api_key or api_key_from_env(api_key_env), api_key_header)}
         self._client = httpx.AsyncClient(headers=headers, **_settings(httpx, timeout_s, connect_timeout_s, max_connections))
 
     async def __aenter__(self) -> Self:
