@@ -1,10 +1,11 @@
 """An OpenAI-compatible endpoint as the teacher: concurrency, RPM limit, retries, cache, usage and cost.
 
 Requests go to ``{base_url}/chat/completions`` from a pool of ``concurrency`` threads sharing one
-``httpx.Client``. Before each attempt a worker takes a token from the :class:`RateLimiter`. These
-are retried with exponential backoff and full jitter, up to ``max_retries`` times: HTTP 429 and 5xx
-(a ``Retry-After`` header is honoured — and on 429 pauses every worker), timeouts, dropped or
-refused connections, and bodies that are not a chat completion. 401/403 (the key) and 404 (the
+:class:`slmops.client.OpenAIClient`, whose retry loop this teacher drives through its hooks: before
+each attempt a worker takes a token from the :class:`RateLimiter`, and every failed attempt is
+counted by kind. Retried with exponential backoff and full jitter, up to ``max_retries`` times:
+HTTP 429 and 5xx (a ``Retry-After`` header is honoured — and on 429 pauses every worker), timeouts,
+dropped or refused connections, and bodies that are not a chat completion. 401/403 (the key) and 404 (the
 model or URL) stop the whole run with :class:`TeacherFatal`; other 4xx fail that request only.
 
 A response is cached (:class:`~slmops.distill.cache.ResponseCache`) under a key of the request
