@@ -6,13 +6,17 @@ Registered as the recipe action ``serve-smoke`` (the quickstart's last step); it
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.errors import SlmopsError
 from slmops.pipeline.actions import action, action_config
-from slmops.pipeline.recipe import StepSpec
-from slmops.store.artifact import Artifact
-from slmops.store.registry import Store
+
+if TYPE_CHECKING:
+    from slmops.pipeline.recipe import StepSpec
+    from slmops.store.artifact import Artifact
+    from slmops.store.registry import Store
 
 
 class SmokeConfig(BaseModel):
