@@ -107,6 +107,7 @@ COVERED_ELSEWHERE: list[Covered] = [
     Covered("validate", "tests/evaluate/test_eval_validate.py::test_local_model_checklist", '"validate"'),
     Covered("data.from_logs", "tests/monitor/test_feedback.py::test_from_logs_scrubs_and_points_at_the_model", '"from-logs"'),
     Covered("monitor.drift", "tests/monitor/test_feedback.py::test_drift_same_task_is_stable_other_task_significant", '"drift"'),
+    Covered("monitor.sample", "tests/monitor/test_feedback.py::test_sample_scores_with_a_judge_and_feeds_from_logs", '"sample"'),
     *(Covered(name, "tests/pipeline/test_quickstart.py::test_reduced_quickstart_runs_end_to_end_then_is_fully_cached", "examples/quickstart.yaml")
       for name in ("export.foundry", "parity", "distill.generate", "distill.train", "distill.report", "compare")),
 ]

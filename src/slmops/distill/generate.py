@@ -127,7 +127,7 @@ def make_teacher(cfg: GenerateConfig, opts: RunOptions, teacher: Artifact | None
         return LocalTeacher(teacher, sampling, batch_size=opts.batch(TEACHER_BATCH_SIZE), seed=cfg.seed)
     from slmops.distill.cache import ResponseCache
     from slmops.distill.http_teacher import HttpTeacher
-    from slmops.evaluate.targets import api_key_from_env
+    from slmops.settings import api_key_from_env
 
     assert cfg.base_url and cfg.model
     return HttpTeacher(
