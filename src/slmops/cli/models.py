@@ -10,8 +10,13 @@ from rich.text import Text
 from rich.tree import Tree
 
 from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.flags import ConfigFlags, Flag, config_command
 from slmops.cli.render import emit, err, esc, human_bytes, out, progress_bars
 from slmops.errors import ConfigError, SlmopsError, StoreError
+from slmops.models.gguf_import import FromGGUFConfig
+from slmops.models.importer import ImportConfig
+from slmops.models.init import InitConfig
+from slmops.models.shrink import ShrinkConfig
 from slmops.pipeline.inputs import import_ref, resolve_input
 from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import KINDS
@@ -38,70 +43,55 @@ def print_result(d: dict[str, Any]) -> None:
             out.print(f"  {k}: {v}")
 
 
-@app.command("import")
+@config_command(app, "import", config=ImportConfig, stage="models.import", panel=None,
+                only=("allow_pickle",), only_why="set from PATH (the folder, and where it came from)",
+                more={"hf_cfg": ConfigFlags(FromGGUFConfig, "models.from_gguf", prefix="hf__", flags={"dtype": Flag(note="with --to hf")})})
 def import_(
     path: Annotated[str, typer.Argument(help="An HF model folder (safetensors), a .gguf file, pkg:PACKAGE (a model an installed package ships) or hf:org/name.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name to give it (a new version each time).")],
     to: Annotated[str, typer.Option("--to", help="auto: keep the format (a GGUF stays GGUF, run by llama.cpp); hf: dequantize a GGUF into a Hugging Face model (for fine-tuning, distillation, ONNX).")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="With --to hf: float32 (exact), bfloat16 or float16 weights.")] = "float32",
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .bin/.pt pickles (converted to safetensors). Unsafe for untrusted files.")] = False,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
+    hf_cfg: dict[str, Any],
 ) -> None:
     """Import a Hugging Face model folder or a GGUF file into the store (trust_remote_code is never enabled)."""
     with open_cli_store() as store, progress_bars(not as_json):
-        r = import_ref(path, store, name=name, to=to, dtype=dtype, allow_pickle=allow_pickle)
+        r = import_ref(path, store, name=name, to=to, **cfg, **hf_cfg)
     emit(result_dict(r, name), as_json, print_result)
 
 
-@app.command("init")
+def _run(stage: str, inputs: dict[str, tuple[str | None, str]], cfg: dict[str, Any], name: str, as_json: bool) -> None:
+    """Run a models stage on the inputs given (role -> (reference or None, kind)) and print its result."""
+    with open_cli_store() as store, progress_bars(not as_json):
+        arts = {role: resolve_input(ref, store, kind=kind) for role, (ref, kind) in inputs.items() if ref}
+        r = run_stage(stage, arts, cfg, store=store, output_name=name)
+    emit(result_dict(r, name), as_json, print_result)
+
+
+@config_command(app, "init", config=InitConfig, stage="models.init", panel=None)
 def init(
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name for the new model.")],
-    arch: Annotated[str, typer.Option("--arch", help="Architecture: llama, qwen2 or phi3.")] = "llama",
-    size: Annotated[str, typer.Option("--size", help="tiny (tests, seconds) or small (≥5M parameters).")] = "tiny",
     tokenizer_from: Annotated[str | None, typer.Option("--tokenizer-from", help="Dataset (ref or file) to train the BPE tokenizer on.")] = None,
-    vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="Tokenizer vocabulary size.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for tokenizer and weights.")] = 0,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
 ) -> None:
     """Create a randomly initialised model of a real architecture with a BPE tokenizer and chat template."""
-    cfg: dict[str, Any] = {"arch": arch, "size": size, "seed": seed}
-    if vocab_size is not None:
-        cfg["vocab_size"] = vocab_size
-    with open_cli_store() as store, progress_bars(not as_json):
-        inputs = {"data": resolve_input(tokenizer_from, store, kind="dataset")} if tokenizer_from else {}
-        r = run_stage("models.init", inputs, cfg, store=store, output_name=name)
-    emit(result_dict(r, name), as_json, print_result)
+    _run("models.init", {"data": (tokenizer_from, "dataset")}, cfg, name, as_json)
 
 
-@app.command("shrink")
+@config_command(app, "shrink", config=ShrinkConfig, stage="models.shrink", panel=None)
 def shrink(
     teacher: Annotated[str, typer.Argument(help="The model to shrink: name, name:3, sha256:…, ./folder.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name for the student.")],
-    num_layers: Annotated[int | None, typer.Option("--num-layers", help="Layers to keep (least block influence dropped).")] = None,
-    hidden_size: Annotated[int | None, typer.Option("--hidden-size", help="Hidden channels to keep.")] = None,
-    intermediate_size: Annotated[int | None, typer.Option("--intermediate-size", help="MLP neurons to keep per layer.")] = None,
-    num_heads: Annotated[int | None, typer.Option("--num-heads", help="Query heads to keep per layer.")] = None,
-    num_kv_heads: Annotated[int | None, typer.Option("--num-kv-heads", help="KV heads (GQA groups) to keep per layer.")] = None,
     calibration: Annotated[str | None, typer.Option("--calibration", help="Dataset (ref or file) of calibration text; default: the English prose of dataset-build.")] = None,
-    calibration_sequences: Annotated[int | None, typer.Option("--calibration-sequences", help="Token windows that measure importance (default 32).")] = None,
-    eval_sequences: Annotated[int | None, typer.Option("--eval-sequences", help="Held-out windows for perplexity before healing (default 16; 0 = skip).")] = None,
-    sequence_length: Annotated[int | None, typer.Option("--sequence-length", help="Tokens per window (default 256).")] = None,
-    no_rescale_norms: Annotated[bool, typer.Option("--no-rescale-norms", help="Keep RMSNorm weights as they are when hidden channels go.")] = False,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
 ) -> None:
     """Build a smaller model of the teacher's architecture and tokenizer, pruned by measured importance."""
-    values = {"num_layers": num_layers, "hidden_size": hidden_size, "intermediate_size": intermediate_size, "num_heads": num_heads,
-              "num_kv_heads": num_kv_heads, "calibration_sequences": calibration_sequences, "eval_sequences": eval_sequences,
-              "sequence_length": sequence_length}
-    cfg: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
-    if no_rescale_norms:
-        cfg["rescale_norms"] = False
-    with open_cli_store() as store, progress_bars(not as_json):
-        inputs = {"model": resolve_input(teacher, store, kind="model")}
-        if calibration:
-            inputs["data"] = resolve_input(calibration, store, kind="dataset")
-        r = run_stage("models.shrink", inputs, cfg, store=store, output_name=name)
-    emit(result_dict(r, name), as_json, print_result)
+    _run("models.shrink", {"model": (teacher, "model"), "data": (calibration, "dataset")}, cfg, name, as_json)
 
 
 @app.command("ls")
