@@ -8,12 +8,13 @@ import typer
 from rich.table import Table
 
 from slmops.cli.common import JsonOpt, open_cli_store
-from slmops.cli.flags import Flag, config_command, parse_pairs
+from slmops.cli.flags import Flag, config_command, parse_duration, parse_pairs
 from slmops.cli.models import print_result, result_dict
 from slmops.cli.render import emit, out, progress_bars
 from slmops.data.stages import DedupConfig, ImportConfig, SplitConfig
 from slmops.data.synth.stage import SynthConfig
 from slmops.errors import ConfigError
+from slmops.monitor.fromlogs import FromLogsConfig
 from slmops.pipeline.inputs import resolve_input
 from slmops.stage.runner import run_stage
 
@@ -120,25 +121,26 @@ def _print_stats(stats: dict[str, Any]) -> None:
     out.print(t)
 
 
-@app.command("from-logs")
+_FROM_LOGS = {"since_s": Flag("--since", cli_type=str, parse=parse_duration, note="a duration: 15m, 1h, 2d"),
+              "scrub": Flag("--scrub", multiple=True, note="repeatable; emails, phones and card numbers always are")}
+
+
+@config_command(app, "from-logs", config=FromLogsConfig, stage="data.from_logs", flags=_FROM_LOGS, panel=None,
+                only=("since_s", "min_judge_score", "scrub"), only_why="set from --model and --log-db; built-in scrubbing and dedup always apply here")
 def from_logs(
     model: Annotated[str, typer.Option("--model", "-m", help="The served model (name, name:VERSION, name@ALIAS, sha256:…) whose traffic to take.")],
     name: NameOpt = None,
-    since: Annotated[str | None, typer.Option("--since", help="Only requests newer than this (e.g. 15m, 1h, 2d).")] = None,
-    min_judge_score: Annotated[float | None, typer.Option("--min-judge-score", help="Only requests a judge scored at least this (slmops monitor sample).")] = None,
-    scrub: Annotated[list[str] | None, typer.Option("--scrub", help="Extra regex to redact (repeatable); emails, phones and card numbers always are.")] = None,
     log_db: Annotated[str | None, typer.Option("--log-db", help="Request log file (default $SLMOPS_HOME/serve/requests.db).")] = None,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
 ) -> None:
     """Turn logged traffic (served with --log-content) into a scrubbed prompt dataset whose parent is the model."""
     from pathlib import Path
 
     from slmops.monitor.fromlogs import build_from_logs
-    from slmops.units import parse_duration
 
-    since_s = parse_duration(since, flag="--since") if since else None
     with open_cli_store() as store:
         art = resolve_input(model, store, kind=("model", "adapter", "gguf", "onnx"))
-        r = build_from_logs(art, store=store, log_path=Path(log_db) if log_db else None, since_s=since_s,
-                            min_judge_score=min_judge_score, scrub=scrub, name=name)
+        r = build_from_logs(art, store=store, log_path=Path(log_db) if log_db else None, name=name, **cfg)
     emit(result_dict(r, name), as_json, print_result)

@@ -16,7 +16,7 @@ import typer
 from slmops.bench.config import BenchConfig
 from slmops.cli.common import JsonOpt, ReportNameOpt, open_cli_store
 from slmops.cli.evaluate_render import show_bench, show_compare, show_eval, show_validate
-from slmops.cli.flags import ConfigFlags, Flag, config_command, read_json_file
+from slmops.cli.flags import ConfigFlags, Flag, config_command, parse_duration, read_json_file
 from slmops.cli.render import emit, err, progress_bars
 from slmops.errors import ConfigError
 from slmops.evaluate.config import EvalConfig
@@ -28,12 +28,6 @@ Target = Annotated[str | None, typer.Argument(help="Model or adapter reference (
 Data = Annotated[str, typer.Option("--data", "-d", help="Dataset reference or file (.jsonl, .csv …).")]
 Reuse = Annotated[bool, typer.Option("--reuse", help="Reuse a stored result for the same inputs and config instead of measuring again.")]
 Force = Annotated[bool, typer.Option("--force", help="Re-run even when a cached result exists.")]
-
-
-def _duration(text: str, flag: str) -> float:
-    from slmops.units import parse_duration
-
-    return parse_duration(text, flag=flag)
 
 
 def _slos(texts: list[str], flag: str) -> dict[str, float]:
@@ -49,8 +43,8 @@ SHARED_FLAGS = {
     "judge_rubric": Flag("--judge-rubric", cli_type=Path, parse=read_json_file, note="a YAML/JSON file"),
     "stop": Flag("--stop", multiple=True),
     "ray_address": Flag("--address"),
-    "request_timeout_s": Flag("--request-timeout", cli_type=str, parse=_duration, note="e.g. 120s"),
-    "max_duration_s": Flag("--max-duration", cli_type=str, parse=_duration, note="e.g. 300s"),
+    "request_timeout_s": Flag("--request-timeout", cli_type=str, parse=parse_duration, unit="s", note="a duration: 90s, 2m"),
+    "max_duration_s": Flag("--max-duration", cli_type=str, parse=parse_duration, unit="s", note="a duration: 300s, 5m"),
     "repetitions": Flag("--repetitions", "-r"),
     "concurrency": Flag("--concurrency", "-c"),
     "isolate": Flag("--isolate/--no-isolate"),

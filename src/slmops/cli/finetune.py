@@ -166,7 +166,7 @@ def _build_command() -> None:
 
     finetune_cmd.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     finetune_cmd.config_flags = [  # type: ignore[attr-defined]  # what tests/cli/test_config_flags.py checks: one flag per field
-        *(ConfigFlags(c, f"finetune.{m}", prefix="") for m, c in CONFIGS.items()), ConfigFlags(RunOptions, None, prefix="")]
+        *(ConfigFlags(c, f"finetune.{m}", prefix="") for m, c in CONFIGS.items()), ConfigFlags(RunOptions, None, prefix="", hidden={"resume": "the tri-state --resume/--no-resume flag (unset: auto)"})]
     finetune_cmd.__annotations__ = {p.name: p.annotation for p in params}
     finetune_cmd.__doc__ = (
         "Fine-tune --model on --data with --method full|lora|dora|qlora. Every run is a cached stage: the same settings and "

@@ -47,10 +47,12 @@ class Flag:
     choices: Sequence[Any] | None = None  # allowed values when the field is not a Literal (shown in the help)
     multiple: bool = False  # a list given by repeating the flag instead of comma-separated
     default_text: str | None = None  # what the help says the default is, when the stage fills it in (e.g. per method)
+    unit: str = ""  # shown after a numeric default, when the flag reads units (a duration: "s")
 
     def __init__(self, *names: str, **kw: Any) -> None:
         object.__setattr__(self, "names", names)
-        defaults = {"parse": None, "cli_type": None, "default": UNSET, "note": "", "choices": None, "multiple": False, "default_text": None}
+        defaults = {"parse": None, "cli_type": None, "default": UNSET, "note": "", "choices": None, "multiple": False, "default_text": None,
+                    "unit": ""}
         for key, value in {**defaults, **kw}.items():
             object.__setattr__(self, key, value)
 
@@ -93,7 +95,8 @@ def default_note(text: str) -> str:
 
 
 def default_of(info: FieldInfo) -> Any:
-    return info.get_default(call_default_factory=True)
+    """A field's default (None for a required field)."""
+    return None if info.is_required() else info.get_default(call_default_factory=True)
 
 
 def option(pname: str, typ: Any, decls: Sequence[str], help_: str, *, default: Any = None, panel: str | None = None) -> inspect.Parameter:
@@ -137,6 +140,13 @@ def read_json_file(path: Path | None, flag: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{flag} {path} is not valid {'YAML' if yaml_file else 'JSON'}", why=str(exc)) from exc
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """``"300s"``, ``"5m"``, ``"1h"`` as seconds (an error naming the flag)."""
+    from slmops.units import parse_duration as seconds
+
+    return seconds(text, flag=flag)
 
 
 def yaml_value(text: str) -> Any:
@@ -214,7 +224,7 @@ class ConfigFlags:
         elif default is True:
             text += default_note("on")
         elif default is not None and default is not False and default != [] and default != {}:
-            text += default_note(show(default))
+            text += default_note(f"{default:g}{spec.unit}" if spec.unit and isinstance(default, int | float) else show(default))
         return text
 
     def params(self) -> list[inspect.Parameter]:
@@ -227,8 +237,9 @@ class ConfigFlags:
             elif spec.multiple:
                 typ = list[str]
             decls = spec.names or ((f"{flag_name(name)}/--no-{name.replace('_', '-')}",) if typ is bool else (flag_name(name),))
-            default = None if spec.default is UNSET else spec.default
-            annotation = typ if spec.default is not UNSET and default is not None else typ | None
+            required = info.is_required() and spec.default is UNSET  # e.g. the weights of `adapters combine`
+            default = inspect.Parameter.empty if required else None if spec.default is UNSET else spec.default
+            annotation = typ if required or (spec.default is not UNSET and default is not None) else typ | None
             params.append(option(self.param_name(name, into), annotation, decls, self.help_for(name, info), default=default, panel=self.panel))
         return params
 
