@@ -44,21 +44,25 @@ def _print_ls(rows: list[dict[str, Any]], base: str) -> None:
     out.print(t)
 
 
+def _run(action: str, base: str, adapters: str | list[str], name: str | None, as_json: bool, cfg: dict[str, Any]) -> None:
+    """``finetune.api.merge`` or ``combine`` on BASE, printed."""
+    from slmops.finetune import api
+
+    with open_cli_store() as store, progress_bars(not as_json):
+        r = getattr(api, action)(base, adapters, store=store, name=name, **cfg)
+    emit(result_dict(r, name), as_json, print_result)
+
+
 @config_command(app, "merge", config=MergeConfig, stage="adapters.merge", panel=None)
 def merge(
     base: BaseArg,
     adapter: Annotated[str, typer.Argument(help="Adapter name on BASE (see `adapters ls`), or an adapter reference.")],
-    name: ResultNameOpt = None,
-    as_json: JsonOpt = False,
+    name: ResultNameOpt = None, as_json: JsonOpt = False,
     *,
     cfg: dict[str, Any],
 ) -> None:
     """Merge ADAPTER into BASE → a new model artifact (its logits match base + adapter)."""
-    from slmops.finetune.api import merge as merge_fn
-
-    with open_cli_store() as store, progress_bars(not as_json):
-        r = merge_fn(base, adapter, store=store, name=name, **cfg)
-    emit(result_dict(r, name), as_json, print_result)
+    _run("merge", base, adapter, name, as_json, cfg)
 
 
 def _weights(text: str, flag: str) -> list[float]:
@@ -72,14 +76,9 @@ def _weights(text: str, flag: str) -> list[float]:
 def combine(
     base: BaseArg,
     adapters: Annotated[list[str], typer.Argument(help="Two or more adapter names on BASE (or adapter references).")],
-    name: ResultNameOpt = None,
-    as_json: JsonOpt = False,
+    name: ResultNameOpt = None, as_json: JsonOpt = False,
     *,
     cfg: dict[str, Any],
 ) -> None:
     """Combine adapters of BASE with weights → a new adapter (a standard PEFT folder)."""
-    from slmops.finetune.api import combine as combine_fn
-
-    with open_cli_store() as store, progress_bars(not as_json):
-        r = combine_fn(base, adapters, store=store, name=name, **cfg)
-    emit(result_dict(r, name), as_json, print_result)
+    _run("combine", base, adapters, name, as_json, cfg)

@@ -14,10 +14,9 @@ from typing import Annotated, Any
 import typer
 
 from slmops.cli.common import JsonOpt, open_cli_store
-from slmops.cli.export_common import NameOpt, OutOpt, copy_out, emit_export
+from slmops.cli.export_common import NameOpt, OutOpt, copy_out, emit_export, package
 from slmops.cli.flags import ConfigFlags, Flag, config_command, parse_pairs
 from slmops.cli.render import progress_bars, warn
-from slmops.errors import ConfigError
 from slmops.export.gguf_quantize import QTYPES, check_qtype
 from slmops.export.stages_gguf import GGUFConfig, GGUFLoraConfig, OllamaConfig
 from slmops.pipeline.inputs import resolve_input
@@ -53,9 +52,7 @@ def gguf(
     model: Annotated[str, typer.Argument(help="The model: name, name:3, name@alias, sha256:…, ./hf-folder or hf:org/name.")],
     adapter: AdapterOpt = None,
     imatrix_data: Annotated[str | None, Opt("--imatrix-data", help="Dataset (ref or file) to compute an importance matrix on (quantized types).")] = None,
-    name: NameOpt = None,
-    out_dir: OutOpt = None,
-    as_json: JsonOpt = False,
+    name: NameOpt = None, out_dir: OutOpt = None, as_json: JsonOpt = False,
     *,
     cfg: dict[str, Any],
 ) -> None:
@@ -69,9 +66,7 @@ def gguf(
 def gguf_lora(
     adapter: Annotated[str, typer.Argument(help="The PEFT LoRA adapter to convert.")],
     model: Annotated[str, Opt("--model", "-m", help="Its base model (needed for the architecture and tensor layout).")],
-    name: NameOpt = None,
-    out_dir: OutOpt = None,
-    as_json: JsonOpt = False,
+    name: NameOpt = None, out_dir: OutOpt = None, as_json: JsonOpt = False,
     *,
     cfg: dict[str, Any],
 ) -> None:
@@ -99,22 +94,13 @@ _OLLAMA_FLAGS = {"parameters": Flag("--param", multiple=True, cli_type=list[str]
 def ollama(
     model: Annotated[str, typer.Argument(help="A GGUF export, or a model to export first (with --qtype and --adapter).")],
     adapter: AdapterOpt = None,
-    name: NameOpt = None,
-    out_dir: OutOpt = None,
-    as_json: JsonOpt = False,
+    name: NameOpt = None, out_dir: OutOpt = None, as_json: JsonOpt = False,
     *,
     cfg: dict[str, Any],
     gguf_cfg: dict[str, Any],
 ) -> None:
     """Write an Ollama package: the GGUF (and LoRA) next to a Modelfile with TEMPLATE, stops and ADAPTER lines."""
-    with open_cli_store() as store, progress_bars(not as_json):
-        art = resolve_input(model, store, kind=("gguf", "model"))
-        if art.kind == "model":
-            inputs = {"model": art, **({"adapter": resolve_input(adapter, store, kind="adapter")} if adapter else {})}
-            art = run_stage("export.gguf", inputs, gguf_cfg, store=store).artifact
-        elif adapter:
-            raise ConfigError("--adapter goes with a model, not with a GGUF export", fix="pass the model (it is exported with the adapter), or export the GGUF with --adapter first")
-        r = run_stage("export.ollama", {"model": art}, cfg, store=store, output_name=name)
+    r = package(model, adapter, kind="gguf", export=("export.gguf", gguf_cfg), stage="export.ollama", role="model", cfg=cfg, name=name, as_json=as_json)
     folder = copy_out(r.artifact, out_dir) or str(r.artifact.path)
     hint = f"ollama create {name or 'my-model'} -f {Path(folder) / 'Modelfile'}"
     if r.artifact.manifest.meta.get("warning"):

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
+from slmops.cli.common import open_cli_store
 from slmops.cli.models import print_result, result_dict
-from slmops.cli.render import emit, out
-from slmops.stage.runner import RunResult
+from slmops.cli.render import emit, out, progress_bars
+from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import MANIFEST, Artifact
 
 NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="Registry name for the export (a new version each time).")]
@@ -35,6 +36,27 @@ def copy_out(art: Artifact, dest: Path | None, *, folders: bool = False) -> str 
         else:
             shutil.copy2(item, dest / item.name)
     return str(dest)
+
+
+def package(ref: str, adapter: str | None, *, kind: str, export: tuple[str, dict[str, Any]], stage: str, role: str,
+            cfg: dict[str, Any], name: str | None, as_json: bool) -> RunResult:
+    """Run the packaging ``stage`` on the ``kind`` export ``ref`` names, or on ``ref``'s model (with ``adapter``) exported first.
+
+    ``export`` is the (stage, config) that makes the export (``export.gguf`` for Ollama, ``export.onnx`` for Foundry Local).
+    """
+    from slmops.errors import ConfigError
+    from slmops.pipeline.inputs import resolve_input
+
+    with open_cli_store() as store, progress_bars(not as_json):
+        art = resolve_input(ref, store, kind=(kind, "model"))
+        if art.kind == "model":
+            inputs = {"model": art, **({"adapter": resolve_input(adapter, store, kind="adapter")} if adapter else {})}
+            art = run_stage(export[0], inputs, export[1], store=store).artifact
+        elif adapter:
+            label = kind.upper()
+            raise ConfigError(f"--adapter goes with a model, not with a {label} export",
+                              fix=f"pass the model (it is exported with the adapter), or export the {label} model with --adapter first")
+        return run_stage(stage, {role: art}, cfg, store=store, output_name=name)
 
 
 def emit_export(r: RunResult, name: str | None, as_json: bool, out_dir: str | None, extra: dict[str, Any] | None = None) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from slmops.cli.common import JsonOpt, open_cli_store
-from slmops.cli.export_common import NameOpt, OutOpt, copy_out, emit_export
+from slmops.cli.export_common import NameOpt, OutOpt, copy_out, emit_export, package
 from slmops.cli.flags import ConfigFlags, Flag, config_command
 from slmops.cli.render import progress_bars, warn
 from slmops.errors import ConfigError
@@ -63,9 +63,7 @@ def register(app: typer.Typer) -> None:
     def onnx(
         model: ModelArg,
         adapter: AdapterOpt = None,
-        name: NameOpt = None,
-        out_dir: OutOpt = None,
-        as_json: JsonOpt = False,
+        name: NameOpt = None, out_dir: OutOpt = None, as_json: JsonOpt = False,
         *,
         cfg: dict[str, Any],
     ) -> None:
@@ -89,21 +87,13 @@ def register(app: typer.Typer) -> None:
         adapter: AdapterOpt = None,
         verify: Annotated[bool, Opt("--verify", help="Load the package in Foundry Local's runtime and compare a greedy reply with slmops'.")] = False,
         foundry_python: Annotated[str | None, Opt("--foundry-python", help="Python with foundry-local-sdk for --verify (or $SLMOPS_FOUNDRY_PYTHON).")] = None,
-        name: NameOpt = None,
-        out_dir: OutOpt = None,
-        as_json: JsonOpt = False,
+        name: NameOpt = None, out_dir: OutOpt = None, as_json: JsonOpt = False,
         *,
         cfg: dict[str, Any],
         onnx_cfg: dict[str, Any],
     ) -> None:
         """Write a Foundry Local bring-your-own-model package (inference_model.json, ONNX folder, cache layout)."""
-        with open_cli_store() as store, progress_bars(not as_json):
-            art = resolve_input(model, store, kind=("onnx", "model"))
-            if art.kind == "model":
-                art = run_stage("export.onnx", _onnx_inputs(store, model, adapter), onnx_cfg, store=store).artifact
-            elif adapter:
-                raise ConfigError("--adapter goes with a model, not with an ONNX export", fix="pass the model, or export the ONNX model with --adapter first")
-            r = run_stage("export.foundry", {"onnx": art}, cfg, store=store, output_name=name)
+        r = package(model, adapter, kind="onnx", export=("export.onnx", onnx_cfg), stage="export.foundry", role="onnx", cfg=cfg, name=name, as_json=as_json)
         extra: dict[str, Any] = {"hints": [f"model id {r.artifact.manifest.meta['model_id']}: see README.md in the package"]}
         if verify:
             from slmops.export.foundry_check import verify_package

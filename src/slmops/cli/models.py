@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -19,8 +21,9 @@ from slmops.models.init import InitConfig
 from slmops.models.shrink import ShrinkConfig
 from slmops.pipeline.inputs import import_ref, resolve_input
 from slmops.stage.runner import RunResult, run_stage
-from slmops.store.artifact import KINDS
+from slmops.store.artifact import KINDS, Artifact
 from slmops.store.refs import ModelRef
+from slmops.store.registry import Store
 
 app = typer.Typer(help="Artifacts in the registry: models, adapters, datasets, exports and reports.", no_args_is_help=True)
 
@@ -94,6 +97,13 @@ def shrink(
     _run("models.shrink", {"model": (teacher, "model"), "data": (calibration, "dataset")}, cfg, name, as_json)
 
 
+@contextlib.contextmanager
+def stored(ref: str) -> Iterator[tuple[Store, Artifact]]:
+    """The store, open, and the artifact ``ref`` names in it (for the verbs that act on one artifact)."""
+    with open_cli_store() as store:
+        yield store, resolve_input(ref, store)
+
+
 @app.command("ls")
 def ls(
     kind: Annotated[str | None, typer.Option("--kind", help=f"Only this kind: {', '.join(KINDS)}.")] = None,
@@ -125,8 +135,7 @@ def _print_ls(rows: list[dict[str, Any]]) -> None:
 @app.command()
 def show(ref: Annotated[str, typer.Argument(help="name, name:3, name@alias, sha256:prefix or ./path")], as_json: JsonOpt = False) -> None:
     """Show an artifact's manifest, names, tags, parents and children."""
-    with open_cli_store() as store:
-        art = resolve_input(ref, store)
+    with stored(ref) as (store, art):
         data = art.manifest.model_dump(mode="json")
         data.update(path=str(art.path), names=store.names_of(art.digest), tags=store.tags(art.digest),
                     children=[{"digest": d, "role": r} for d, r in store.children(art.digest)])
@@ -140,8 +149,7 @@ def lineage(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the tree of ancestors (what it was made from) or descendants (what was made from it)."""
-    with open_cli_store() as store:
-        art = resolve_input(ref, store)
+    with stored(ref) as (store, art):
         tree = store.lineage(art.digest, direction="down" if down else "up")
         _add_external(store, tree)
     emit(tree, as_json, _print_tree)
@@ -220,8 +228,7 @@ def tag(
     as_json: JsonOpt = False,
 ) -> None:
     """Add (or with --rm remove) a tag on an artifact."""
-    with open_cli_store() as store:
-        art = resolve_input(ref, store)
+    with stored(ref) as (store, art):
         if remove:
             store.untag(art.digest, tag_)
         else:
@@ -237,8 +244,7 @@ def rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove an artifact; refuses when others descend from it unless --force."""
-    with open_cli_store() as store:
-        art = resolve_input(ref, store)
+    with stored(ref) as (store, art):
         removed = store.remove(art.digest, force=force)
     emit({"removed": removed}, as_json, lambda d: out.print(f"removed {len(removed)} artifact(s): " + ", ".join(x[:12] for x in removed)))
 
