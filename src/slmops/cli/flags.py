@@ -258,10 +258,8 @@ class ConfigFlags:
             if choices and value not in choices:
                 raise ConfigError(f"{where} {value} is not supported" + (f" by {self.stage}" if self.stage else ""),
                                   fix=f"use one of {', '.join(map(str, choices))}")
-            elif isinstance(value, str) and typing.get_origin(_members(info.annotation)[0]) is list:
+            if isinstance(value, str) and typing.get_origin(_members(info.annotation)[0]) is list:
                 value = csv_ints(value, where) if typing.get_args(_members(info.annotation)[0]) == (int,) else split_csv(value)
-            if value is None:
-                continue
             (cfg.setdefault(into, {}) if into else cfg)[name] = value
         return cfg
 
