@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from slmops.cli.common import JsonOpt, open_cli_store
-from slmops.cli.flags import ConfigFlags, cli_type, default_note, default_of, option, parse_pairs, show, yaml_value
+from slmops.cli.flags import ConfigFlags, Flag, cli_type, default_of, help_text, option, parse_pairs, show, yaml_value
 from slmops.cli.models import result_dict
 from slmops.cli.render import emit, err, esc, out, progress_bars
 from slmops.errors import ConfigError
@@ -44,26 +44,21 @@ def _field_info(name: str) -> Any:
     raise KeyError(name)
 
 
-def _default_text(name: str) -> str:
-    """`` (default: X)``, or per method when the methods differ (learning rate)."""
+def _per_method(name: str) -> str | None:
+    """The default of a setting per method when the methods differ (learning rate), else None (the field's own)."""
     per = {m: default_of(c.model_fields[name]) for m, c in CONFIGS.items() if name in c.model_fields}
-    if not per:
-        per = {"": default_of(RunOptions.model_fields[name])}
-    values = list(dict.fromkeys(show(v) for v in per.values() if v is not None and v != []))
-    if not values:
-        return ""
-    if len(values) == 1:
-        return default_note(values[0])
-    return default_note("; ".join(f"{show(v)} for {m}" for m, v in per.items()))
+    if len({show(v) for v in per.values()}) < 2:
+        return None
+    return "; ".join(f"{show(v)} for {m}" for m, v in per.items())
 
 
 def _option_params() -> list[inspect.Parameter]:
     params = []
     for name in (*ALL_FIELDS, *[f for f in OPTION_FIELDS if f != "resume"]):
         info = _field_info(name)
-        typ, extra = cli_type(info.annotation)
-        help_ = (info.description or "") + (f" ({extra})" if extra and extra not in (info.description or "") else "") + _default_text(name)
+        typ = cli_type(info.annotation)[0]
         decl = f"{flag(name)}/--no-{name.replace('_', '-')}" if typ is bool else flag(name)
+        help_ = help_text(info, Flag(default_text=_per_method(name)))
         params.append(option(name, typ | None, [decl], help_, panel=_PANEL_OF.get(name, "Other")))
     return params
 

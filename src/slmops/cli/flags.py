@@ -168,6 +168,32 @@ def parse_pairs(items: list[str] | None, flag: str, example: str, value: Callabl
     return result
 
 
+def help_text(info: FieldInfo, spec: Flag | None = None) -> str:
+    """A flag's help: the field's description, the form the CLI reads (choices, comma-separated …), the default."""
+    spec = spec or Flag()
+    form = cli_type(info.annotation)[1]
+    text = (info.description or "").rstrip(".")
+    if spec.choices is not None:
+        form = "one of " + ", ".join(map(str, spec.choices))
+    elif spec.multiple and form == "comma-separated":
+        form = "repeatable"
+    elif spec.parse is not None and form == "comma-separated":
+        form = ""
+    if form.startswith("one of ") and all(c in text for c in form.removeprefix("one of ").split(", ")):
+        form = ""  # the description already names every choice
+    for extra in (spec.note, form):
+        if extra and extra not in text:
+            text += f" ({extra})"
+    default = spec.default if spec.default is not UNSET else default_of(info)
+    if spec.default_text is not None:
+        text += default_note(spec.default_text)
+    elif default is True:
+        text += default_note("on")
+    elif default is not None and default is not False and default != [] and default != {}:
+        text += default_note(f"{default:g}{spec.unit}" if spec.unit and isinstance(default, int | float) else show(default))
+    return text
+
+
 @dataclass
 class ConfigFlags:
     """The flags of one stage config: which fields are flags, under which names, and which are not exposed (and why)."""
@@ -204,28 +230,7 @@ class ConfigFlags:
         return f"{self.prefix}{into + '__' if into else ''}{name}"
 
     def help_for(self, name: str, info: FieldInfo) -> str:
-        spec = self.flags.get(name, Flag())
-        form = cli_type(info.annotation)[1]
-        text = (info.description or "").rstrip(".")
-        if spec.choices is not None:
-            form = "one of " + ", ".join(map(str, spec.choices))
-        elif spec.multiple and form == "comma-separated":
-            form = "repeatable"
-        elif spec.parse is not None and form == "comma-separated":
-            form = ""
-        if form.startswith("one of ") and all(c in text for c in form.removeprefix("one of ").split(", ")):
-            form = ""  # the description already names every choice
-        for extra in (spec.note, form):
-            if extra and extra not in text:
-                text += f" ({extra})"
-        default = spec.default if spec.default is not UNSET else default_of(info)
-        if spec.default_text is not None:
-            text += default_note(spec.default_text)
-        elif default is True:
-            text += default_note("on")
-        elif default is not None and default is not False and default != [] and default != {}:
-            text += default_note(f"{default:g}{spec.unit}" if spec.unit and isinstance(default, int | float) else show(default))
-        return text
+        return help_text(info, self.flags.get(name, Flag()))
 
     def params(self) -> list[inspect.Parameter]:
         params = []
