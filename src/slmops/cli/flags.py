@@ -189,7 +189,7 @@ def help_text(info: FieldInfo, spec: Flag | None = None) -> str:
         text += default_note(spec.default_text)
     elif default is True:
         text += default_note("on")
-    elif default is not None and default is not False and default != [] and default != {}:
+    elif default is not None and default is not False and default not in ("", [], {}):
         text += default_note(f"{default:g}{spec.unit}" if spec.unit and isinstance(default, int | float) else show(default))
     return text
 
