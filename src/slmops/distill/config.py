@@ -19,6 +19,8 @@ from slmops.distill.prompting import TaskType
 from slmops.distill.validate import ValidationConfig
 
 _KEYISH = re.compile(r"(key|token|secret|sig|password|auth)", re.IGNORECASE)
+TEACHER_TIMEOUT_S = 60.0  # seconds per HTTP request to a teacher, unless the run options set request_timeout_s
+TEACHER_BATCH_SIZE = 8  # prompts per batch of a local teacher, unless the run options set batch_size
 
 
 class GenerateConfig(BaseModel):

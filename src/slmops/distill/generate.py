@@ -30,7 +30,7 @@ from typing import Any
 from slmops import progress
 from slmops.data.io import dataset_splits, read_dataset, write_jsonl
 from slmops.data.records import Record
-from slmops.distill.config import GenerateConfig
+from slmops.distill.config import TEACHER_BATCH_SIZE, TEACHER_TIMEOUT_S, GenerateConfig
 from slmops.distill.prompting import clean_answer, label_map, prompt_messages, split_final_answer, teacher_messages
 from slmops.distill.teachers import Result, Sampling, Teacher, TeacherReply, TeacherRequest
 from slmops.distill.validate import ValidationReport, Validator
@@ -42,8 +42,6 @@ from slmops.store.locks import run_lock
 
 log = logging.getLogger(__name__)
 WORK_FILE = "answers.jsonl"
-TEACHER_TIMEOUT_S = 60.0  # per HTTP request, unless the run options say otherwise
-TEACHER_BATCH_SIZE = 8  # prompts per batch of a local teacher, unless the run options say otherwise
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from slmops.distill.config import GenerateConfig
+from slmops.distill.config import TEACHER_BATCH_SIZE, GenerateConfig
 from slmops.distill.teachers import OnResult, Result, TeacherRequest
 from slmops.stage import RunOptions
 from slmops.stage.shards import artifact_on_worker, artifact_source, run_sharded
@@ -49,8 +49,6 @@ class ShardWorker:
 def ask_sharded(requests: list[TeacherRequest], cfg: GenerateConfig, opts: RunOptions, teacher: Artifact | None, cache_root: Path,
                 store: Store, on_result: OnResult) -> dict[str, Any]:
     """Answer ``requests`` on ``opts.workers`` Ray actors; ``on_result`` runs here, in the driver, for every answer."""
-    from slmops.distill.generate import TEACHER_BATCH_SIZE
-
     by_key = {r.key: r for r in requests}
 
     def handle(answers: list[tuple[str, Result]]) -> int:
