@@ -27,11 +27,12 @@ from slmops import progress
 from slmops._optional import require
 from slmops.errors import ConfigError, MissingDependency
 from slmops.finetune import checkpoint as ckpt
-from slmops.finetune.config import RunOptions, TrainConfig
+from slmops.finetune.config import TrainConfig
 from slmops.finetune.data import TrainData, collate, epoch_batches, steps_per_epoch
 from slmops.finetune.evaluation import answer_loss_sum, can_select_logits, evaluate, forward_logits, token_loss_sum
 from slmops.finetune.history import History
 from slmops.finetune.runs import StopSignal, TrainingInterrupted
+from slmops.stage import RunOptions
 
 log = logging.getLogger(__name__)
 
