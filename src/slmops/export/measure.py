@@ -2,21 +2,19 @@
 
 :func:`measure_runtime` opens the model, warms it up, and times a few greedy generations of a
 fixed length (EOS ignored) from a fixed prompt; :func:`measure_in_subprocess` runs it in a fresh
-Python process (``python -m slmops.export.measure``), so the peak RSS is that model's alone and
-not whatever the calling process loaded before. Used by the optimizer and the benchmarks.
+Python process (:func:`slmops.bench.worker.run_fresh`, with the engine imported before the timed
+load), so the peak RSS is that model's alone and not whatever the calling process loaded before.
+Used by the optimizer and the benchmarks.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from slmops.errors import ConfigError
+from slmops.bench.memory import peak_rss_bytes
 
 PROMPT_TEXT = (
     "The small model reads the question, thinks about the facts it was given, and answers in one short sentence. "
@@ -55,37 +53,17 @@ def measure_runtime(path: str | Path, *, runtime: str = "auto", prompt_tokens: i
     }
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size (see :func:`slmops.bench.memory.lifetime_peak_rss`)."""
-    from slmops.bench.memory import lifetime_peak_rss
-
-    return lifetime_peak_rss() or 0
-
-
 def measure_in_subprocess(path: str | Path, *, timeout_s: float = 900, **kwargs: Any) -> dict[str, Any]:
     """:func:`measure_runtime` in a fresh interpreter (its peak RSS is the model's own)."""
-    args = json.dumps({"path": str(path), **kwargs})
-    proc = subprocess.run([sys.executable, "-m", "slmops.export.measure", args], capture_output=True, text=True, timeout=timeout_s, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ConfigError(f"measuring {Path(path).name} failed", why=tail[0][:300], fix="open the artifact with `slmops` directly to see the full error")
-    return dict(json.loads(lines[-1]))
+    from slmops.bench.worker import run_fresh
+
+    return run_fresh("slmops.export.measure:measure_fresh", {"path": str(path), **kwargs}, label=f"measure {Path(path).name[:12]}",
+                     timeout_s=timeout_s, fix="measure it in this process (optimize --no-isolate) to see the full error")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m slmops.export.measure '{"path": ..., "new_tokens": 64}'`` prints one JSON line."""
-    from slmops.errors import SlmopsError
+def measure_fresh(path: str, runtime: str = "auto", **kwargs: Any) -> dict[str, Any]:
+    """The fresh process's body: import the engine first (so ``load_s`` is the model's), then :func:`measure_runtime`."""
+    from slmops.bench.local import warm_engine
 
-    kwargs = json.loads((argv or sys.argv[1:])[0])
-    path = kwargs.pop("path")
-    try:
-        result = measure_runtime(path, **kwargs)
-    except SlmopsError as exc:
-        sys.stderr.write(f"error: {exc.message}\n")
-        raise SystemExit(1) from exc
-    sys.stdout.write(json.dumps(result) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    warm_engine(Path(path), runtime)
+    return measure_runtime(path, runtime=runtime, **kwargs)
