@@ -9,10 +9,11 @@ import pytest
 
 from slmops.errors import ConfigError
 from slmops.evaluate.metrics import token_f1
-from slmops.export.optimize import OptimizeConfig, parse_size, parse_target
+from slmops.export.optimize import OptimizeConfig, parse_target
 from slmops.export.parity import ParityConfig, check_parity, measure_parity
 from slmops.runtimes import open_runtime
 from slmops.stage.runner import run_stage
+from slmops.units import parse_size
 
 
 def test_parity_report_links_both_and_passes(gstore: Any, tiny: dict[str, Any], f32: dict[str, Any], dataset: Any) -> None:

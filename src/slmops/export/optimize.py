@@ -14,35 +14,24 @@ chosen one is the smallest (or fastest) of those.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from slmops.errors import ConfigError, SlmopsError
 from slmops.evaluate.gates import Limits, check_gates, limit_gates
 from slmops.export.parity import DEFAULT_GATES, PARITY_LIMITS
 from slmops.store.artifact import Artifact
+from slmops.units import parse_size
 
 log = logging.getLogger(__name__)
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 ONNX_PRECISIONS = ("int4", "int8", "fp16", "fp32")
 _ONNX_FIELDS = ("precision", "qtype", "dtype", "bits")
 #: The optimizer's own limits (beyond parity's) as gates on a candidate's measured row.
 OPTIMIZE_LIMITS: Limits = {
     "max_size_bytes": ("size_bytes", "<="), "max_rss_bytes": ("peak_rss_bytes", "<="), "min_tokens_per_s": ("decode_tokens_per_s", ">="),
 }
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from ``500MB``, ``1.5GiB``, ``2e9`` or an int (decimal units: MB = 10^6)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"{value!r} is not a size; write e.g. 500MB, 1.5GiB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -84,8 +73,13 @@ class OptimizeConfig(BaseModel):
 
     @field_validator("max_size_bytes", "max_rss_bytes", mode="before")
     @classmethod
-    def _size(cls, v: Any) -> Any:
-        return None if v is None else parse_size(v)
+    def _size(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return None
+        try:
+            return parse_size(v, flag=str(info.field_name))
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("targets")
     @classmethod
