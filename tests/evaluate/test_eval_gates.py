@@ -80,6 +80,9 @@ def test_gate_errors() -> None:
         check_gates(parse_gates(["accuracy>=0.9*ref"]), {"accuracy": 1.0})
     res = check_gates(parse_gates(["accuracy>=0.5"]), {"accuracy": None})
     assert not res[0].passed and res[0].reason
+    with pytest.raises(ConfigError, match="chosen is 'gguf:q8_0', not a number"):
+        check_gates(parse_gates(["chosen>=1"]), {"chosen": "gguf:q8_0"})
+    assert check_gates(parse_gates(["passed==1"]), {"passed": True})[0].passed, "a flag counts as 0 or 1"
 
 
 def test_evaluate_gates_for_recipes() -> None:

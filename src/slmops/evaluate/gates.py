@@ -171,6 +171,8 @@ def check_gates(gates: Sequence[Gate], metrics: Mapping[str, Any], ref_metrics: 
             results.append(GateResult(g.text, g.metric, g.op, threshold, None, skip, "not measured" if skip else "no example could be scored",
                                       skipped=skip, name=g.name))
             continue
+        if not isinstance(value, int | float):
+            raise ConfigError(f"gate {g.text!r}: {g.metric} is {value!r}, not a number", fix="gate on a numeric metric")
         assert threshold is not None
         results.append(GateResult(g.text, g.metric, g.op, threshold, float(value), _OPS[g.op](float(value), threshold), name=g.name))
     return results
