@@ -42,7 +42,7 @@ def test_absolute_and_relative_thresholds() -> None:
     worse = check_gates(parse_gates(["accuracy>=0.95", "perplexity<=11", "exact_match>=0"]), metrics)
     with pytest.raises(GateFailed) as exc:
         enforce(worse, where="step 'eval'")
-    assert exc.value.message.startswith("2 of 3 gates failed at step 'eval': accuracy = 0.9, needs >= 0.95; perplexity = 12, needs <= 11")
+    assert exc.value.message.startswith("2 of 3 quality gates failed at step 'eval': accuracy = 0.9, needs >= 0.95; perplexity = 12, needs <= 11")
 
 
 def test_ref_offsets_and_limit_fields_are_gates_too() -> None:

@@ -182,13 +182,13 @@ def enforce(results: Sequence[GateResult], *, where: str | None = None,
             fix: str = "see the report; improve the model or revisit the threshold") -> None:
     """Raise :class:`GateFailed` naming the failed gates and their margins (nothing when all passed).
 
-    ``where`` says what was gated (``step 'eval'``, an artifact): ``gate accuracy>=0.9 failed at step 'eval'``.
+    ``where`` says what was gated (``step 'eval'``, an artifact): ``quality gate accuracy>=0.9 failed at step 'eval'``.
     """
     failed = [r for r in results if not r.passed]
     if not failed:
         return
     measured = [r for r in results if not r.skipped]
-    head = f"gate {failed[0].gate} failed" if len(failed) == 1 else f"{len(failed)} of {len(measured)} gates failed"
+    head = f"quality gate {failed[0].gate} failed" if len(failed) == 1 else f"{len(failed)} of {len(measured)} quality gates failed"
     skipped = len(results) - len(measured)
     why = "; ".join(r.detail for r in failed) + (f" ({skipped} more not measured)" if skipped else "")
     raise GateFailed(head + (f" at {where}" if where else ""), why=why, fix=fix)
