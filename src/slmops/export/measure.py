@@ -1,7 +1,7 @@
 """Speed and memory of one model on one runtime: load time, TTFT, decode tokens/s, peak RSS.
 
 :func:`measure_runtime` opens the model, warms it up, and times a few greedy generations of a
-fixed length (EOS ignored) from a fixed prompt; :func:`measure_in_subprocess` runs it in a fresh
+fixed length (EOS ignored) from a fixed prompt with the benchmark's timing (``bench.local.time_one``); :func:`measure_in_subprocess` runs it in a fresh
 Python process (:func:`slmops.bench.worker.run_fresh`, with the engine imported before the timed
 load), so the peak RSS is that model's alone and not whatever the calling process loaded before.
 Used by the optimizer and the benchmarks.
@@ -24,8 +24,13 @@ PROMPT_TEXT = (
 
 def measure_runtime(path: str | Path, *, runtime: str = "auto", prompt_tokens: int = 64, new_tokens: int = 64, runs: int = 3,
                     options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Timings of ``path`` on ``runtime`` (medians over ``runs``), plus this process's peak RSS."""
-    from slmops.runtimes import GenerationParams, open_runtime
+    """Timings of ``path`` on ``runtime`` (medians over ``runs``), plus this process's peak RSS.
+
+    Each run is the benchmark's own timed request (:func:`slmops.bench.local.time_one`: streamed,
+    stamped per token), so TTFT and decode speed (1 / TPOT) mean here what they mean in ``bench``.
+    """
+    from slmops.bench.local import time_one
+    from slmops.runtimes import open_runtime
 
     t0 = time.perf_counter()
     rt = open_runtime(Path(path), runtime, **(options or {}))
@@ -33,20 +38,15 @@ def measure_runtime(path: str | Path, *, runtime: str = "auto", prompt_tokens: i
     try:
         base = rt.tokenize(PROMPT_TEXT, add_special_tokens=True)
         ids = (base * (prompt_tokens // max(1, len(base)) + 1))[:prompt_tokens]
-        rt.generate(ids, GenerationParams(max_tokens=4, ignore_eos=True))  # warm-up
-        ttfts, tps = [], []
-        for _ in range(max(1, runs)):
-            res = rt.generate(ids, GenerationParams(max_tokens=new_tokens, ignore_eos=True))
-            ttfts.append(res.ttft_s or 0.0)
-            decode_s = (res.total_s or 0.0) - (res.ttft_s or 0.0)
-            tps.append((res.completion_tokens - 1) / decode_s if decode_s > 0 else float("nan"))
+        time_one(rt, ids, 4)  # warm-up
+        timings = [time_one(rt, ids, new_tokens) for _ in range(max(1, runs))]
     finally:
         rt.close()
     return {
         "runtime": getattr(rt, "name", runtime),
         "load_s": load_s,
-        "ttft_s": statistics.median(ttfts),
-        "decode_tokens_per_s": statistics.median(tps),
+        "ttft_s": statistics.median(t.ttft or 0.0 for t in timings),
+        "decode_tokens_per_s": statistics.median(1.0 / t.tpot if t.tpot else float("nan") for t in timings),
         "prompt_tokens": len(ids),
         "new_tokens": new_tokens,
         "peak_rss_bytes": peak_rss_bytes(),
