@@ -82,7 +82,7 @@ def test_adapter_from_another_base_is_refused(gstore: Any, tiny: dict[str, Any],
 
 
 def test_unrepresentable_adapters_are_refused(gstore: Any, tiny: dict[str, Any], tmp_path: Path) -> None:
-    from slmops.export.gguf_lora import convert_lora
+    from slmops.models.gguf_lora import convert_lora
 
     make_lora(tiny["llama"], "llama", tmp_path / "dora", use_dora=True)
     with pytest.raises(ConfigError, match="DoRA"):

@@ -134,7 +134,7 @@ def _locate(artifact: Artifact | str | Path) -> tuple[Path, str, str | None]:
 
     label = None if isinstance(artifact, Artifact | Path) else str(artifact)
     if isinstance(artifact, str) and artifact.startswith("pkg:"):
-        from slmops.models.packaged import locate
+        from slmops.store.packaged import locate
 
         artifact = locate(artifact[4:])  # a packaged model file runs where it lies
     if not isinstance(artifact, Artifact):

@@ -27,6 +27,7 @@ from typing import Any, Self
 import numpy as np
 
 from slmops.errors import ConfigError
+from slmops.models.gguf_file import check_gguf_file, locate_gguf
 from slmops.runtimes.base import (
     Capabilities,
     GenerationParams,
@@ -42,7 +43,7 @@ from slmops.runtimes.base import (
     drop_double_bos,
 )
 from slmops.runtimes.llamacpp_adapters import LoraSet
-from slmops.runtimes.llamacpp_lib import check_gguf_file, clear_problems, default_threads, lib, locate_gguf, recent_problems
+from slmops.runtimes.llamacpp_lib import clear_problems, default_threads, lib, recent_problems
 from slmops.runtimes.llamacpp_vocab import LlamaVocab
 
 log = logging.getLogger(__name__)

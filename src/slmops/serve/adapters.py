@@ -181,7 +181,7 @@ def packaged(base: Artifact) -> dict[str, Path]:
 
 def check_gguf_lora(file: Path) -> None:
     """Refuse anything that is not a well-formed GGUF file with ``general.type = adapter``."""
-    from slmops.runtimes.llamacpp_lib import check_gguf_file
+    from slmops.models.gguf_file import check_gguf_file
 
     facts = check_gguf_file(file)
     if facts.get("type") != "adapter":

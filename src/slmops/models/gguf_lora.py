@@ -7,7 +7,7 @@ A GGUF LoRA holds, for every adapted weight ``blk.N.<name>.weight``, the tensors
 too, or ``alpha / sqrt(r)`` with rsLoRA, with per-module ranks and alphas allowed — any
 difference is folded into ``lora_b`` so the product is exactly PEFT's.
 
-The tensor names follow the base model's GGUF (:mod:`~slmops.export.gguf_arch`), including the
+The tensor names follow the base model's GGUF (:mod:`~slmops.models.gguf_arch`), including the
 Llama q/k row permutation applied to ``lora_b``. Not representable, and refused with a clear
 error: DoRA, LoRA on embeddings or the LM head, trained biases, and ``modules_to_save``.
 """
@@ -24,8 +24,7 @@ import numpy as np
 
 from slmops._optional import require
 from slmops.errors import ConfigError, DataError, UnsafeInput
-from slmops.export.gguf_arch import HParams, gguf_base_name, permute_rows, read_hparams
-from slmops.export.gguf_convert import read_config
+from slmops.models.gguf_arch import HParams, gguf_base_name, permute_rows, read_config, read_hparams
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_(A|B)(?:\.[A-Za-z0-9_-]+)?\.weight$")
 
