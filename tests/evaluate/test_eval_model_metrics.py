@@ -28,6 +28,9 @@ class FakeRuntime:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) % self.vocab for c in text]
 
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.tokenize(prompt)
+
     def apply_chat_template(self, messages: Sequence[Any], add_generation_prompt: bool = True, **kw: Any) -> str:
         return "".join(m["content"] for m in messages) + ">"
 

@@ -152,22 +152,19 @@ def worker_main(stdin: str) -> dict[str, Any]:
     """The worker's body: open the model (timed), benchmark it, report the process's own peak RSS."""
     import importlib
 
-    from slmops.runtimes import FORMAT_RUNTIMES, detect_format, open_runtime
-    from slmops.store.artifact import MANIFEST, read_manifest
+    from slmops.runtimes import open_runtime, planned_runtime
 
     job = json.loads(stdin)
     path = Path(job["model_path"])
     cfg = BenchConfig.model_validate(job["config"])
-    m = read_manifest(path) if (path / MANIFEST).is_file() else None
-    fmt = m.format if m is not None else detect_format(path)
-    engine = cfg.runtime if cfg.runtime != "auto" else "torch" if m is not None and m.kind == "adapter" else FORMAT_RUNTIMES.get(fmt, "")
+    spec = planned_runtime(path, cfg.runtime)
     t_warm = time.perf_counter()
-    for mod in {"torch": ("torch", "transformers"), "ort-genai": ("onnxruntime_genai",), "llamacpp": ("llama_cpp",)}.get(engine, ()):
+    for mod in spec.imports:
         try:  # import the engine first, so load time is the model's and not the library's
             importlib.import_module(mod)
         except ImportError:
             pass
-    if engine == "torch":
+    if "transformers" in spec.imports:
         _warm_transformers(path)
     warmup_s = time.perf_counter() - t_warm
     before = current_rss()

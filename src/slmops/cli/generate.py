@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
+from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, err, out
 from slmops.pipeline.inputs import resolve_input
-from slmops.runtimes import TARGET_KINDS
 
 MaxTok = Annotated[int, typer.Option("--max-tokens", help="Most new tokens to generate.")]
 Temp = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; higher = more random.")]
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
 
         params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
         with open_cli_store() as store:
-            art = resolve_input(model, store, kind=TARGET_KINDS)
+            art = resolve_input(model, store, kind=formats.runnable_kinds())
         rt = open_runtime(art, runtime=runtime)
         try:
             text = prompt if raw else rt.apply_chat_template(
@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("chat needs a MODEL, or --url URL for a server", fix="e.g. `slmops chat bot@prod` or `slmops chat --url http://127.0.0.1:8000/v1 --model bot`")
             params = _params(max_tokens, temperature, top_p, top_k, seed, None)
             with open_cli_store() as store:
-                art = resolve_input(model, store, kind=TARGET_KINDS)
+                art = resolve_input(model, store, kind=formats.runnable_kinds())
             rt = open_runtime(art, runtime=runtime)
             local = rt
 

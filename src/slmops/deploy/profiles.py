@@ -14,10 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slmops import formats as format_registry
 from slmops.errors import ConfigError, StoreError
 from slmops.store.registry import Store, check_name
-
-FORMATS = ("hf-safetensors", "ort-genai", "gguf", "foundry-local")
 
 
 class DeviceProfile(BaseModel):
@@ -26,15 +25,17 @@ class DeviceProfile(BaseModel):
     max_rss_bytes: int | None = Field(None, ge=1, description="Peak resident memory a served model may use")
     max_size_bytes: int | None = Field(None, ge=1, description="Largest artifact on disk")
     min_tokens_per_s: float | None = Field(None, gt=0, description="Slowest acceptable decode speed")
-    formats: list[str] = Field(default_factory=lambda: list(FORMATS), description=f"Allowed artifact formats: {', '.join(FORMATS)}")
+    formats: list[str] = Field(default_factory=lambda: list(format_registry.names(served=True)),
+                               description=f"Allowed artifact formats: {', '.join(format_registry.names(served=True))}")
     machine: dict[str, Any] = Field(default_factory=dict, description="What `profile detect` recorded (cores, RAM, CPU features)")
     notes: str = Field("", description="Free text")
 
     def model_post_init(self, _: Any) -> None:
         check_name(self.name, "profile name")
-        bad = [f for f in self.formats if f not in FORMATS]
+        known = format_registry.names(served=True)
+        bad = [f for f in self.formats if f not in known]
         if bad:
-            raise ConfigError(f"--formats {', '.join(bad)}: unknown format", fix=f"use some of: {', '.join(FORMATS)}")
+            raise ConfigError(f"--formats {', '.join(bad)}: unknown format", fix=f"use some of: {', '.join(known)}")
 
 
 def detect_profile(name: str = "this-machine") -> DeviceProfile:
@@ -85,9 +86,6 @@ def check_profile(profile: DeviceProfile, *, format: str, size_bytes: int | None
     return reasons
 
 
-_TARGET_FORMATS = {"onnx": "ort-genai", "gguf": "gguf"}
-
-
 def apply_profile(cfg: dict[str, Any], profile: DeviceProfile) -> dict[str, Any]:
     """An ``optimize`` config narrowed to ``profile``: its size and speed limits become gates (flags
     given explicitly win) and targets in formats the profile does not allow are dropped."""
@@ -97,10 +95,10 @@ def apply_profile(cfg: dict[str, Any], profile: DeviceProfile) -> dict[str, Any]
     if profile.min_tokens_per_s and "min_tokens_per_s" not in out:
         out["min_tokens_per_s"] = profile.min_tokens_per_s
     targets = out.get("targets") or []
-    kept = [t for t in targets if _TARGET_FORMATS.get(t.split(":", 1)[0]) in profile.formats]
+    kept = [t for t in targets if (f := format_registry.by_target(t.split(":", 1)[0])) is not None and f.name in profile.formats]
     if targets and not kept:
         raise ConfigError(f"profile {profile.name} allows none of the targets {', '.join(targets)}",
                           why=f"it allows the formats {', '.join(profile.formats)}",
-                          fix="pick targets in an allowed format (onnx:… → ort-genai, gguf:… → gguf)")
+                          fix=f"pick targets in an allowed format ({', '.join(f'{f.target}:… → {f.name}' for f in format_registry.all_formats() if f.target)})")
     out["targets"] = kept
     return out
