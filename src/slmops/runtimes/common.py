@@ -8,7 +8,7 @@ llama.cpp runtimes differ only where the engines do. An engine class mixes it in
 * ``bos_token_id`` — the BOS token its tokenizer adds, or None;
 * ``_stream(ids, params, adapter)`` — the decode loop over checked prompt ids, under its lock;
 * ``_logits(ids, last_only, adapter)`` — logits of checked, in-range ids;
-* the facts (``context_length``, ``vocab_size``, ``eos_token_ids``), ``tokenize`` and ``adapters``.
+* the facts (``_context_length``, ``_vocab_size``, ``_eos``, or its own properties), ``tokenize`` and ``adapters``.
 
 Everything here is plain Python: no engine library is imported.
 """
@@ -41,10 +41,23 @@ class EngineCommon:
     """The shared half of a runtime (see the module docstring); engines inherit it and add their forward passes."""
 
     name: str
-    context_length: int
-    vocab_size: int
     adapters: tuple[str, ...]
     bos_token_id: int | None
+    _context_length: int
+    _vocab_size: int
+    _eos: frozenset[int]
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
 
     def _check_open(self) -> None:
         raise NotImplementedError

@@ -96,13 +96,13 @@ class LlamaCppRuntime(EngineCommon):
         self._batch = None
         try:
             self._vocab = L.llama_model_get_vocab(self._model)
-            self._n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
+            self._vocab_size = int(L.llama_vocab_n_tokens(self._vocab))
             train_ctx = int(L.llama_model_n_ctx_train(self._model)) or DEFAULT_MAX_CONTEXT
-            self._n_ctx = int(n_ctx or min(train_ctx, DEFAULT_MAX_CONTEXT))
-            self._n_batch = max(1, min(int(n_batch), self._n_ctx))
+            self._context_length = int(n_ctx or min(train_ctx, DEFAULT_MAX_CONTEXT))
+            self._n_batch = max(1, min(int(n_batch), self._context_length))
             threads = int(n_threads or default_threads(facts["bytes"]))
             cp = L.llama_context_default_params()
-            cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = self._n_ctx, self._n_batch, self._n_batch, 1
+            cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = self._context_length, self._n_batch, self._n_batch, 1
             cp.n_threads = cp.n_threads_batch = threads
             cp.type_k = cp.type_v = KV_TYPES[kv_cache_type]
             cp.no_perf = False  # keep llama.cpp's own timings (llama_perf_context), read by the benchmarks
@@ -132,7 +132,7 @@ class LlamaCppRuntime(EngineCommon):
             source=str(model_path),
             format="gguf",
             load_s=time.perf_counter() - t0,
-            extra={"qtype": (sidecar or {}).get("qtype"), "n_ctx": self._n_ctx, "threads": threads, "kv_cache_type": kv_cache_type,
+            extra={"qtype": (sidecar or {}).get("qtype"), "n_ctx": self._context_length, "threads": threads, "kv_cache_type": kv_cache_type,
                    "adapters": self._loras.scales, "file_bytes": facts["bytes"]},
         )
 
@@ -195,18 +195,6 @@ class LlamaCppRuntime(EngineCommon):
 
     # ------------------------------------------------------------------ facts
 
-    @property
-    def context_length(self) -> int:
-        return self._n_ctx
-
-    @property
-    def vocab_size(self) -> int:
-        return self._n_vocab
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
     def engine_timings(self, reset: bool = False) -> dict[str, float]:
         """llama.cpp's own timings since the last reset (``llama_perf_context``): prompt and decode ms and token counts."""
         with self._lock:
@@ -236,7 +224,7 @@ class LlamaCppRuntime(EngineCommon):
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         self._check_open()
         ids = [int(t) for t in ids]
-        check_vocab(ids, self._n_vocab)
+        check_vocab(ids, self._vocab_size)
         return self._text.detokenize(ids, skip_special_tokens) if ids else ""
 
     def token_text(self, token: int) -> str:
@@ -252,7 +240,7 @@ class LlamaCppRuntime(EngineCommon):
                               fix="pass chat_template= when opening it, or export from a model whose tokenizer has one")
         specials = {}
         for key, tid in (("bos_token", self._bos), ("eos_token", self._text.eos)):
-            if 0 <= tid < self._n_vocab:
+            if 0 <= tid < self._vocab_size:
                 specials[key] = self.token_text(tid)
         return render_chat(self._chat_template, messages, add_generation_prompt=add_generation_prompt, **{**specials, **extra})
 
@@ -285,7 +273,7 @@ class LlamaCppRuntime(EngineCommon):
                                   fix="check the sequence fits the context (n_ctx)")
             n_out = len(chunk) if all_logits else int(last_chunk)
             if n_out:
-                out.append(np.ctypeslib.as_array(L.llama_get_logits(self._ctx), shape=(n_out, self._n_vocab)).copy())
+                out.append(np.ctypeslib.as_array(L.llama_get_logits(self._ctx), shape=(n_out, self._vocab_size)).copy())
         return np.concatenate(out) if len(out) > 1 else out[0]
 
     @contextlib.contextmanager
@@ -317,7 +305,7 @@ class LlamaCppRuntime(EngineCommon):
             self._check_open()
             with self._applying(adapter):
                 # ids from the sampler are in range: decode straight from the vocabulary (no per-token checks)
-                yield from decode_loop(_Stepper(self), ids, params, decode=self._text.detokenize, eos_token_ids=self._eos, context_length=self._n_ctx)
+                yield from decode_loop(_Stepper(self), ids, params, decode=self._text.detokenize, eos_token_ids=self._eos, context_length=self._context_length)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -342,4 +330,4 @@ class LlamaCppRuntime(EngineCommon):
             self._free()
 
     def __repr__(self) -> str:
-        return f"LlamaCppRuntime(source={self.info.source!r}, n_ctx={self._n_ctx})"
+        return f"LlamaCppRuntime(source={self.info.source!r}, n_ctx={self._context_length})"

@@ -199,20 +199,6 @@ class TorchRuntime(EngineCommon):
         )
         return cls(model, tokenizer, chat_template=chat_template, info=info)
 
-    # ------------------------------------------------------------------ facts
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
     # ------------------------------------------------------------------ text
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
