@@ -98,7 +98,7 @@ def machine_report() -> dict[str, Any]:
         "accelerators": accelerators(),
         "extras": extras,
         "extras_complete": complete,
-        "formats": {f.name: {"kind": f.kind, "extra": f.extra, "extra_installed": complete.get(f.extra, True) if f.extra else True}
+        "formats": {f.name: {"kind": f.kind, "measure": f.measure, "extra": f.extra, "extra_installed": complete.get(f.extra, True) if f.extra else True}
                     for f in formats.all_formats()},
         "home": str(home),
         "home_exists": home.exists(),

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.models import print_result, result_dict
 from slmops.cli.render import emit, out, progress_bars
@@ -139,7 +140,7 @@ def from_logs(
 
     since_s = parse_duration(since, flag="--since") if since else None
     with open_cli_store() as store:
-        art = resolve_input(model, store, kind=("model", "adapter", "gguf", "onnx"))
+        art = resolve_input(model, store, kind=formats.runnable_kinds())
         r = build_from_logs(art, store=store, log_path=Path(log_db) if log_db else None, since_s=since_s,
                             min_judge_score=min_judge_score, scrub=scrub, name=name)
     emit(result_dict(r, name), as_json, print_result)

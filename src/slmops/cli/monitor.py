@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
+from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, out
 from slmops.settings import api_key_from_env
 
 app = typer.Typer(help="Watch served models: drift against the training data, sampled judge scores.", no_args_is_help=True)
-_MODEL_KINDS = ("model", "adapter", "gguf", "onnx")
 
 
 @app.command()
@@ -32,7 +32,7 @@ def drift(
 
     window_s = parse_duration(window, flag="--window")
     with open_cli_store() as store:
-        art = resolve_input(model, store, kind=_MODEL_KINDS)
+        art = resolve_input(model, store, kind=formats.runnable_kinds())
         base = resolve_input(baseline, store, kind="dataset")
         r = run_drift(art, base, store=store, log_path=log_db, window_s=window_s, min_live=min_live, name=name)
     import json
@@ -71,7 +71,7 @@ def sample(
 
     key = api_key_from_env(api_key_env)
     with open_cli_store() as store:
-        art = resolve_input(model, store, kind=_MODEL_KINDS)
+        art = resolve_input(model, store, kind=formats.runnable_kinds())
         rep = sample_and_score(art, store=store, judge_url=judge, rate=rate, judge_model=judge_model, log_path=log_db,
                                since_s=parse_duration(since, flag="--since") if since else None, api_key=key)
     emit(rep, as_json, lambda d: out.print(

@@ -318,18 +318,24 @@ def _gguf() -> Any:
     return require("gguf", extra="gguf", purpose="writing GGUF files")
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    """A Hugging Face folder's ``config.json`` as a dict (ConfigError / DataError naming the fix)."""
-    path = folder / "config.json"
+def json_config(folder: Path, file: str, *, what: str, missing_fix: str, restore_fix: str) -> dict[str, Any]:
+    """``folder/file`` as a JSON object: ConfigError when it is missing (``folder`` is not ``what``), DataError when unreadable."""
+    path = folder / file
     if not path.is_file():
-        raise ConfigError(f"{folder} is not a Hugging Face model folder", why="it has no config.json", fix="pass a model artifact (models.init, models.import or a fine-tune)")
+        raise ConfigError(f"{folder} is not {what}", why=f"it has no {file}", fix=missing_fix)
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path} is not valid JSON", why=str(exc), fix="restore config.json from the original model") from exc
+        raise DataError(f"{path} is not valid JSON", why=str(exc), fix=restore_fix) from exc
     if not isinstance(cfg, dict):
-        raise DataError(f"{path} is not a model config", why="its top level is not an object", fix="restore config.json from the original model")
+        raise DataError(f"{path} is not a configuration", why="its top level is not a JSON object", fix=restore_fix)
     return cfg
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """A Hugging Face folder's ``config.json`` as a dict (ConfigError / DataError naming the fix)."""
+    return json_config(folder, "config.json", what="a Hugging Face model folder", missing_fix="pass a model artifact (models.init, models.import or a fine-tune)",
+                       restore_fix="restore config.json from the original model")
 
 
 def required_tensors(hp: HParams) -> list[str]:
