@@ -47,6 +47,9 @@ def log_softmax_rows(logits: Any) -> Any:
 
 def score_tokens(runtime: Runtime, ids: Sequence[int], first_scored: int, *, window: int | None = None) -> NLL:
     """NLL of ``ids[first_scored:]`` given what precedes each token, in windows of at most ``window`` tokens."""
+    if not runtime.capabilities.logits:
+        raise ConfigError(f"the {runtime.name} runtime returns no logits", why="perplexity needs each position's next-token distribution",
+                          fix="evaluate the model on a runtime that returns logits, or drop --metrics perplexity")
     ids = [int(t) for t in ids]
     first_scored = max(1, first_scored)
     if first_scored >= len(ids):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmops.errors import DataError, SlmopsError
+from slmops.errors import ConfigError, DataError, SlmopsError
 from slmops.runtimes.base import GenerationParams, Runtime
 from slmops.runtimes.sampling import log_softmax
 
@@ -105,6 +105,10 @@ def measure_parity(candidate: Runtime, reference: Runtime, records: list[Any], c
 
     ``adapter`` names a run-time adapter the candidate scores and generates with (an ONNX export with ``--adapter-mode runtime``).
     """
+    for side, rt in (("candidate", candidate), ("reference", reference)):
+        if not rt.capabilities.logits:
+            raise ConfigError(f"the {side}'s runtime ({rt.name}) returns no logits", why="parity compares next-token distributions",
+                              fix="compare artifacts whose runtimes return logits")
     samples = _samples(records, reference)
     if not samples:
         raise DataError("the parity dataset has no records", fix="pass a dataset with text, chat or instruction records")
