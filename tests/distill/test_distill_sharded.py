@@ -127,3 +127,29 @@ def test_killed_worker_is_retried_and_the_result_is_identical(store, prompts, te
         assert records == {f"{results[0].artifact.digest}.json"}  # workers publish no artifact record, only the driver's inputs
         assert spec.name == "team"
 
+
+
+def test_sharded_local_teacher_equals_local(smollm2_store, smollm2_hf, ray_cluster) -> None:
+    """A local teacher (the real SmolLM2 model) held by each of 2 Ray actors: the same dataset as one process, greedy.
+
+    8 prompts in batches of 4, so each shard answers exactly the batches the local run does; every
+    answer is real text that passes validation (a tiny random model only answers whitespace).
+    """
+    from slmops import progress
+    from slmops.data.io import read_dataset
+    from slmops.stage.runner import run_stage
+
+    prompts = run_stage("data.synth", {}, {"task": "support-intent", "n": 12, "prompts_only": True, "seed": 3},
+                        store=smollm2_store).artifact
+    cfg = {"max_tokens": 8, "batch_size": 4, "splits": ["train"], "limit": 8, "cache": False,
+           "validation": {"drop_truncated": False}}
+    inputs = {"prompts": prompts, "teacher": smollm2_hf}
+    local = run_stage("distill.generate", inputs, cfg, store=smollm2_store, force=True).artifact
+    rows = read_dataset(local, "train")
+    assert len(rows) == local.manifest.metrics["kept"] >= 4
+    assert all(r.messages[-1].role == "assistant" and r.messages[-1].content.strip() for r in rows)
+    sink = _Shards()
+    with progress.use_sink(sink):
+        sharded = run_stage("distill.generate", inputs, {**cfg, "executor": "ray", "workers": 2}, store=smollm2_store, force=True).artifact
+    assert sink.done["shard 1/2"] == sink.done["shard 2/2"] == 4  # each actor answered its own 4 prompts
+    assert sharded.digest == local.digest

@@ -104,7 +104,7 @@ def bench_stage(inputs: dict[str, Artifact], cfg: BenchConfig, ctx: StageContext
         if model.kind not in formats.runnable_kinds():
             raise ConfigError(f"artifact {model.short} is a {model.kind}, not a model", fix=f"benchmark a {', '.join(formats.runnable_kinds())} artifact")
         from slmops.bench.contention import Contention, reliability
-        from slmops.evaluate.targets import model_facts
+        from slmops.bench.facts import model_facts
 
         facts = model_facts(model)
         run = bench_isolated if cfg.isolate else bench_in_process

@@ -114,21 +114,19 @@ def register(app: typer.Typer) -> None:
 
         from slmops.errors import ConfigError
 
-        rt = None
+        rt: Any = None
         if url is not None:
-            from slmops.serve.client import list_models, stream_chat
-            from slmops.settings import api_key_from_env
+            from slmops.client import OpenAIClient, chat_body, delta_text, normalize_base_url
 
-            key = api_key_from_env(api_key_env)
-            name = model_id or model or next(iter(list_models(url, api_key=key)), None)
+            client = OpenAIClient(normalize_base_url(url), api_key_env=api_key_env, timeout_s=300.0, purpose="chat --url")
+            rt = client  # closed when the chat ends
+            name = model_id or model or next(iter(client.models()), None)
             if name is None:
                 raise ConfigError(f"{url} lists no models", fix="pass --model ID")
-            opts = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-            if top_k:
-                opts["top_k"] = top_k
 
             def respond(history: list[dict[str, str]]) -> Iterator[str]:
-                return stream_chat(url, name, history, api_key=key, **opts)
+                body = chat_body(name, history, max_tokens=max_tokens, temperature=temperature, seed=seed, top_p=top_p, top_k=top_k or None)
+                return (text for chunk in client.stream(body) if (text := delta_text(chunk)))
 
             err.print(f"chatting with {name} at {url}; /help lists the commands", style="dim")
         else:

@@ -10,7 +10,6 @@ import typer
 from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, out
-from slmops.settings import api_key_from_env
 
 app = typer.Typer(help="Watch served models: drift against the training data, sampled judge scores.", no_args_is_help=True)
 
@@ -65,15 +64,18 @@ def sample(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-score a sampled share of logged requests (needs --log-content) with a judge; prints the running quality."""
-    from slmops.monitor.sample import sample_and_score
+    from slmops.monitor.sample import run_sample
     from slmops.pipeline.inputs import resolve_input
     from slmops.units import parse_duration
 
-    key = api_key_from_env(api_key_env)
+    since_s = parse_duration(since, flag="--since") if since else None
     with open_cli_store() as store:
         art = resolve_input(model, store, kind=formats.runnable_kinds())
-        rep = sample_and_score(art, store=store, judge_url=judge, rate=rate, judge_model=judge_model, log_path=log_db,
-                               since_s=parse_duration(since, flag="--since") if since else None, api_key=key)
+        r = run_sample(art, store=store, judge_url=judge, rate=rate, judge_model=judge_model, log_path=log_db, since_s=since_s,
+                       api_key_env=api_key_env)
+    import json
+
+    rep = {**json.loads(r.artifact.file("quality.json").read_text()), "report": r.artifact.digest, "cached": r.cached}
     emit(rep, as_json, lambda d: out.print(
         f"quality {d['quality'] if d['quality'] is None else round(d['quality'], 3)} over {d['scored']} scored requests "
         f"({d['newly_scored']} new of {d['logged']} logged); report sha256:{d['report'][:12]}"))

@@ -16,6 +16,7 @@ from typing import Any
 
 from slmops import progress
 from slmops.errors import ConfigError, SlmopsError
+from slmops.pipeline.actions import get_action
 from slmops.pipeline.inputs import resolve_input
 from slmops.pipeline.recipe import REF, Recipe, StepSpec, split_ref, substitute_vars
 from slmops.stage import cache_key, get_stage
@@ -44,26 +45,6 @@ class StepResult:
             "digest": self.artifact.digest if self.artifact else None, "artifact_kind": self.artifact.kind if self.artifact else None,
             "name": self.name, "metrics": self.metrics, "gates": self.gates, "detail": self.detail,
         }
-
-
-#: Action implementations: (step spec, target artifact, store) -> detail text.
-ActionFn = Callable[[StepSpec, Artifact, Store], str]
-
-
-def _alias(spec: StepSpec, target: Artifact, store: Store) -> str:
-    name, _, alias = (spec.alias or "").partition("@")
-    version = store.add_version(name, target.digest)
-    store.set_alias(name, alias, version)
-    return f"{name}@{alias} -> {name}:{version}"
-
-
-def _serve_smoke(spec: StepSpec, target: Artifact, store: Store) -> str:
-    from slmops.serve.smoke import smoke_check  # lands with the server
-
-    return smoke_check(target, store=store, **spec.config)
-
-
-ACTIONS: dict[str, ActionFn] = {"alias": _alias, "serve-smoke": _serve_smoke}
 
 
 def _input(ref: str, done: dict[str, StepResult], store: Store, where: str, steps: dict[str, StepSpec], *, strict: bool = True) -> Artifact | None:
@@ -158,7 +139,7 @@ def run_recipe(
                 if dry_run or target is None:
                     res = StepResult(step, spec.action, "planned", detail=f"{spec.action} {spec.alias or ''}".strip())
                 else:
-                    detail = ACTIONS[spec.action](spec, target, store)
+                    detail = get_action(spec.action)(spec, target, store)
                     res = StepResult(step, spec.action, "done", time.perf_counter() - started, target, detail=detail)
             done[step] = res
             results.append(res)

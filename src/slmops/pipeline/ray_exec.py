@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from slmops import progress
 from slmops._optional import require
 from slmops.errors import SlmopsError
-from slmops.pipeline.execute import ACTIONS, StepResult, _input, check_gates
+from slmops.pipeline.actions import get_action
+from slmops.pipeline.execute import StepResult, _input, check_gates
 from slmops.pipeline.recipe import Recipe, StepSpec, substitute_vars
 from slmops.stage import Stage, StageOutput
 from slmops.stage.runner import RunResult, cache_hit, commit_output, prepare_stage
@@ -169,7 +170,7 @@ def _start(step: str, recipe: Recipe, store: Store, done: dict[str, StepResult],
         assert spec.action is not None and spec.target is not None
         target = _input(spec.target, done, store, f"{where}, target", recipe.steps)
         assert target is not None
-        detail = ACTIONS[spec.action](spec, target, store)
+        detail = get_action(spec.action)(spec, target, store)
         return StepResult(step, spec.action, "done", time.perf_counter() - started, target, detail=detail)
     cfg_data = substitute_vars(spec.config, recipe.vars, f"{where}, config")
     try:

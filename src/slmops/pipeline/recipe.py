@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.errors import ConfigError
+from slmops.pipeline.actions import action_config
 from slmops.stage import all_stages
 from slmops.units import parse_size
 
@@ -237,6 +238,8 @@ def check_recipe(recipe: Recipe) -> None:
             except ConfigError as exc:
                 raise ConfigError(f"{where}, gates: {exc.what}", why=exc.why, fix=exc.fix) from exc
         if spec.stage is None:
+            assert spec.action is not None
+            action_config(spec.action, substitute_vars(spec.config, recipe.vars, f"{where}, config"), where)
             continue
         if spec.stage not in stages:
             raise ConfigError(f"{where}: unknown stage {spec.stage!r}", fix=f"stages are: {', '.join(stages)}")

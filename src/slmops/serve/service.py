@@ -27,12 +27,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from slmops.errors import DataError, SlmopsError
+from slmops.monitor.requestlog import RequestLog
 from slmops.runtimes.base import GenerationParams, TokenEvent
 from slmops.serve.config import ServeConfig
 from slmops.serve.metrics import Metrics
 from slmops.serve.pool import Entry, ModelPool
 from slmops.serve.protocol import APIError, bad_request
-from slmops.serve.requestlog import RequestLog
 from slmops.serve.resolve import Catalog, Target
 from slmops.serve.scheduler import DeadlineExceeded, QueueFull
 
@@ -115,7 +115,8 @@ class Service:
         self.metrics.observe_pool(self.pool)
         if self.requestlog is None:
             return
-        from slmops.monitor.sample import quality_by_digest, served_ids
+        from slmops.monitor.requestlog import quality_by_digest
+        from slmops.monitor.sample import served_ids
 
         scores = quality_by_digest(self.requestlog.path)
         if not scores:

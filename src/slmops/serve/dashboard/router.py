@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from slmops.serve.requestlog import query
+from slmops.monitor.requestlog import query
 
 router = APIRouter(tags=["ops"])
 OPEN_PATHS = frozenset({"/dashboard", "/dashboard/app.js", "/dashboard/app.css"})
