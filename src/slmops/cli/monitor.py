@@ -9,31 +9,35 @@ import typer
 
 from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.flags import Flag, config_command, parse_duration
 from slmops.cli.render import emit, out
+from slmops.monitor.drift_run import DriftConfig
 
 app = typer.Typer(help="Watch served models: drift against the training data, sampled judge scores.", no_args_is_help=True)
 
 
-@app.command()
+_DRIFT = {"window_s": Flag("--window", cli_type=str, parse=parse_duration, unit="s", note="a duration: 30m, 1h, 1d")}
+
+
+@config_command(app, "drift", config=DriftConfig, stage="monitor.drift", flags=_DRIFT, panel=None, only=("window_s", "min_live"),
+                only_why="set from --model and --log-db; the embedding shift is added whenever the embedding extra is installed")
 def drift(
     model: Annotated[str, typer.Option("--model", "-m", help="The served model (name, name:VERSION, name@ALIAS, sha256:…).")],
     baseline: Annotated[str, typer.Option("--baseline", "-b", help="Dataset the model was trained on (reference or file).")],
-    window: Annotated[str, typer.Option("--window", help="Compare the requests of this last period (e.g. 30m, 1h, 1d).")] = "1h",
-    min_live: Annotated[int, typer.Option("--min-live", help="Fewest logged prompts in the window that make a verdict.")] = 20,
     log_db: Annotated[Path | None, typer.Option("--log-db", help="Request log file (default $SLMOPS_HOME/serve/requests.db).")] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name for the report artifact.")] = None,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
 ) -> None:
     """Compare logged prompts (serve --log-content) in the window with the baseline's prompts: PSI of lengths and tokens."""
     from slmops.monitor.drift_run import run_drift
     from slmops.pipeline.inputs import resolve_input
-    from slmops.units import parse_duration
 
-    window_s = parse_duration(window, flag="--window")
     with open_cli_store() as store:
         art = resolve_input(model, store, kind=formats.runnable_kinds())
         base = resolve_input(baseline, store, kind="dataset")
-        r = run_drift(art, base, store=store, log_path=log_db, window_s=window_s, min_live=min_live, name=name)
+        r = run_drift(art, base, store=store, log_path=log_db, name=name, **cfg)
     import json
 
     data = json.loads(r.artifact.file("drift.json").read_text())

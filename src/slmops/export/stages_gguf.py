@@ -39,7 +39,7 @@ class GGUFConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    qtype: str = Field("q4_k_m", description="GGUF type: f32, f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q5_0, q4_k_m, q4_k_s, q4_0, q3_k_m, q2_k")
+    qtype: str = Field("q4_k_m", description="GGUF type of the weights: a float type or a llama.cpp quantization (the names are gguf_quantize.QTYPES)")
     name: str | None = Field(None, description="general.name written into the file (default: architecture and digest)")
     merge_adapter: bool = Field(False, description="Merge the adapter into the weights instead of writing a separate GGUF LoRA")
     allow_other_base: bool = Field(False, description="Accept an adapter that was trained on a different base artifact")
