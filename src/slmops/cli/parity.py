@@ -20,15 +20,11 @@ Opt = typer.Option
 RUNTIME_OPTIONS_WHY = "runtime open options (e.g. n_ctx) are set in a recipe step's config, not on the command line"
 
 
-def gate_failure(metrics: dict[str, Any], gates: list[dict[str, Any]], what: str) -> None:
+def gate_failure(gates: list[dict[str, Any]], what: str) -> None:
     """Raise the quality-gate error (exit code 3) when a gate failed."""
-    failed = [g for g in gates if not g["passed"]]
-    if failed:
-        from slmops.evaluate.gates import GateFailed
+    from slmops.evaluate.gates import GateResult, enforce
 
-        why = "; ".join(f"{g['metric']} = {g['value'] if g['value'] is None else format(g['value'], '.4g')} (limit {g['op']} {g['limit']})" for g in failed)
-        measured = [g for g in gates if not g.get("skipped")]
-        raise GateFailed(f"{what} failed {len(failed)} of {len(measured)} gate(s)", why=why, fix="use a less aggressive quantization, or relax the gate")
+    enforce([GateResult.from_dict(g) for g in gates], where=what, fix="use a less aggressive quantization, or relax the gate")
 
 
 def register(parent: typer.Typer) -> None:
@@ -54,7 +50,7 @@ def register(parent: typer.Typer) -> None:
             r = run_stage("parity", {"candidate": cand, "reference": reference, "data": dataset}, cfg, store=store, output_name=name)
         d = result_dict(r, name)
         emit(d, as_json, _print)
-        gate_failure(d["metrics"], d["meta"].get("gates", []), f"sha256:{cand.short}")
+        gate_failure(d["meta"].get("gates", []), f"sha256:{cand.short}")
 
 
 def _print(d: dict[str, Any]) -> None:
@@ -68,4 +64,4 @@ def _print(d: dict[str, Any]) -> None:
     for g in d["meta"].get("gates", []):
         mark = ("skip", "dim") if g.get("skipped") else ("pass", "green") if g["passed"] else ("FAIL", "red")
         value = "-" if g["value"] is None else f"{g['value']:.4g}"
-        out.print(Text.assemble(mark, f" {g['metric']} = {value} (limit {g['op']} {g['limit']})"))
+        out.print(Text.assemble(mark, f" {g['metric']} = {value} (limit {g['op']} {g['threshold']:.4g})"))

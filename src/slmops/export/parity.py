@@ -8,12 +8,13 @@
   95th percentile, top-1 agreement, and each side's perplexity (so ``ppl_increase`` is relative);
 * **greedy generation** from the records' prompts (a chat up to its last assistant turn, or the
   first half of a text): the share of prompts where both produce exactly the same tokens;
-* **task score** where a record carries an answer: token-F1 of each side's greedy output against
-  it (``task_delta`` = candidate − reference);
+* **task score** where a record carries an answer: token-F1 (:func:`slmops.evaluate.metrics.token_f1`)
+  of each side's greedy output against it (``task_delta`` = candidate − reference, ``task_drop`` its negation);
 * ``tokenizer_match``: the share of texts both runtimes tokenize identically.
 
-:func:`check_gates` turns thresholds into pass/fail rows (a gate whose metric this data cannot
-measure — a task score without answered records, greedy match with ``greedy_prompts=0`` — is
+:data:`PARITY_LIMITS` names the metric and direction of each threshold in :class:`ParityConfig`;
+:func:`check_parity` checks them with :mod:`slmops.evaluate.gates` (a gate whose metric this data
+cannot measure — a task score without answered records, greedy match with ``greedy_prompts=0`` — is
 reported as skipped, not failed); :func:`report_markdown` renders both. The default gates
 (:data:`DEFAULT_GATES`) are about what a user notices — the task score and the greedy answers — with
 top-1 and KL limits set from measurements of a real 4-bit model; ``docs/export.md`` gives the numbers.
@@ -22,7 +23,6 @@ top-1 and KL limits set from measurements of a real 4-bit model; ``docs/export.m
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.errors import ConfigError, DataError, SlmopsError
+from slmops.evaluate.gates import GateResult, Limits, check_gates, limit_gates
+from slmops.evaluate.metrics import token_f1
+from slmops.evaluate.report import fmt_value
 from slmops.runtimes.base import GenerationParams, Runtime
 from slmops.runtimes.sampling import log_softmax
 
@@ -37,6 +40,11 @@ from slmops.runtimes.sampling import log_softmax
 #: "Parity gates"): GGUF Q4_K_M — no task loss — KL 0.10, top-1 0.79, greedy 1.0; an ONNX int4 export
 #: that lost 0.225 accuracy — KL 0.56. KL ≤ 0.25 passes the first with 2.5× headroom and fails the second.
 DEFAULT_GATES: dict[str, float] = {"max_kl": 0.25, "min_top1": 0.70, "min_greedy_match": 0.5, "max_task_drop": 0.05}
+#: The threshold fields of :class:`ParityConfig` (and the optimizer's) as gates on the parity metrics.
+PARITY_LIMITS: Limits = {
+    "max_kl": ("kl_mean", "<="), "min_top1": ("top1_agreement", ">="), "max_ppl_increase": ("ppl_increase", "<="),
+    "min_greedy_match": ("greedy_match", ">="), "max_task_drop": ("task_drop", "<="),
+}
 
 
 class ParityConfig(BaseModel):
@@ -86,18 +94,6 @@ def _samples(records: list[Any], rt: Any) -> list[_Sample]:
         prompt = _render(rt, prompt_msgs, True) if prompt_msgs else None
         out.append(_Sample(text=text, prompt=prompt, answer=r.completion))
     return out
-
-
-def token_f1(pred: str, gold: str) -> float:
-    """SQuAD-style token F1 (lower-cased whitespace tokens)."""
-    p, g = pred.lower().split(), gold.lower().split()
-    if not p or not g:
-        return float(p == g)
-    common = sum((Counter(p) & Counter(g)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(g)
-    return 2 * precision * recall / (precision + recall)
 
 
 def measure_parity(candidate: Runtime, reference: Runtime, records: list[Any], cfg: ParityConfig, *, adapter: str | None = None) -> dict[str, Any]:
@@ -181,45 +177,17 @@ def _greedy(candidate: Runtime, reference: Runtime, samples: list[_Sample], cfg:
             f1_cand.append(token_f1(b.text, s.answer))
     out: dict[str, Any] = {"greedy_compared": n, "greedy_match": same / n if n else None, "greedy_prefix_agreement": prefix / n if n else None}
     if f1_ref:
-        out.update(task_reference=float(np.mean(f1_ref)), task_candidate=float(np.mean(f1_cand)), task_delta=float(np.mean(f1_cand) - np.mean(f1_ref)),
+        delta = float(np.mean(f1_cand) - np.mean(f1_ref))
+        out.update(task_reference=float(np.mean(f1_ref)), task_candidate=float(np.mean(f1_cand)), task_delta=delta, task_drop=-delta,
                    task_records=len(f1_ref))
     else:
-        out.update(task_reference=None, task_candidate=None, task_delta=None, task_records=0)
+        out.update(task_reference=None, task_candidate=None, task_delta=None, task_drop=None, task_records=0)
     return out
 
 
-def check_gates(metrics: dict[str, Any], cfg: Any) -> list[dict[str, Any]]:
-    """One row per configured gate: ``{gate, metric, op, value, limit, passed}`` (+ ``skipped`` when the metric was not measured).
-
-    ``cfg`` has the ParityConfig gate fields.
-    """
-    rows = []
-    specs = (
-        ("max_kl", "kl_mean", "<=", lambda m: m.get("kl_mean")),
-        ("min_top1", "top1_agreement", ">=", lambda m: m.get("top1_agreement")),
-        ("max_ppl_increase", "ppl_increase", "<=", lambda m: m.get("ppl_increase")),
-        ("min_greedy_match", "greedy_match", ">=", lambda m: m.get("greedy_match")),
-        ("max_task_drop", "task_drop", "<=", lambda m: None if m.get("task_delta") is None else -m["task_delta"]),
-    )
-    for gate, metric, op, get in specs:
-        limit = getattr(cfg, gate, None)
-        if limit is None:
-            continue
-        value = get(metrics)
-        if value is None:  # nothing to measure it on (no answered records, no greedy prompts): reported, not failed
-            rows.append({"gate": gate, "metric": metric, "op": op, "value": None, "limit": limit, "passed": True, "skipped": True})
-            continue
-        passed = value <= limit if op == "<=" else value >= limit
-        rows.append({"gate": gate, "metric": metric, "op": op, "value": value, "limit": limit, "passed": bool(passed)})
-    return rows
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+def check_parity(metrics: dict[str, Any], cfg: Any) -> list[GateResult]:
+    """The configured gates (``cfg`` has the :data:`PARITY_LIMITS` fields) checked on parity metrics; unmeasured ones are skipped."""
+    return check_gates(limit_gates(cfg, PARITY_LIMITS), metrics, unmeasured="skip")
 
 
 def _result(g: dict[str, Any]) -> str:
@@ -229,8 +197,8 @@ def _result(g: dict[str, Any]) -> str:
 def report_markdown(metrics: dict[str, Any], gates: list[dict[str, Any]], *, candidate: str, reference: str) -> str:
     """A human-readable parity report."""
     lines = [f"# Parity: {candidate} vs {reference}", "", "| metric | value |", "| --- | --- |"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if not isinstance(v, dict | list)]
+    lines += [f"| {k} | {fmt_value(v)} |" for k, v in metrics.items() if not isinstance(v, dict | list)]
     if gates:
         lines += ["", "| gate | value | limit | result |", "| --- | --- | --- | --- |"]
-        lines += [f"| {g['metric']} {g['op']} | {_fmt(g['value'])} | {_fmt(g['limit'])} | {_result(g)} |" for g in gates]
+        lines += [f"| {g['metric']} {g['op']} | {fmt_value(g['value'])} | {fmt_value(g['threshold'])} | {_result(g)} |" for g in gates]
     return "\n".join(lines) + "\n"

@@ -77,10 +77,10 @@ def store_of(art: Artifact) -> Any:
     return Store(art.path.parent.parent)
 
 
-@stage("parity", config=ParityConfig, kind="report", format="json", inputs=("candidate", "reference", "data"))
+@stage("parity", config=ParityConfig, kind="report", format="json", inputs=("candidate", "reference", "data"), version=2)  # 2: one gate shape, task_drop
 def parity(inputs: dict[str, Artifact], cfg: ParityConfig, ctx: StageContext) -> StageOutput:
     """Compare a candidate (an export) with its reference on a dataset: KL, top-1, perplexity, greedy and task score."""
-    from slmops.export.parity import check_gates, measure_parity, report_markdown
+    from slmops.export.parity import check_parity, measure_parity, report_markdown
     from slmops.runtimes import open_runtime
 
     cand_art, ref_art, data = inputs["candidate"], inputs["reference"], inputs["data"]
@@ -95,7 +95,7 @@ def parity(inputs: dict[str, Artifact], cfg: ParityConfig, ctx: StageContext) ->
             cand.close()
     finally:
         ref.close()
-    gates = check_gates(metrics, cfg)
+    gates = [g.to_dict() for g in check_parity(metrics, cfg)]
     metrics["passed"] = all(g["passed"] for g in gates)
     report = {"metrics": metrics, "gates": gates, "candidate": cand_art.digest, "reference": ref_art.digest, "data": data.digest, "runtimes": runtimes}
     _write(ctx.out, report, report_markdown(metrics, gates, candidate=f"{cand_art.kind} {cand_art.short}", reference=f"{ref_art.kind} {ref_art.short}"))

@@ -41,7 +41,7 @@ class SampleConfig(BaseModel):
     judge_url: str = Field(description="OpenAI-compatible base URL of the judge (…/v1)")
     judge_model: str = Field("judge", description="Model id the judge endpoint serves")
     rate: float = Field(0.05, gt=0, le=1, description="Share of logged requests to score (stable per request)")
-    since_s: float | None = Field(None, gt=0, description="Only requests of the last this many seconds")
+    since_s: float | None = Field(None, gt=0, description="Only requests newer than this many seconds")
     limit: int = Field(500, ge=1, description="Most requests judged in one run")
     api_key_env: str | None = Field(None, description="Environment variable holding the judge's key (the key is never stored)")
 

@@ -39,6 +39,7 @@ from slmops.store.artifact import (
     read_manifest,
     write_json_atomic,
 )
+from slmops.store.documents import Documents
 from slmops.store.migrations import migrate
 from slmops.store.staging import claim, owned_dir, stale_locks
 
@@ -355,6 +356,10 @@ class Store:
 
     def tags(self, digest: str) -> list[str]:
         return [r["tag"] for r in self._rows("SELECT tag FROM tags WHERE digest = ? ORDER BY tag", digest)]
+
+    def documents(self, table: str) -> Documents:
+        """The named JSON documents of one of the store's tables (``profiles``); see :mod:`slmops.store.documents`."""
+        return Documents(self, table)
 
     # -- lineage -------------------------------------------------------------------------------
     def parents(self, digest: str) -> list[tuple[str, str]]:
