@@ -103,7 +103,7 @@ def child_raw(path: str, threads: int, prompt_tokens: int, new_tokens: int, runs
     from slmops.bench.memory import peak_rss_bytes
     from slmops.export.measure import PROMPT_TEXT
     from slmops.runtimes.llamacpp_lib import lib
-    from slmops.runtimes.llamacpp_rt import locate_gguf
+    from slmops.models.gguf_file import locate_gguf
 
     L = lib()
     model_file = locate_gguf(Path(path))[0]

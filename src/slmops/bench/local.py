@@ -137,18 +137,15 @@ def warm_engine(path: Path, runtime: str = "auto") -> None:
     """Import the engine that will open ``path`` (and the model's transformers modules), so a timed load is the model's and not the library's."""
     import importlib
 
-    from slmops.runtimes import FORMAT_RUNTIMES, detect_format
-    from slmops.store.artifact import MANIFEST, read_manifest
+    from slmops.runtimes import planned_runtime
 
-    m = read_manifest(path) if (path / MANIFEST).is_file() else None
-    fmt = m.format if m is not None else detect_format(path)
-    engine = runtime if runtime != "auto" else "torch" if m is not None and m.kind == "adapter" else FORMAT_RUNTIMES.get(fmt, "")
-    for mod in {"torch": ("torch", "transformers"), "ort-genai": ("onnxruntime_genai",), "llamacpp": ("llama_cpp",)}.get(engine, ()):
+    spec = planned_runtime(path, runtime)  # an adapter: its base's runtime
+    for mod in spec.imports:
         try:
             importlib.import_module(mod)
         except ImportError:
             pass
-    if engine == "torch":
+    if "transformers" in spec.imports:
         _warm_transformers(path)
 
 

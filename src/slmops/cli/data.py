@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.flags import Flag, config_command, parse_duration, parse_pairs
 from slmops.cli.models import print_result, result_dict
@@ -141,6 +142,6 @@ def from_logs(
     from slmops.monitor.fromlogs import build_from_logs
 
     with open_cli_store() as store:
-        art = resolve_input(model, store, kind=("model", "adapter", "gguf", "onnx"))
+        art = resolve_input(model, store, kind=formats.runnable_kinds())
         r = build_from_logs(art, store=store, log_path=Path(log_db) if log_db else None, name=name, **cfg)
     emit(result_dict(r, name), as_json, print_result)

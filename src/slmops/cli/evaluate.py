@@ -68,9 +68,9 @@ def _model_or_url(store: Any, target: str | None, url: str | None) -> Any:
 
     if (target is None) == (url is None):
         raise ConfigError("give a TARGET or --url (one of them)", fix="slmops eval bot@prod --data d, or slmops eval --url http://127.0.0.1:8000/v1 --data d")
-    from slmops.runtimes import TARGET_KINDS
+    from slmops import formats
 
-    return resolve_input(target, store, kind=TARGET_KINDS) if target else None
+    return resolve_input(target, store, kind=formats.runnable_kinds()) if target else None
 
 
 def register(app: typer.Typer) -> None:

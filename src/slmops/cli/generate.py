@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
+from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.flags import UNSET, Flag, config_command
 from slmops.cli.render import emit, err, out
-from slmops.runtimes import TARGET_KINDS
 from slmops.runtimes.base import GenerationParams
 from slmops.stage.inputs import resolve_input
 
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
 
         params = _params(cfg)
         with open_cli_store() as store:
-            art = resolve_input(model, store, kind=TARGET_KINDS)
+            art = resolve_input(model, store, kind=formats.runnable_kinds())
         rt = open_runtime(art, runtime=runtime)
         try:
             text = prompt if raw else rt.apply_chat_template(
@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
             if model is None:
                 raise ConfigError("chat needs a MODEL, or --url URL for a server", fix="e.g. `slmops chat bot@prod` or `slmops chat --url http://127.0.0.1:8000/v1 --model bot`")
             with open_cli_store() as store:
-                art = resolve_input(model, store, kind=TARGET_KINDS)
+                art = resolve_input(model, store, kind=formats.runnable_kinds())
             rt = open_runtime(art, runtime=runtime)
             local = rt
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.flags import Flag, config_command, parse_duration
 from slmops.cli.render import emit, out
@@ -14,7 +15,6 @@ from slmops.monitor.drift_run import DriftConfig
 from slmops.monitor.sample import SampleConfig
 
 app = typer.Typer(help="Watch served models: drift against the training data, sampled judge scores.", no_args_is_help=True)
-_MODEL_KINDS = ("model", "adapter", "gguf", "onnx")
 
 
 _DRIFT = {"window_s": Flag("--window", cli_type=str, parse=parse_duration, unit="s", note="a duration: 30m, 1h, 1d")}
@@ -36,7 +36,7 @@ def drift(
     from slmops.stage.inputs import resolve_input
 
     with open_cli_store() as store:
-        art = resolve_input(model, store, kind=_MODEL_KINDS)
+        art = resolve_input(model, store, kind=formats.runnable_kinds())
         base = resolve_input(baseline, store, kind="dataset")
         r = run_drift(art, base, store=store, log_path=log_db, name=name, **cfg)
     import json
@@ -78,7 +78,7 @@ def sample(
     from slmops.stage.inputs import resolve_input
 
     with open_cli_store() as store:
-        art = resolve_input(model, store, kind=_MODEL_KINDS)
+        art = resolve_input(model, store, kind=formats.runnable_kinds())
         r = run_sample(art, store=store, log_path=log_db, name=name, **cfg)
     import json
 

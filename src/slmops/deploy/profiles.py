@@ -14,11 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slmops import formats as format_registry
 from slmops.errors import ConfigError, StoreError
 from slmops.evaluate.gates import Limits, check_gates, limit_gates
 from slmops.store.registry import Store, check_name
 
-FORMATS = ("hf-safetensors", "ort-genai", "gguf", "foundry-local")
 #: A profile's limits as gates on a candidate's measurements (field names shared with ``optimize``).
 PROFILE_LIMITS: Limits = {
     "max_size_bytes": ("size_bytes", "<="), "max_rss_bytes": ("peak_rss_bytes", "<="), "min_tokens_per_s": ("decode_tokens_per_s", ">="),
@@ -31,15 +31,17 @@ class DeviceProfile(BaseModel):
     max_rss_bytes: int | None = Field(None, ge=1, description="Peak resident memory a served model may use")
     max_size_bytes: int | None = Field(None, ge=1, description="Largest artifact on disk")
     min_tokens_per_s: float | None = Field(None, gt=0, description="Slowest acceptable decode speed")
-    formats: list[str] = Field(default_factory=lambda: list(FORMATS), description=f"Allowed artifact formats: {', '.join(FORMATS)}")
+    formats: list[str] = Field(default_factory=lambda: list(format_registry.names(served=True)),
+                               description=f"Allowed artifact formats: {', '.join(format_registry.names(served=True))}")
     machine: dict[str, Any] = Field(default_factory=dict, description="What `profile detect` recorded (cores, RAM, CPU features)")
     notes: str = Field("", description="Free text")
 
     def model_post_init(self, _: Any) -> None:
         check_name(self.name, "profile name")
-        bad = [f for f in self.formats if f not in FORMATS]
+        known = format_registry.names(served=True)
+        bad = [f for f in self.formats if f not in known]
         if bad:
-            raise ConfigError(f"--formats {', '.join(bad)}: unknown format", fix=f"use some of: {', '.join(FORMATS)}")
+            raise ConfigError(f"--formats {', '.join(bad)}: unknown format", fix=f"use some of: {', '.join(known)}")
 
 
 def detect_profile(name: str = "this-machine") -> DeviceProfile:
@@ -83,9 +85,6 @@ def check_profile(profile: DeviceProfile, *, format: str, size_bytes: int | None
     return reasons
 
 
-_TARGET_FORMATS = {"onnx": "ort-genai", "gguf": "gguf"}
-
-
 def apply_profile(cfg: dict[str, Any], profile: DeviceProfile) -> dict[str, Any]:
     """An ``optimize`` config narrowed to ``profile``: its size, memory and speed limits become gates (flags
     given explicitly win) and targets in formats the profile does not allow are dropped."""
@@ -94,10 +93,10 @@ def apply_profile(cfg: dict[str, Any], profile: DeviceProfile) -> dict[str, Any]
         if getattr(profile, field) and field not in out:
             out[field] = getattr(profile, field)
     targets = out.get("targets") or []
-    kept = [t for t in targets if _TARGET_FORMATS.get(t.split(":", 1)[0]) in profile.formats]
+    kept = [t for t in targets if (f := format_registry.by_target(t.split(":", 1)[0])) is not None and f.name in profile.formats]
     if targets and not kept:
         raise ConfigError(f"profile {profile.name} allows none of the targets {', '.join(targets)}",
                           why=f"it allows the formats {', '.join(profile.formats)}",
-                          fix="pick targets in an allowed format (onnx:… → ort-genai, gguf:… → gguf)")
+                          fix=f"pick targets in an allowed format ({', '.join(f'{f.target}:… → {f.name}' for f in format_registry.all_formats() if f.target)})")
     out["targets"] = kept
     return out

@@ -87,9 +87,7 @@ class LocalTarget:
         return Reply(res.text, time.perf_counter() - t0, res.ttft_s, res.prompt_tokens, res.completion_tokens, res.finish_reason)
 
     def describe(self) -> dict[str, Any]:
-        info = getattr(self._rt, "info", None)
-        return {"kind": "local", "label": self.label, "runtime": self._rt.name,
-                "load_s": getattr(info, "load_s", None), **self.facts}
+        return {"kind": "local", "label": self.label, "runtime": self._rt.name, "load_s": self._rt.info.load_s, **self.facts}
 
     def close(self) -> None:
         self._rt.close()

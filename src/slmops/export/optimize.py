@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from slmops import formats
 from slmops.errors import ConfigError, SlmopsError
 from slmops.evaluate.gates import Limits, check_gates, limit_gates
 from slmops.export.parity import DEFAULT_GATES, PARITY_LIMITS
@@ -39,7 +40,7 @@ def parse_target(text: str) -> tuple[str, str]:
     from slmops.export.gguf_quantize import QTYPES
 
     fmt, sep, q = text.strip().lower().partition(":")
-    if not sep or fmt not in ("gguf", "onnx"):
+    if not sep or formats.by_target(fmt) is None:
         raise ConfigError(f"--targets entry {text!r} is not FORMAT:TYPE", fix="write e.g. gguf:q4_k_m,gguf:q8_0,onnx:int4")
     if fmt == "gguf" and q not in QTYPES:
         raise ConfigError(f"--targets entry {text!r} names an unknown GGUF type", fix=f"use one of {', '.join(QTYPES)}")

@@ -1,7 +1,7 @@
 """Parity: how closely an exported artifact follows its parent, measured through the Runtime protocol.
 
-:func:`measure_parity` takes two open runtimes — any engines, since it only uses ``tokenize``,
-``apply_chat_template``, ``sequence_logits`` and ``generate`` — and a list of dataset records:
+:func:`measure_parity` takes two open runtimes — any engines, since it only uses ``encode_prompt``,
+``tokenize``, ``apply_chat_template``, ``sequence_logits`` and ``generate`` — and a list of dataset records:
 
 * **next-token distributions** on the records' text (chats rendered with the reference's chat
   template), tokenized once by the reference and fed to both: mean KL(reference ‖ candidate), its
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmops.errors import DataError, SlmopsError
+from slmops.errors import ConfigError, DataError, SlmopsError
 from slmops.evaluate.gates import GateResult, Limits, check_gates, limit_gates
 from slmops.evaluate.metrics import token_f1
 from slmops.evaluate.report import fmt_value
-from slmops.runtimes.base import GenerationParams
+from slmops.runtimes.base import GenerationParams, Runtime
 from slmops.runtimes.sampling import log_softmax
 
 #: Default gates. Measured on SmolLM2-135M-Instruct LoRA-tuned on a 5-intent task (docs/export.md,
@@ -96,13 +96,15 @@ def _samples(records: list[Any], rt: Any) -> list[_Sample]:
     return out
 
 
-def _encode(rt: Any, text: str) -> list[int]:
-    enc = getattr(rt, "encode_prompt", None)
-    return list(enc(text)) if callable(enc) else list(rt.tokenize(text, add_special_tokens=True))
+def measure_parity(candidate: Runtime, reference: Runtime, records: list[Any], cfg: ParityConfig, *, adapter: str | None = None) -> dict[str, Any]:
+    """Parity metrics of ``candidate`` against ``reference`` on ``records`` (see the module docstring).
 
-
-def measure_parity(candidate: Any, reference: Any, records: list[Any], cfg: ParityConfig) -> dict[str, Any]:
-    """Parity metrics of ``candidate`` against ``reference`` on ``records`` (see the module docstring)."""
+    ``adapter`` names a run-time adapter the candidate scores and generates with (an ONNX export with ``--adapter-mode runtime``).
+    """
+    for side, rt in (("candidate", candidate), ("reference", reference)):
+        if not rt.capabilities.logits:
+            raise ConfigError(f"the {side}'s runtime ({rt.name}) returns no logits", why="parity compares next-token distributions",
+                              fix="compare artifacts whose runtimes return logits")
     samples = _samples(records, reference)
     if not samples:
         raise DataError("the parity dataset has no records", fix="pass a dataset with text, chat or instruction records")
@@ -111,12 +113,12 @@ def measure_parity(candidate: Any, reference: Any, records: list[Any], cfg: Pari
     agree = nll_ref = nll_cand = 0.0
     positions = tok_same = tok_seen = 0
     for s in samples[: cfg.max_texts]:
-        ids = _encode(reference, s.text)[:limit]
+        ids = reference.encode_prompt(s.text)[:limit]
         tok_seen += 1
-        tok_same += int(_encode(candidate, s.text)[:limit] == ids)
+        tok_same += int(candidate.encode_prompt(s.text)[:limit] == ids)
         if len(ids) < 2:
             continue
-        lr, lc = reference.sequence_logits(ids)[:-1], candidate.sequence_logits(ids)[:-1]
+        lr, lc = reference.sequence_logits(ids)[:-1], candidate.sequence_logits(ids, adapter=adapter)[:-1]
         v = min(lr.shape[-1], lc.shape[-1])
         lr, lc = log_softmax(lr[:, :v]), log_softmax(lc[:, :v])
         kls.append(np.sum(np.exp(lr) * (lr - lc), axis=-1))
@@ -142,11 +144,11 @@ def measure_parity(candidate: Any, reference: Any, records: list[Any], cfg: Pari
         "texts_scored": len(kls),
         "tokenizer_match": tok_same / tok_seen if tok_seen else None,
     }
-    metrics.update(_greedy(candidate, reference, samples, cfg))
+    metrics.update(_greedy(candidate, reference, samples, cfg, adapter))
     return metrics
 
 
-def _greedy(candidate: Any, reference: Any, samples: list[_Sample], cfg: ParityConfig) -> dict[str, Any]:
+def _greedy(candidate: Runtime, reference: Runtime, samples: list[_Sample], cfg: ParityConfig, adapter: str | None) -> dict[str, Any]:
     same = n = 0
     prefix = 0.0
     f1_ref: list[float] = []
@@ -155,9 +157,9 @@ def _greedy(candidate: Any, reference: Any, samples: list[_Sample], cfg: ParityC
         if n >= cfg.greedy_prompts:
             break
         if s.prompt is not None:
-            ids = _encode(reference, s.prompt)
+            ids = reference.encode_prompt(s.prompt)
         else:
-            full = _encode(reference, s.text)
+            full = reference.encode_prompt(s.text)
             ids = full[: max(1, len(full) // 2)]
         room = min(reference.context_length, candidate.context_length) - len(ids) - 1
         budget = cfg.greedy_tokens if s.answer is None else min(64, len(reference.tokenize(s.answer, add_special_tokens=False)) + 8)
@@ -165,7 +167,7 @@ def _greedy(candidate: Any, reference: Any, samples: list[_Sample], cfg: ParityC
         if budget < 1 or not ids:
             continue
         params = GenerationParams(max_tokens=budget, temperature=0.0)
-        a, b = reference.generate(ids, params), candidate.generate(ids, params)
+        a, b = reference.generate(ids, params), candidate.generate(ids, params, adapter=adapter)
         n += 1
         same += int(a.token_ids == b.token_ids)
         k = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=False)) if x != y), min(len(a.token_ids), len(b.token_ids)))

@@ -63,15 +63,11 @@ def parity_reference(candidate: Artifact, store: Any) -> Artifact:
     raise ConfigError(f"sha256:{candidate.short} has no parent model to compare with", fix="name the reference with --ref")
 
 
-def with_active_adapter(rt: Any, art: Artifact) -> Any:
-    """An ONNX export's runtime with its run-time adapter on (``--adapter-mode runtime``), as the export was meant to run."""
+def active_adapter(art: Artifact) -> str | None:
+    """The run-time adapter an ONNX export runs with (``--adapter-mode runtime`` with one adapter), as the export was meant to run."""
     adapter = art.manifest.meta.get("adapter") or {}
     names = list(art.manifest.meta.get("adapters") or {})
-    if art.kind == "onnx" and adapter.get("mode") == "runtime" and len(names) == 1:
-        from slmops.export.stages_onnx import WithAdapter
-
-        return WithAdapter(rt, names[0])
-    return rt
+    return names[0] if art.kind == "onnx" and adapter.get("mode") == "runtime" and len(names) == 1 else None
 
 
 @stage("parity", config=ParityConfig, kind="report", format="json", inputs=("candidate", "reference", "data"), version=2)  # 2: one gate shape, task_drop
@@ -86,7 +82,7 @@ def parity(inputs: dict[str, Artifact], cfg: ParityConfig, ctx: StageContext) ->
     try:
         cand = open_runtime(cand_art, **cfg.candidate_options)
         try:
-            metrics = measure_parity(with_active_adapter(cand, cand_art), ref, records, cfg)
+            metrics = measure_parity(cand, ref, records, cfg, adapter=active_adapter(cand_art))
             runtimes = {"candidate": cand.name, "reference": ref.name}
         finally:
             cand.close()

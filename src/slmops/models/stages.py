@@ -1,11 +1,10 @@
 """Registers the model stages: ``models.init`` (random init of a real architecture), ``models.import`` (HF folders),
 ``models.import_gguf`` (a .gguf file as it is), ``models.from_gguf`` (a GGUF dequantized into an HF folder) and
-``models.shrink`` (a smaller model pruned from a teacher); and the locators of ``hf:`` (hub download) and
-``pkg:`` (installed package) references for :mod:`slmops.stage.inputs`."""
+``models.shrink`` (a smaller model pruned from a teacher); and the locator of ``hf:`` references (the hub
+download) for :mod:`slmops.stage.inputs`."""
 
 from __future__ import annotations
 
-from slmops.models import packaged
 from slmops.models.gguf_import import FromGGUFConfig, ImportGGUFConfig, check_convertible, gguf_to_hf, import_gguf_file
 from slmops.models.gguf_import import import_fingerprint as gguf_fingerprint
 from slmops.models.importer import ImportConfig, hub_download, import_fingerprint, import_folder
@@ -15,9 +14,8 @@ from slmops.stage import StageContext, StageOutput, stage
 from slmops.stage.inputs import register_preflight, register_source
 from slmops.store.artifact import Artifact
 
-# what `hf:` and `pkg:` references name, for the one resolver (slmops.stage.inputs); a GGUF is checked before `--to hf`
+# what `hf:` references name, for the one resolver (slmops.stage.inputs); a GGUF is checked before `--to hf`
 register_source("hf", hub_download)
-register_source("pkg", packaged.locate)
 register_preflight("models.from_gguf", check_convertible)
 
 _METRIC_KEYS = ("parameters", "vocab_size", "context_length")

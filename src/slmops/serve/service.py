@@ -30,7 +30,6 @@ from slmops.errors import DataError, SlmopsError
 from slmops.monitor.requestlog import RequestLog
 from slmops.runtimes.base import GenerationParams, TokenEvent
 from slmops.serve.config import ServeConfig
-from slmops.serve.engines import encode
 from slmops.serve.metrics import Metrics
 from slmops.serve.pool import Entry, ModelPool
 from slmops.serve.protocol import APIError, bad_request
@@ -199,7 +198,7 @@ class Service:
             if len(text) > max_chars:
                 raise self._too_long(job, f"the prompt holds {len(text):,} characters", "prompt")
             try:
-                return encode(job.runtime, text)
+                return job.runtime.encode_prompt(text)
             except SlmopsError as exc:
                 raise bad_request(exc.message, code="invalid_prompt") from exc
 
@@ -228,7 +227,7 @@ class Service:
 
     def check_context(self, job: Job, n_prompt: int, max_tokens: int | None, *, param: str) -> int:
         """The max_tokens to use; 400 naming both numbers when prompt + max_tokens exceed the context."""
-        ctx = int(getattr(job.entry.engine, "context_length", None) or job.runtime.context_length)  # a batch slot's share
+        ctx = job.entry.engine.context_length  # a batch slot's share
         if max_tokens is None:
             max_tokens = self.config.default_max_tokens or max(1, ctx - n_prompt)
             max_tokens = min(max_tokens, max(1, ctx - n_prompt))

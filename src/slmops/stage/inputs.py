@@ -8,7 +8,8 @@ each through the cached stage runner, by stage name, so imports leave lineage li
 
 A reference that names something outside the machine's folders (``hf:`` a hub id, ``pkg:`` a model an
 installed package ships) is first *located* — downloaded or found — by the locator its scheme
-registered (:func:`register_source`; the model package registers ``hf`` and ``pkg`` with its stages),
+registered (:func:`register_source`: ``pkg`` here, :mod:`slmops.store.packaged`; ``hf`` by the model
+package with its stages, the hub download being a models concern),
 then imported by :func:`import_source`, the one function that records where an import came from.
 This module therefore imports no stage package: the stage names and locators are what it reaches.
 
@@ -26,13 +27,14 @@ from slmops.errors import ConfigError, RefError, StoreError
 from slmops.stage.registry import all_stages
 from slmops.stage.runner import RunResult, run_stage
 from slmops.store.artifact import Artifact
+from slmops.store.packaged import locate as locate_package
 from slmops.store.refs import ModelRef, check_kind, resolve
 from slmops.store.registry import Store
 
 log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 #: Locators by scheme: the text after ``scheme:`` -> a local file or folder (downloaded or found).
-_SOURCES: dict[str, Callable[[str], Path]] = {}
+_SOURCES: dict[str, Callable[[str], Path]] = {"pkg": locate_package}
 #: Preflight checks by stage name: refuse a file that stage could not take, before anything is stored.
 _PREFLIGHTS: dict[str, Callable[[Path], None]] = {}
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from slmops import __version__
+from slmops import __version__, formats
 from slmops._optional import installed_version
 from slmops.errors import IntegrityError, StoreError
 from slmops.settings import slmops_home
@@ -45,7 +45,6 @@ from slmops.store.staging import claim, owned_dir, stale_locks
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_TRACKED_LIBS = ("torch", "transformers", "peft", "tokenizers", "onnxruntime", "onnxruntime-genai", "gguf", "llama-cpp-python")
 
 
 def _now() -> str:
@@ -75,7 +74,7 @@ def check_name(name: str, what: str = "name") -> str:
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "slmops": __version__}
-    for lib in _TRACKED_LIBS:
+    for lib in formats.tracked_libs():
         v = installed_version(lib)
         if v:
             versions[lib] = v
