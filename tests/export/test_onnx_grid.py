@@ -1,0 +1,187 @@
+"""``export.onnx`` on the source grid: a model dequantized from a Q4_0/Q4_1 GGUF exported to int4 without a second rounding.
+
+A tiny Llama is written to a Q4_0 GGUF by ``export.gguf`` (and to Q4_1 by llama.cpp's own
+quantizer), imported back with ``models.from_gguf`` and exported to ONNX int4. On the source grid
+(the default for such a model) the ONNX logits, computed by onnxruntime-genai, equal the
+dequantized fp32 model's torch logits to ~1e-5; the plain requantized export is 100× further off.
+The unpacking is checked against the ``gguf`` library's own dequantizer, the option's refusals and
+the LoRA-in-float path (the base stays on the grid) on the real components, and the real model
+(SmolLM2-135M, a Q4_1 file) goes onto its grid MatMul for MatMul.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+TINY = {"hidden_size": 128, "intermediate_size": 256, "num_heads": 4, "num_layers": 2}
+IDS = [1, 17, 250, 33, 1042, 5, 77, 399, 12, 640, 3, 901, 44, 8, 1500, 260]
+
+
+@pytest.fixture(scope="module")
+def gstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from slmops.store.registry import Store
+
+    s = Store(tmp_path_factory.mktemp("onnx_grid_store"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(gstore: Any) -> Any:
+    from slmops.testing.tiny import tiny_model
+
+    return tiny_model("llama", store=gstore, **TINY)
+
+
+def _from_gguf(gguf: Any, store: Any) -> Any:
+    from slmops.stage.runner import run_stage
+
+    return run_stage("models.from_gguf", {"model": gguf}, {}, store=store).artifact
+
+
+@pytest.fixture(scope="module")
+def q4_0(gstore: Any, tiny: Any) -> Any:
+    """The tiny Llama through ``export.gguf --qtype q4_0`` and back (``models.from_gguf``)."""
+    from slmops.stage.runner import run_stage
+
+    return _from_gguf(run_stage("export.gguf", {"model": tiny}, {"qtype": "q4_0"}, store=gstore).artifact, gstore)
+
+
+@pytest.fixture(scope="module")
+def q4_1(gstore: Any, tiny: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tiny Llama quantized to Q4_1 by llama.cpp (``LLAMA_FTYPE_MOSTLY_Q4_1``; ``export.gguf`` offers no q4_1) and back."""
+    from slmops.runtimes.llamacpp_lib import lib
+    from slmops.stage.runner import run_stage
+
+    f32 = run_stage("export.gguf", {"model": tiny}, {"qtype": "f32"}, store=gstore).artifact
+    dst = tmp_path_factory.mktemp("q4_1") / "tiny.Q4_1.gguf"
+    L = lib()
+    params = L.llama_model_quantize_default_params()
+    params.ftype = 3
+    assert L.llama_model_quantize(str(f32.path / "model.gguf").encode(), str(dst).encode(), ctypes.byref(params)) == 0
+    gguf = run_stage("models.import_gguf", {}, {"path": str(dst)}, store=gstore).artifact
+    assert gguf.manifest.meta["tensor_types"].get("Q4_1", 0) >= 14
+    return _from_gguf(gguf, gstore)
+
+
+def _export(model: Any, store: Any, **cfg: Any) -> Any:
+    from slmops.stage.runner import run_stage
+
+    return run_stage("export.onnx", {"model": model}, {"precision": "int4", "parity_texts": 0, **cfg}, store=store).artifact
+
+
+def _logit_error(onnx: Any, model: Any) -> float:
+    """Largest |ONNX − torch| logit over ``IDS`` (onnxruntime-genai against the fp32 model on torch)."""
+    from slmops.runtimes import open_runtime
+
+    with open_runtime(model) as t, open_runtime(onnx) as o:
+        ref, got = t.sequence_logits(IDS), o.sequence_logits(IDS)
+    assert ref.shape == got.shape and float(np.abs(ref).max()) > 0.1
+    return float(np.abs(ref - got).max())
+
+
+@pytest.mark.parametrize("which", ["q4_0", "q4_1"])
+def test_source_grid_reproduces_the_dequantized_model(which: str, request: pytest.FixtureRequest, gstore: Any) -> None:
+    model = request.getfixturevalue(which)
+    source = _export(model, gstore, accuracy_level=1)  # fp32 activations: only the weights can differ
+    q = source.manifest.meta["quantization"]
+    assert q["grid"] == "source"
+    grid = q["source_grid"]
+    assert grid["matmuls"] == grid["total"] == 2 * 5 + 1 and grid["kept_count"] == 0  # qkv (packed), o, gate, up, down per layer + LM head
+    assert grid["types"] == {which.upper(): 2 * 5, "Q8_0": 1}  # packed qkv counts once
+    plain = _export(model, gstore, accuracy_level=1, weight_grid="requantize")
+    assert plain.manifest.meta["quantization"]["grid"] == "requantize"
+    exact, requantized = _logit_error(source, model), _logit_error(plain, model)
+    assert exact < 1e-4, exact
+    assert requantized > 100 * exact and requantized > 1e-3, (requantized, exact)
+
+
+def test_q4_1_offsets_are_float_zero_points(q4_1: Any, gstore: Any) -> None:
+    import onnx
+
+    art = _export(q4_1, gstore, accuracy_level=1)
+    graph = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
+    inits = {t.name: t for t in graph.initializer}
+    node = next(n for n in graph.node if n.name.startswith("/model/layers.1/mlp/down_proj/"))
+    attrs = {a.name: a.i for a in node.attribute}
+    assert (node.op_type, attrs["bits"], attrs["block_size"]) == ("MatMulNBits", 4, 32)
+    scales, zp = inits[node.input[2]], inits[node.input[3]]
+    assert zp.data_type == scales.data_type == onnx.TensorProto.FLOAT and list(zp.dims) == list(scales.dims)
+    head = next(n for n in graph.node if n.name.startswith("/lm_head/"))
+    assert len(head.input) == 3 and {a.name: a.i for a in head.attribute}["bits"] == 8  # Q8_0: the default zero point 128
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_unpacked_blocks_dequantize_like_the_gguf_library(qtype: str) -> None:
+    import gguf
+
+    from slmops.export.onnx_grid import _unpack
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 96)).astype(np.float32)
+    w[1, :32] = 0.0  # a block with d == 0 (every weight equal)
+    w[2, 32:64] = 0.25
+    t = getattr(gguf.GGMLQuantizationType, qtype)
+    raw = gguf.quants.quantize(w, t)
+    want = gguf.quants.dequantize(raw, t).reshape(w.shape)
+    grid = _unpack(raw, qtype, w.shape[0])
+    assert grid.codes.shape == (6, 3, 32) and grid.codes.max() <= (15 if qtype != "Q8_0" else 255)
+    np.testing.assert_allclose(grid.dequantize(), want, rtol=0, atol=2e-7 * float(np.abs(want).max()))
+
+
+def test_lora_in_float_keeps_the_base_on_the_grid(q4_0: Any, gstore: Any) -> None:
+    from slmops.stage.runner import run_stage
+    from slmops.testing.onnx import tiny_lora
+
+    adapter = tiny_lora(q4_0, store=gstore, arch="llama")
+    inputs = {"model": q4_0, "adapter": adapter}
+    cfg = {"precision": "int4", "accuracy_level": 1, "parity_texts": 4}
+    float_ = run_stage("export.onnx", inputs, {**cfg, "adapter_mode": "float"}, store=gstore).artifact
+    merged = run_stage("export.onnx", inputs, cfg, store=gstore).artifact
+    qf, qm = float_.manifest.meta["quantization"], merged.manifest.meta["quantization"]
+    assert qf["grid"] == "source" and qf["source_grid"]["matmuls"] == qf["source_grid"]["total"]
+    assert qm["grid"] == "requantize"  # merged weights are off the grid: auto requantizes
+    # both are scored against the fp32 merged model: the float LoRA on the exact base is far closer
+    assert float_.manifest.metrics["kl_mean"] < 1e-4 < merged.manifest.metrics["kl_mean"]
+
+
+def test_explicit_source_grid_refuses_what_it_cannot_keep(tiny: Any, q4_0: Any, gstore: Any) -> None:
+    from pydantic import ValidationError
+
+    from slmops.errors import ConfigError
+    from slmops.export.onnx import OnnxExportConfig
+    from slmops.stage.runner import run_stage
+    from slmops.testing.onnx import tiny_lora
+
+    with pytest.raises(ConfigError, match="no GGUF grid to keep") as exc:
+        _export(tiny, gstore, weight_grid="source")
+    assert "models.from_gguf" in str(exc.value.why)
+    adapter = tiny_lora(q4_0, store=gstore, arch="llama", seed=1)
+    with pytest.raises(ConfigError, match="adapter merged in") as exc:
+        run_stage("export.onnx", {"model": q4_0, "adapter": adapter}, {"precision": "int4", "weight_grid": "source"}, store=gstore)
+    assert "--adapter-mode float" in str(exc.value.fix)
+    with pytest.raises(ValidationError, match="weight_grid only apply to precision int4 or int8"):
+        OnnxExportConfig(precision="fp16", weight_grid="source")
+    assert _export(tiny, gstore).manifest.meta["quantization"]["grid"] == "requantize"  # auto on a model of no GGUF
+
+
+@pytest.mark.slow
+def test_real_model_goes_onto_its_q4_1_grid(smollm2_hf: Any, smollm2_store: Any, smollm2_torch: Any) -> None:
+    """SmolLM2-135M (Q4_1, a Q8_0 tied embedding): all 211 MatMuls on the GGUF's grid, logits as the fp32 model's."""
+    from slmops.runtimes import open_runtime
+
+    art = _export(smollm2_hf, smollm2_store, quant_algo="default", accuracy_level=1)
+    grid = art.manifest.meta["quantization"]["source_grid"]
+    assert grid["matmuls"] == grid["total"] == 30 * 5 + 1 and grid["types"] == {"Q4_1": 150, "Q8_0": 1}
+    ids = smollm2_torch.encode_prompt("The capital of France is Paris, and the capital of Italy is")
+    with open_runtime(art) as o:
+        got = o.sequence_logits(ids)
+    ref = smollm2_torch.sequence_logits(ids)
+    assert float(np.abs(ref - got).max()) < 1e-3 * float(np.abs(ref).max())
+    assert Path(art.path / "model.onnx.data").stat().st_size < 0.35 * 4 * smollm2_hf.manifest.metrics["parameters"]
