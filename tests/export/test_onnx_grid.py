@@ -102,19 +102,26 @@ def test_source_grid_reproduces_the_dequantized_model(which: str, request: pytes
     assert requantized > 100 * exact and requantized > 1e-3, (requantized, exact)
 
 
-def test_q4_1_offsets_are_float_zero_points(q4_1: Any, gstore: Any) -> None:
+def test_q4_1_offsets_are_a_float_branch_beside_the_int4_matmul(q4_1: Any, gstore: Any) -> None:
     import onnx
+    from onnx import numpy_helper
 
     art = _export(q4_1, gstore, accuracy_level=1)
-    graph = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
+    assert art.manifest.meta["quantization"]["source_grid"]["offsets"] == 2 * 5  # packed qkv, o, gate, up, down: Q4_1; head: Q8_0
+    graph = onnx.load(str(art.path / "model.onnx")).graph
     inits = {t.name: t for t in graph.initializer}
-    node = next(n for n in graph.node if n.name.startswith("/model/layers.1/mlp/down_proj/"))
+    node = next(n for n in graph.node if n.name.startswith("/model/layers.1/mlp/down_proj/MatMul"))
     attrs = {a.name: a.i for a in node.attribute}
-    assert (node.op_type, attrs["bits"], attrs["block_size"]) == ("MatMulNBits", 4, 32)
-    scales, zp = inits[node.input[2]], inits[node.input[3]]
-    assert zp.data_type == scales.data_type == onnx.TensorProto.FLOAT and list(zp.dims) == list(scales.dims)
+    assert (node.op_type, attrs["bits"], attrs["block_size"], attrs["K"]) == ("MatMulNBits", 4, 32, 256)
+    assert inits[node.input[3]].data_type == onnx.TensorProto.UINT8 and not numpy_helper.to_array(inits[node.input[3]]).any()  # zero point 0
+    offsets = inits[f"{node.input[1]}_offsets"]
+    assert offsets.data_type == onnx.TensorProto.FLOAT16 and list(offsets.dims) == [256 // 32, 128]
+    add = next(n for n in graph.node if node.output[0] in n.input and n.op_type == "Add")
+    assert add.name.endswith("/grid_offsets/Add")
     head = next(n for n in graph.node if n.name.startswith("/lm_head/"))
     assert len(head.input) == 3 and {a.name: a.i for a in head.attribute}["bits"] == 8  # Q8_0: the default zero point 128
+    sums = [n for n in graph.node if n.name.endswith("/grid_offsets/BlockSum")]
+    assert len(sums) == 2 * 4  # one per distinct input of a layer: attention input, attention output, MLP input (gate, up), MLP product
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])

@@ -5,21 +5,25 @@ that already lie on a quantization grid: a Q4_1 tensor is, per 32 weights of a r
 with ``q`` in 0..15 and two fp16 floats ``d`` and ``m``. Rounding those weights again onto another
 int4 grid (symmetric, ``k_quant``…) adds a second rounding error of the same size as the first —
 on SmolLM2-135M (a Q4_1 file) ONNX int4 kept 89% of the fp32 task accuracy at 4× the KL of
-llama.cpp's Q4_K_M. Every such grid has an exact ``MatMulNBits`` form, ``(code − zero_point) ·
-scale`` per block of 32 along the input dimension:
+llama.cpp's Q4_K_M. Each such grid has an exact form in ``MatMulNBits``, which computes
+``(code − zero point) · scale`` per block of 32 weights along the input dimension:
 
 * ``Q4_0`` (``d·(q − 8)``): 4-bit codes ``q``, scales ``d``, the default zero point 8;
-* ``Q4_1`` (``d·q + m``): 4-bit codes ``q``, scales ``d``, *float* zero points ``−m/d`` (ONNX
-  Runtime takes zero points of the scales' type, unpacked, shape ``[N, blocks]``);
-* ``Q8_0`` (``d·q``, ``q`` in −128..127): 8-bit codes ``q + 128``, scales ``d``, the default zero point 128.
+* ``Q8_0`` (``d·q``, ``q`` in −128..127): 8-bit codes ``q + 128``, scales ``d``, the default zero point 128;
+* ``Q4_1`` (``d·q + m``): 4-bit codes ``q``, scales ``d``, zero point 0, and the offsets ``m`` as a
+  small float branch beside it: ``x·Wᵀ = MatMulNBits(x) + (x·S)·Mᵀ``, where ``x·S`` sums ``x`` per
+  block of 32 (``S`` a 0/1 ``[K, K/32]`` matrix, shared by MatMuls of one input) and ``M`` holds
+  the fp16 offsets ``[K/32, N]``. ONNX Runtime also takes *float* zero points (``−m/d``), but its CPU
+  kernel then dequantizes the whole weight on every call: 40× slower at decode (12 ms against
+  0.3 ms for a 576×1536 MatMul, one thread), while the branch costs two MatMuls of width K/32.
 
 :func:`write_source_grid` rewrites the exported graph after the model builder has run: each
 ``MatMulNBits`` whose weight (or, for the builder's packed ``qkv_proj``, each of whose q/k/v
 weights) is such a tensor in the GGUF gets the GGUF's codes and scales, in the row order of the
 Hugging Face model (q/k rows un-permuted as ``models.from_gguf`` does), and is checked against
-the model's own weights before it is written; every other MatMul (Q6_K, Q5_0, F32 tensors, a
-merged adapter's weights…) keeps the quantization plan's. :func:`source_gguf` finds the GGUF
-through the model's lineage.
+the model's own weights before it is written; every other MatMul (Q6_K, Q5_0, F32 tensors…)
+keeps the quantization plan's. :func:`choose_source_grid` finds the GGUF through the model's
+lineage and applies ``weight_grid``.
 """
 
 from __future__ import annotations
@@ -53,21 +57,20 @@ _GROUPS = {"attn": "self_attn", "mlp": "mlp"}
 
 @dataclass
 class Grid:
-    """One GGUF tensor's grid in MatMulNBits terms, rows in the Hugging Face order."""
+    """One GGUF tensor's grid in MatMulNBits terms, rows in the Hugging Face order: ``(codes − zero) · scales + offsets``."""
 
     qtype: str
     bits: int
     codes: np.ndarray  # uint8 [rows, blocks, 32]: the unsigned codes
-    scales: np.ndarray  # float32 [rows, blocks]
-    zero: np.ndarray | None  # float32 [rows, blocks] (Q4_1), None: the default zero point 2^(bits-1)
-
-    def zero_points(self) -> np.ndarray:
-        """The zero points as floats (the default one where the type has none)."""
-        return self.zero if self.zero is not None else np.full(self.scales.shape, float(1 << (self.bits - 1)), np.float32)
+    scales: np.ndarray  # float32 [rows, blocks] (fp16 values)
+    zero: int  # the zero point of every block
+    offsets: np.ndarray | None = None  # float32 [rows, blocks] (fp16 values), Q4_1's m
 
     def dequantize(self) -> np.ndarray:
-        """The weights ``[rows, cols]`` as MatMulNBits computes them: ``(code − zero point) · scale``."""
-        w = (self.codes.astype(np.float32) - self.zero_points()[..., None]) * self.scales[..., None]
+        """The weights ``[rows, cols]`` the grid stands for (in the ``gguf`` library's order of operations)."""
+        w = (self.codes.astype(np.float32) - np.float32(self.zero)) * self.scales[..., None] if self.zero else self.scales[..., None] * self.codes
+        if self.offsets is not None:
+            w = w + self.offsets[..., None]
         return w.reshape(w.shape[0], -1)
 
 
@@ -129,25 +132,19 @@ def has_source_grid(path: Path) -> bool:
 
 
 def _unpack(raw: np.ndarray, qtype: str, rows: int) -> Grid:
-    """The codes, scales and zero points of a ``Q4_0``/``Q4_1``/``Q8_0`` tensor's raw blocks (llama.cpp's ``block_q*`` layout)."""
+    """The codes, scales and offsets of a ``Q4_0``/``Q4_1``/``Q8_0`` tensor's raw blocks (llama.cpp's ``block_q*`` layout)."""
     head = 4 if qtype == "Q4_1" else 2
     size = head + (BLOCK if qtype == "Q8_0" else BLOCK // 2)
     blocks = np.ascontiguousarray(raw).reshape(rows, -1, size)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     qs = blocks[..., head:]
     if qtype == "Q8_0":
-        return Grid(qtype, 8, (qs.view(np.int8).astype(np.int16) + 128).astype(np.uint8), d, None)
+        return Grid(qtype, 8, (qs.view(np.int8).astype(np.int16) + 128).astype(np.uint8), d, 128)
     codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # low nibbles are weights 0..15, high nibbles 16..31
     if qtype == "Q4_0":
-        return Grid(qtype, 4, codes, d, None)
+        return Grid(qtype, 4, codes, d, 8)
     m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-    zero = np.zeros_like(d)
-    np.divide(-m, d, out=zero, where=d != 0)
-    flat = d == 0  # every weight of the block is m: code 0, zero point -1, scale m
-    codes[flat] = 0
-    zero[flat] = -1.0
-    d = np.where(flat, m, d)
-    return Grid(qtype, 4, codes, d, zero)
+    return Grid(qtype, 4, codes, d, 0, m)
 
 
 def read_grids(path: Path) -> tuple[dict[str, Grid], dict[str, str]]:
@@ -167,13 +164,13 @@ def read_grids(path: Path) -> tuple[dict[str, Grid], dict[str, str]]:
             continue
         name, qtype = hf_tensor_name(t.name, hp), t.tensor_type.name
         types[name] = qtype
-        if qtype not in SOURCE_TYPES:
+        if qtype not in SOURCE_TYPES or len(t.shape) != 2:
             continue
-        grid = _unpack(np.asarray(t.data), qtype, int(t.shape[-1]) if len(t.shape) > 1 else 1)
+        grid = _unpack(np.asarray(t.data), qtype, int(t.shape[1]))
         heads = hp.num_heads if t.name.endswith(".attn_q.weight") else hp.num_kv_heads if t.name.endswith(".attn_k.weight") else 0
         if hp.spec.permute_qk and heads:
             grid.codes, grid.scales = unpermute_rows(grid.codes, heads), unpermute_rows(grid.scales, heads)
-            grid.zero = None if grid.zero is None else unpermute_rows(grid.zero, heads)
+            grid.offsets = None if grid.offsets is None else unpermute_rows(grid.offsets, heads)
         grids[name] = grid
     return grids, types
 
@@ -190,11 +187,16 @@ def node_weights(node_name: str, tied: bool) -> list[str] | None:
 
 
 def _concat(parts: list[Grid]) -> Grid:
-    bits = {g.bits for g in parts}
-    floats = any(g.zero is not None for g in parts)
-    zero = np.concatenate([g.zero_points() for g in parts]) if floats else None
-    return Grid("+".join(sorted({g.qtype for g in parts})), bits.pop(), np.concatenate([g.codes for g in parts]),
-                np.concatenate([g.scales for g in parts]), zero)
+    """One grid for the builder's packed q/k/v: rows stacked; with any offsets, every part at zero point 0 plus offsets."""
+    if len(parts) == 1:
+        return parts[0]
+    qtype = "+".join(sorted({g.qtype for g in parts}))
+    if all(g.offsets is None and g.zero == parts[0].zero for g in parts):
+        return Grid(qtype, parts[0].bits, np.concatenate([g.codes for g in parts]), np.concatenate([g.scales for g in parts]), parts[0].zero)
+    offsets = [g.offsets if g.offsets is not None else -np.float32(g.zero) * g.scales for g in parts]  # Q4_0: d·(q − 8) = d·q − 8d
+    zero = 0
+    return Grid(qtype, parts[0].bits, np.concatenate([g.codes for g in parts]), np.concatenate([g.scales for g in parts]), zero,
+                np.concatenate(offsets))
 
 
 def _attr(node: Any, name: str) -> int | None:
@@ -248,50 +250,6 @@ def _check(grid: Grid, names: list[str], weights: _Weights) -> str | None:
     return None if err <= tol else f"the model's weights differ from the GGUF's by up to {err:.3g} (not a plain dequantized copy)"
 
 
-def write_source_grid(out: Path, gguf_path: Path, src: Path, *, tied: bool, tied_embedding: bool) -> dict[str, Any]:
-    """Put every MatMulNBits of ``out/model.onnx`` whose weights are Q4_0/Q4_1/Q8_0 in ``gguf_path`` on that grid; return facts.
-
-    ``src`` is the Hugging Face folder that was exported (each rewritten weight is checked against
-    it); ``tied``: the model's LM head is its token embedding; ``tied_embedding``: the embedding will
-    be read from the head's quantized weight by a ``GatherBlockQuantized``, which takes no float zero
-    points, so a Q4_1 head then keeps the plan's grid. Facts: ``matmuls`` written on the source grid,
-    of ``total``, by ``types``, and ``kept`` (node → why it keeps the plan's grid).
-    """
-    onnx = require("onnx", extra="onnx", purpose="writing weights on the source grid")
-    from onnx import numpy_helper
-
-    grids, types = read_grids(gguf_path)
-    weights = _Weights(src)
-    model = onnx.load(str(out / MODEL_FILE), load_external_data=False)
-    onnx.load_external_data_for_model(model, str(out))
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    written: Counter[str] = Counter()
-    kept: dict[str, str] = {}
-    dropped: set[str] = set()
-    nodes = [n for n in graph.node if n.op_type == "MatMulNBits" and "/lora_" not in n.name]
-    for node in nodes:
-        names = node_weights(node.name, tied)
-        why = _why_not(node, names, grids, types, tied_embedding)
-        grid = None if why else _concat([grids[n] for n in names])  # type: ignore[union-attr]
-        if grid is not None:
-            why = _check(grid, names, weights)  # type: ignore[arg-type]
-        if why or grid is None:
-            kept[node.name] = why or "no grid"
-            continue
-        dropped |= _rewrite(node, grid, inits, graph, numpy_helper)
-        written[grid.qtype] += 1
-    used = {i for n in graph.node for i in n.input}
-    for t in [t for t in graph.initializer if t.name in dropped and t.name not in used]:
-        graph.initializer.remove(t)
-    save_graph(model, out)
-    total = len(nodes)
-    if kept:
-        log.info("export.onnx: %d of %d MatMuls keep the quantization plan's grid, e.g. %s: %s", len(kept), total, *next(iter(kept.items())))
-    return {"gguf": gguf_path.name, "matmuls": sum(written.values()), "total": total, "types": dict(written),
-            "kept": dict(list(kept.items())[:16]), "kept_count": len(kept)}
-
-
 def _why_not(node: Any, names: list[str] | None, grids: dict[str, Grid], types: dict[str, str], tied_embedding: bool) -> str | None:
     """Why ``node`` cannot go on the source grid (``None``: it can)."""
     if names is None:
@@ -306,45 +264,133 @@ def _why_not(node: Any, names: list[str] | None, grids: dict[str, Grid], types: 
     rows, cols = sum(g.codes.shape[0] for g in parts), parts[0].codes.shape[1] * BLOCK
     if (k, n) != (cols, rows):
         return f"K={k}, N={n} is not the GGUF's {cols} x {rows}"
-    if tied_embedding and node.name.startswith("/lm_head/") and any(g.zero is not None for g in parts):
-        return "the tied embedding's GatherBlockQuantized takes no float zero points"
+    if tied_embedding and node.name.startswith("/lm_head/") and any(g.offsets is not None for g in parts):
+        return "the tied embedding's GatherBlockQuantized cannot add Q4_1's offsets"
     return None
 
 
-def _rewrite(node: Any, grid: Grid, inits: dict[str, Any], graph: Any, numpy_helper: Any) -> set[str]:
-    """Replace ``node``'s weight, scales and zero points by ``grid`` (initializer names kept, new ones added where missing);
-    return the initializers it no longer reads."""
-    codes = grid.codes
-    packed = codes if grid.bits == 8 else (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
-    scale_init = inits[node.input[2]]
-    dtype = numpy_helper.to_array(scale_init).dtype
-    base = node.input[1]
-    _replace(graph, inits, base, packed)
-    _replace(graph, inits, node.input[2], grid.scales.astype(dtype))
-    inputs = list(node.input)
-    old_zp = {inputs[3]} if len(inputs) > 3 and inputs[3] else set()
-    if grid.zero is not None:
-        zp_name = inputs[3] if len(inputs) > 3 and inputs[3] else f"{base}_zp"
-        _replace(graph, inits, zp_name, grid.zero.astype(dtype))
-        inputs = inputs[:3] + [zp_name] + inputs[4:]
-    elif len(inputs) > 4:
-        inputs[3] = ""
-    else:
-        inputs = inputs[:3]
-    del node.input[:]
-    node.input.extend(inputs)
-    _set_attr(node, "bits", grid.bits)
-    _set_attr(node, "block_size", BLOCK)
-    return old_zp - set(inputs)
+def write_source_grid(out: Path, gguf_path: Path, src: Path, *, tied: bool, tied_embedding: bool) -> dict[str, Any]:
+    """Put every MatMulNBits of ``out/model.onnx`` whose weights are Q4_0/Q4_1/Q8_0 in ``gguf_path`` on that grid; return facts.
+
+    ``src`` is the Hugging Face folder that was exported (each rewritten weight is checked against
+    it); ``tied``: the model's LM head is its token embedding; ``tied_embedding``: the embedding will
+    be read from the head's quantized weight by a ``GatherBlockQuantized`` (which cannot add
+    offsets, so a Q4_1 head then keeps the plan's grid). Facts: ``matmuls`` written on the source
+    grid, of ``total``, by ``types``, ``offsets`` (MatMuls with a Q4_1 offset branch) and ``kept``
+    (node → why it keeps the plan's grid).
+    """
+    onnx = require("onnx", extra="onnx", purpose="writing weights on the source grid")
+
+    grids, types = read_grids(gguf_path)
+    weights = _Weights(src)
+    model = onnx.load(str(out / MODEL_FILE), load_external_data=False)
+    onnx.load_external_data_for_model(model, str(out))
+    graph = model.graph
+    edit = _GraphEdit(graph)
+    written: Counter[str] = Counter()
+    kept: dict[str, str] = {}
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits" and "/lora_" not in n.name]
+    for node in nodes:
+        names = node_weights(node.name, tied)
+        why = _why_not(node, names, grids, types, tied_embedding)
+        grid = None if why else _concat([grids[n] for n in names])  # type: ignore[union-attr]
+        if grid is not None:
+            why = _check(grid, names, weights)  # type: ignore[arg-type]
+        if why or grid is None:
+            kept[node.name] = why or "no grid"
+            continue
+        edit.rewrite(node, grid)
+        written[grid.qtype] += 1
+    edit.finish()
+    save_graph(model, out)
+    if kept:
+        log.info("export.onnx: %d of %d MatMuls keep the quantization plan's grid, e.g. %s: %s", len(kept), len(nodes), *next(iter(kept.items())))
+    return {"gguf": gguf_path.name, "matmuls": sum(written.values()), "total": len(nodes), "types": dict(written),
+            "offsets": edit.offsets, "kept": dict(list(kept.items())[:16]), "kept_count": len(kept)}
 
 
-def _replace(graph: Any, inits: dict[str, Any], name: str, value: np.ndarray) -> None:
-    from onnx import numpy_helper
+class _GraphEdit:
+    """Rewrites MatMulNBits nodes of one graph in place; new nodes go right after the node they serve."""
 
-    new = numpy_helper.from_array(np.ascontiguousarray(value), name)
-    old = inits.get(name)
-    if old is not None:
-        old.CopyFrom(new)
-    else:
-        graph.initializer.append(new)
-        inits[name] = graph.initializer[-1]
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+        self.inits = {t.name: t for t in graph.initializer}
+        self.dropped: set[str] = set()
+        self.block_sums: dict[str, str] = {}  # activation → its sums per block of 32
+        self.after: dict[str, list[Any]] = {}  # node name → nodes to insert after it
+        self.offsets = 0
+
+    def rewrite(self, node: Any, grid: Grid) -> None:
+        """Put ``node`` on ``grid``: codes, scales and zero points replaced (names kept, the block size in them updated)."""
+        codes = grid.codes
+        packed = codes if grid.bits == 8 else (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+        from onnx import numpy_helper
+
+        dtype = numpy_helper.to_array(self.inits[node.input[2]]).dtype
+        inputs = list(node.input)
+        self.dropped |= {inputs[1]} | ({inputs[3]} if len(inputs) > 3 and inputs[3] else set())
+        inputs[1] = re.sub(r"_Q\d+G\d+$", "", inputs[1]) + f"_Q{grid.bits}G{BLOCK}"
+        self._put(inputs[1], packed)
+        self._put(inputs[2], grid.scales.astype(dtype))
+        zp_name = f"{inputs[1]}_zp"
+        if grid.zero != 1 << (grid.bits - 1):  # not the default: packed like MatMulNBits' own (two 4-bit points a byte)
+            per_row = -(-codes.shape[1] * grid.bits // 8)
+            self._put(zp_name, np.full((codes.shape[0], per_row), grid.zero * (0x11 if grid.bits == 4 else 1), np.uint8))
+            inputs = inputs[:3] + [zp_name] + inputs[4:]
+        else:
+            inputs = inputs[:3] + ([""] + inputs[4:] if len(inputs) > 4 else [])
+        del node.input[:]
+        node.input.extend(inputs)
+        _set_attr(node, "bits", grid.bits)
+        _set_attr(node, "block_size", BLOCK)
+        if grid.offsets is not None:
+            self._offset_branch(node, grid)
+
+    def _offset_branch(self, node: Any, grid: Grid) -> None:
+        """``node``'s output += (x·S)·Mᵀ: the block sums of its input times the offsets (fp16, cast once at load)."""
+        from onnx import TensorProto, helper
+
+        x, out, prefix = node.input[0], node.output[0], node.name.rsplit("/", 1)[0] + "/grid_offsets"
+        k = grid.codes.shape[1] * BLOCK
+        new: list[Any] = []
+        sums = self.block_sums.get(x)
+        if sums is None:
+            sums_w = f"source_grid.block_sum_{k}"
+            if sums_w not in self.inits:
+                s = np.zeros((k, k // BLOCK), np.float32)
+                s[np.arange(k), np.arange(k) // BLOCK] = 1.0
+                self._put(sums_w, s)
+            sums = self.block_sums[x] = f"{prefix}/BlockSum/output_0"
+            new.append(helper.make_node("MatMul", [x, sums_w], [sums], name=f"{prefix}/BlockSum"))
+        offsets = f"{node.input[1]}_offsets"
+        self._put(offsets, np.ascontiguousarray(grid.offsets.T).astype(np.float16))  # type: ignore[union-attr]
+        main = f"{prefix}/main_output_0"
+        node.output[0] = main
+        new += [helper.make_node("Cast", [offsets], [f"{prefix}/Cast/output_0"], name=f"{prefix}/Cast", to=TensorProto.FLOAT),
+                helper.make_node("MatMul", [sums, f"{prefix}/Cast/output_0"], [f"{prefix}/MatMul/output_0"], name=f"{prefix}/MatMul"),
+                helper.make_node("Add", [main, f"{prefix}/MatMul/output_0"], [out], name=f"{prefix}/Add")]
+        self.after[node.name] = new
+        self.offsets += 1
+
+    def _put(self, name: str, value: np.ndarray) -> None:
+        from onnx import numpy_helper
+
+        new = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        old = self.inits.get(name)
+        if old is not None:
+            old.CopyFrom(new)
+        else:
+            self.graph.initializer.append(new)
+            self.inits[name] = self.graph.initializer[-1]
+
+    def finish(self) -> None:
+        """Insert the new nodes and drop the initializers no node reads any more."""
+        if self.after:
+            nodes = list(self.graph.node)
+            del self.graph.node[:]
+            for n in nodes:
+                self.graph.node.append(n)
+                self.graph.node.extend(self.after.get(n.name, []))
+        used = {i for n in self.graph.node for i in n.input}
+        for t in [t for t in self.graph.initializer if t.name in self.dropped and t.name not in used]:
+            self.graph.initializer.remove(t)
