@@ -192,3 +192,21 @@ def test_real_model_goes_onto_its_q4_1_grid(smollm2_hf: Any, smollm2_store: Any,
     ref = smollm2_torch.sequence_logits(ids)
     assert float(np.abs(ref - got).max()) < 1e-3 * float(np.abs(ref).max())
     assert Path(art.path / "model.onnx.data").stat().st_size < 0.35 * 4 * smollm2_hf.manifest.metrics["parameters"]
+
+
+def test_cli_weight_grid(cli: Any) -> None:
+    """``slmops export onnx --weight-grid``: source by default on a model imported from a Q4_0 GGUF, named in the hints."""
+    for args in (("models", "init", "--name", "tiny", "--arch", "llama"), ("export", "gguf", "tiny", "--qtype", "q4_0", "--name", "tiny-q4"),
+                 ("models", "import", "tiny-q4", "--to", "hf", "--name", "tiny-back")):
+        res = cli(*args, "--json")
+        assert res.code == 0, res.err
+    res = cli("export", "onnx", "tiny-back", "--parity-texts", "0", "--json")
+    assert res.code == 0, res.err
+    grid = res.json["meta"]["quantization"]["source_grid"]
+    assert grid["matmuls"] == grid["total"] and any(f"{grid['matmuls']} of {grid['total']} MatMuls written on the grid" in h for h in res.json["hints"])
+    res = cli("export", "onnx", "tiny-back", "--parity-texts", "0", "--weight-grid", "requantize", "--json")
+    assert res.code == 0 and res.json["meta"]["quantization"]["grid"] == "requantize" and "source_grid" not in res.json["meta"]["quantization"]
+    bad = cli("export", "onnx", "tiny", "--weight-grid", "source")
+    assert bad.code == 1 and "has no GGUF grid to keep" in bad.err
+    bad = cli("export", "onnx", "tiny", "--precision", "fp16", "--weight-grid", "source")
+    assert bad.code == 1 and "--weight-grid only apply to --precision int4 or int8" in bad.err

@@ -33,6 +33,9 @@ AlgoOpt = Annotated[str | None, Opt("--quant-algo", help="int4/int8: weight roun
 MixedOpt = Annotated[str | None, Opt("--mixed-precision", help="int4: MatMuls kept at int8: first_last (default: LM head + first eighth of the "
                                                                "layers' attention), last (LM head), mixed (llama.cpp Q4_K_M's layers) or none.")]
 EmbOpt = Annotated[bool, Opt("--quantize-embeddings/--float-embeddings", help="int4: quantize the token embedding too.")]
+GridOpt = Annotated[str, Opt("--weight-grid", help="int4/int8: source (a model dequantized from a Q4_0/Q4_1/Q8_0 GGUF keeps that GGUF's exact "
+                                                    "grid), requantize (round every weight anew), or auto (source when the model comes from such "
+                                                    "a GGUF and no adapter is merged in; the default).")]
 EpOpt = Annotated[str, Opt("--execution-provider", "-e", help="cpu (default), cuda, dml or webgpu.")]
 AdapterOpt = Annotated[str | None, Opt("--adapter", help="A LoRA adapter of MODEL to merge in or to export as a run-time adapter.")]
 ModeOpt = Annotated[str, Opt("--adapter-mode", help="merge (into the weights), runtime (a switchable .onnx_adapter) or float (always on, "
@@ -45,7 +48,7 @@ OutOpt = Annotated[Path | None, Opt("--out", "-o", help="Also copy the exported 
 
 def onnx_config(precision: str, *, block_size: int | None = None, asymmetric: bool = False, accuracy_level: int | None = None,
                 quant_algo: str | None = None, mixed_precision: str | None = None, quantize_embeddings: bool = True, execution_provider: str = "cpu",
-                adapter_mode: str = "merge", adapter_name: str = "default", parity_texts: int = 4) -> dict[str, Any]:
+                adapter_mode: str = "merge", adapter_name: str = "default", parity_texts: int = 4, weight_grid: str = "auto") -> dict[str, Any]:
     """The ``export.onnx`` config for the CLI flags (only what differs from the defaults, so cache keys stay stable)."""
     from slmops.export.onnx import PRECISIONS
 
@@ -55,14 +58,15 @@ def onnx_config(precision: str, *, block_size: int | None = None, asymmetric: bo
         raise ConfigError(f"--adapter-mode {adapter_mode} is not a mode", fix="use merge, runtime or float")
     if precision in ("fp32", "fp16"):
         given = [flag for flag, v in (("--block-size", block_size), ("--asymmetric", asymmetric or None), ("--accuracy-level", accuracy_level),
-                                      ("--quant-algo", quant_algo), ("--mixed-precision", mixed_precision)) if v is not None]
+                                      ("--quant-algo", quant_algo), ("--mixed-precision", mixed_precision),
+                                      ("--weight-grid", None if weight_grid == "auto" else weight_grid)) if v is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} only apply to --precision int4 or int8", fix=f"drop them, or use --precision int4 (not {precision})")
     cfg: dict[str, Any] = {"precision": precision}
     for key, value, default in (("block_size", block_size, None), ("symmetric", not asymmetric, True), ("accuracy_level", accuracy_level, None),
                                 ("quant_algo", quant_algo, None), ("mixed_precision", mixed_precision, None), ("quantize_embeddings", quantize_embeddings, True),
                                 ("execution_provider", execution_provider, "cpu"), ("adapter_mode", adapter_mode, "merge"),
-                                ("adapter_name", adapter_name, "default"), ("parity_texts", parity_texts, 4)):
+                                ("adapter_name", adapter_name, "default"), ("parity_texts", parity_texts, 4), ("weight_grid", weight_grid, "auto")):
         if value != default:
             cfg[key] = value
     return cfg
@@ -105,6 +109,7 @@ def register(app: typer.Typer) -> None:
         quant_algo: AlgoOpt = None,
         mixed_precision: MixedOpt = None,
         quantize_embeddings: EmbOpt = True,
+        weight_grid: GridOpt = "auto",
         execution_provider: EpOpt = "cpu",
         adapter: AdapterOpt = None,
         adapter_mode: ModeOpt = "merge",
@@ -117,7 +122,7 @@ def register(app: typer.Typer) -> None:
         """Export a model to ONNX Runtime GenAI (genai_config.json, tokenizer, chat template) with onnxruntime-genai's model builder."""
         cfg = onnx_config(precision, block_size=block_size, asymmetric=asymmetric, accuracy_level=accuracy_level, quant_algo=quant_algo,
                           mixed_precision=mixed_precision, quantize_embeddings=quantize_embeddings, execution_provider=execution_provider, adapter_mode=adapter_mode,
-                          adapter_name=adapter_name, parity_texts=parity_texts)
+                          adapter_name=adapter_name, parity_texts=parity_texts, weight_grid=weight_grid)
         with open_cli_store() as store, progress_bars(not as_json):
             r = run_stage("export.onnx", _onnx_inputs(store, model, adapter), cfg, store=store, output_name=name)
         hints = [f"slmops generate {name or 'sha256:' + r.digest[:12]} 'Hello' (runs on ort-genai)"]
@@ -125,6 +130,9 @@ def register(app: typer.Typer) -> None:
         if q:
             hints.insert(0, f"{precision}: {q['algo']} rounding, block {q['block_size']}, mixed precision {q['mixed_precision']}"
                             + (f" ({len(q['int8_matmuls'])} MatMuls at int8)" if q.get("int8_matmuls") else ""))
+            if q.get("source_grid"):
+                g = q["source_grid"]
+                hints.insert(1, f"{g['matmuls']} of {g['total']} MatMuls written on the grid of {g['gguf']} ({', '.join(f'{k}×{v}' for k, v in g['types'].items())})")
         _emit(r, name, as_json, copy_tree(r.artifact, out_dir), {"hints": hints})
 
     @app.command("foundry")
