@@ -54,6 +54,16 @@ def q4_0(gstore: Any, tiny: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
+def untied(gstore: Any) -> Any:
+    """An untied tiny Llama through ``export.gguf --qtype q4_0`` and back: its embedding and LM head are tensors of their own."""
+    from slmops.stage.runner import run_stage
+    from slmops.testing.tiny import tiny_model
+
+    model = tiny_model("llama", store=gstore, tie_word_embeddings=False, **TINY)
+    return _from_gguf(run_stage("export.gguf", {"model": model}, {"qtype": "q4_0"}, store=gstore).artifact, gstore)
+
+
+@pytest.fixture(scope="module")
 def q4_1(gstore: Any, tiny: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The tiny Llama quantized to Q4_1 by llama.cpp (``LLAMA_FTYPE_MOSTLY_Q4_1``; ``export.gguf`` offers no q4_1) and back."""
     from slmops.runtimes.llamacpp_lib import lib
@@ -100,6 +110,19 @@ def test_source_grid_reproduces_the_dequantized_model(which: str, request: pytes
     exact, requantized = _logit_error(source, model), _logit_error(plain, model)
     assert exact < 1e-4, exact
     assert requantized > 100 * exact and requantized > 1e-3, (requantized, exact)
+
+
+def test_untied_embedding_goes_onto_its_grid_too(untied: Any, gstore: Any) -> None:
+    from slmops.models.gguf_file import open_gguf
+
+    gguf = next(p.digest for p in untied.manifest.parents if p.role == "model")
+    types = {t.name: t.tensor_type.name for t in open_gguf(gstore.get(gguf).path / "model.gguf").tensors}
+    assert (types["token_embd.weight"], types["output.weight"]) == ("Q4_0", "Q8_0")  # what llama.cpp writes for this shape
+    art = _export(untied, gstore, accuracy_level=1)
+    q = art.manifest.meta["quantization"]
+    assert q["source_grid"]["embedding"] == "Q4_0" and q["embedding"] == "int4"  # a 4-bit GatherBlockQuantized, default zero point 8
+    assert q["source_grid"]["matmuls"] == q["source_grid"]["total"] == 2 * 5 + 1
+    assert _logit_error(art, untied) < 1e-4
 
 
 def test_q4_1_offsets_are_a_float_branch_beside_the_int4_matmul(q4_1: Any, gstore: Any) -> None:

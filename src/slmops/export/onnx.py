@@ -372,12 +372,14 @@ def export_onnx(src: Path, out: Path, cfg: OnnxExportConfig, *, adapter_path: Pa
             from slmops.export.onnx_grid import write_source_grid
 
             plan["grid"] = "source"
-            plan["source_grid"] = write_source_grid(out, source_grid, src, tied=tied, tied_embedding=plan.get("embedding") == "tied")
+            plan["source_grid"] = write_source_grid(out, source_grid, src, tied=tied, tied_embedding=plan.get("embedding") == "tied",
+                                                    embedding=plan.get("embedding") == "int8")
         facts.update(finish_folder(src, out))
         if plan.get("embedding") == "tied" and tied_embedding(out) is None:
             log.warning("export.onnx: the LM head is not quantized, so the tied embedding cannot read it; quantizing it to int8 on its own")
             plan["embedding"] = "int8"
-        if plan.get("embedding") == "int8" and not int8_embedding(out, plan["block_size"]):
+        on_grid = (plan.get("source_grid") or {}).get("embedding")
+        if plan.get("embedding") == "int8" and not on_grid and not int8_embedding(out, plan["block_size"]):
             log.warning("export.onnx: found no float token-embedding Gather to quantize to int8; the embedding stays in float")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:

@@ -39,7 +39,7 @@ import numpy as np
 
 from slmops._optional import require
 from slmops.errors import ConfigError
-from slmops.export.onnx_embedding import MODEL_FILE, save_graph
+from slmops.export.onnx_embedding import EMBED_SUFFIX, MODEL_FILE, save_graph
 from slmops.store.artifact import Artifact
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ def choose_source_grid(cfg: OnnxExportConfig, model: Artifact, store: Any, *, me
             raise ConfigError("--weight-grid source cannot keep the GGUF's grid with the adapter merged in",
                               why="merging adds the LoRA's update to every weight, which moves it off the grid",
                               fix="use --adapter-mode float (the LoRA as float branches beside the base on its grid) or --weight-grid requantize")
-        log.info("export.onnx: the merged adapter moves the weights off %s's grid; requantizing (--adapter-mode float keeps the base on it)", path.name)
+        log.warning("export.onnx: the merged adapter moves the weights off %s's grid, so they are rounded again; --adapter-mode float keeps "
+                    "the base on it exactly", path.name)
         return None
     if cfg.execution_provider != "cpu" and not explicit:
         return None
@@ -269,15 +270,17 @@ def _why_not(node: Any, names: list[str] | None, grids: dict[str, Grid], types: 
     return None
 
 
-def write_source_grid(out: Path, gguf_path: Path, src: Path, *, tied: bool, tied_embedding: bool) -> dict[str, Any]:
+def write_source_grid(out: Path, gguf_path: Path, src: Path, *, tied: bool, tied_embedding: bool, embedding: bool = False) -> dict[str, Any]:
     """Put every MatMulNBits of ``out/model.onnx`` whose weights are Q4_0/Q4_1/Q8_0 in ``gguf_path`` on that grid; return facts.
 
     ``src`` is the Hugging Face folder that was exported (each rewritten weight is checked against
     it); ``tied``: the model's LM head is its token embedding; ``tied_embedding``: the embedding will
     be read from the head's quantized weight by a ``GatherBlockQuantized`` (which cannot add
-    offsets, so a Q4_1 head then keeps the plan's grid). Facts: ``matmuls`` written on the source
-    grid, of ``total``, by ``types``, ``offsets`` (MatMuls with a Q4_1 offset branch) and ``kept``
-    (node → why it keeps the plan's grid).
+    offsets, so a Q4_1 head then keeps the plan's grid); ``embedding``: put an untied float token
+    embedding on its Q8_0/Q4_0 grid too (a ``GatherBlockQuantized``). Facts: ``matmuls`` written on
+    the source grid, of ``total``, by ``types``, ``offsets`` (MatMuls with a Q4_1 offset branch),
+    ``embedding`` (its GGUF type when it went onto the grid) and ``kept`` (node → why it keeps the
+    plan's grid).
     """
     onnx = require("onnx", extra="onnx", purpose="writing weights on the source grid")
 
@@ -301,12 +304,38 @@ def write_source_grid(out: Path, gguf_path: Path, src: Path, *, tied: bool, tied
             continue
         edit.rewrite(node, grid)
         written[grid.qtype] += 1
+    embedded = _embedding(graph, edit, grids, weights) if embedding and not tied else None
     edit.finish()
     save_graph(model, out)
     if kept:
         log.info("export.onnx: %d of %d MatMuls keep the quantization plan's grid, e.g. %s: %s", len(kept), len(nodes), *next(iter(kept.items())))
     return {"gguf": gguf_path.name, "matmuls": sum(written.values()), "total": len(nodes), "types": dict(written),
-            "offsets": edit.offsets, "kept": dict(list(kept.items())[:16]), "kept_count": len(kept)}
+            "offsets": edit.offsets, "embedding": embedded, "kept": dict(list(kept.items())[:16]), "kept_count": len(kept)}
+
+
+def _embedding(graph: Any, edit: _GraphEdit, grids: dict[str, Grid], weights: _Weights) -> str | None:
+    """Replace the float token-embedding ``Gather`` by a ``GatherBlockQuantized`` on its Q8_0/Q4_0 grid; its type, or ``None``."""
+    from onnx import helper
+
+    name = "model.embed_tokens.weight"
+    grid = grids.get(name)
+    found = next(((i, n) for i, n in enumerate(graph.node) if n.op_type == "Gather" and n.name.endswith(EMBED_SUFFIX)), None)
+    if grid is None or grid.offsets is not None or found is None or found[1].input[0] not in edit.inits:
+        return None
+    if sum(found[1].input[0] in n.input for n in graph.node) != 1 or _check(grid, [name], weights):
+        return None
+    index, gather = found
+    codes = grid.codes
+    packed = codes if grid.bits == 8 else (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+    data, scales = f"{gather.input[0]}_Q{grid.bits}G{BLOCK}", f"{gather.input[0]}_scale"
+    edit.put(data, packed.reshape(codes.shape[0], -1))
+    edit.put(scales, grid.scales)
+    edit.dropped.add(gather.input[0])
+    node = helper.make_node("GatherBlockQuantized", [data, gather.input[1], scales], list(gather.output), domain="com.microsoft",
+                            name=gather.name[: -len("Gather")] + "GatherBlockQuantized", bits=grid.bits, block_size=BLOCK, gather_axis=0, quantize_axis=1)
+    graph.node.remove(gather)
+    graph.node.insert(index, node)
+    return grid.qtype
 
 
 class _GraphEdit:
@@ -330,12 +359,12 @@ class _GraphEdit:
         inputs = list(node.input)
         self.dropped |= {inputs[1]} | ({inputs[3]} if len(inputs) > 3 and inputs[3] else set())
         inputs[1] = re.sub(r"_Q\d+G\d+$", "", inputs[1]) + f"_Q{grid.bits}G{BLOCK}"
-        self._put(inputs[1], packed)
-        self._put(inputs[2], grid.scales.astype(dtype))
+        self.put(inputs[1], packed)
+        self.put(inputs[2], grid.scales.astype(dtype))
         zp_name = f"{inputs[1]}_zp"
         if grid.zero != 1 << (grid.bits - 1):  # not the default: packed like MatMulNBits' own (two 4-bit points a byte)
             per_row = -(-codes.shape[1] * grid.bits // 8)
-            self._put(zp_name, np.full((codes.shape[0], per_row), grid.zero * (0x11 if grid.bits == 4 else 1), np.uint8))
+            self.put(zp_name, np.full((codes.shape[0], per_row), grid.zero * (0x11 if grid.bits == 4 else 1), np.uint8))
             inputs = inputs[:3] + [zp_name] + inputs[4:]
         else:
             inputs = inputs[:3] + ([""] + inputs[4:] if len(inputs) > 4 else [])
@@ -359,11 +388,11 @@ class _GraphEdit:
             if sums_w not in self.inits:
                 s = np.zeros((k, k // BLOCK), np.float32)
                 s[np.arange(k), np.arange(k) // BLOCK] = 1.0
-                self._put(sums_w, s)
+                self.put(sums_w, s)
             sums = self.block_sums[x] = f"{prefix}/BlockSum/output_0"
             new.append(helper.make_node("MatMul", [x, sums_w], [sums], name=f"{prefix}/BlockSum"))
         offsets = f"{node.input[1]}_offsets"
-        self._put(offsets, np.ascontiguousarray(grid.offsets.T).astype(np.float16))  # type: ignore[union-attr]
+        self.put(offsets, np.ascontiguousarray(grid.offsets.T).astype(np.float16))  # type: ignore[union-attr]
         main = f"{prefix}/main_output_0"
         node.output[0] = main
         new += [helper.make_node("Cast", [offsets], [f"{prefix}/Cast/output_0"], name=f"{prefix}/Cast", to=TensorProto.FLOAT),
@@ -372,7 +401,8 @@ class _GraphEdit:
         self.after[node.name] = new
         self.offsets += 1
 
-    def _put(self, name: str, value: np.ndarray) -> None:
+    def put(self, name: str, value: np.ndarray) -> None:
+        """Set initializer ``name`` to ``value`` (replaced in place, or added)."""
         from onnx import numpy_helper
 
         new = numpy_helper.from_array(np.ascontiguousarray(value), name)
