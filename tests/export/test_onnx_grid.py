@@ -12,7 +12,6 @@ the LoRA-in-float path (the base stays on the grid) on the real components, and 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,8 @@ IDS = [1, 17, 250, 33, 1042, 5, 77, 399, 12, 640, 3, 901, 44, 8, 1500, 260]
 
 
 @pytest.fixture(scope="module")
-def gstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from slmops.store.registry import Store
-
-    s = Store(tmp_path_factory.mktemp("onnx_grid_store"))
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def tiny(gstore: Any) -> Any:
+def tiny128(gstore: Any) -> Any:
+    """A tiny Llama whose widths are whole Q4 blocks (``gstore``: the session store of tests/export/conftest.py)."""
     from slmops.testing.tiny import tiny_model
 
     return tiny_model("llama", store=gstore, **TINY)
@@ -46,11 +37,11 @@ def _from_gguf(gguf: Any, store: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def q4_0(gstore: Any, tiny: Any) -> Any:
+def q4_0(gstore: Any, tiny128: Any) -> Any:
     """The tiny Llama through ``export.gguf --qtype q4_0`` and back (``models.from_gguf``)."""
     from slmops.stage.runner import run_stage
 
-    return _from_gguf(run_stage("export.gguf", {"model": tiny}, {"qtype": "q4_0"}, store=gstore).artifact, gstore)
+    return _from_gguf(run_stage("export.gguf", {"model": tiny128}, {"qtype": "q4_0"}, store=gstore).artifact, gstore)
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +55,12 @@ def untied(gstore: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def q4_1(gstore: Any, tiny: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def q4_1(gstore: Any, tiny128: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The tiny Llama quantized to Q4_1 by llama.cpp (``LLAMA_FTYPE_MOSTLY_Q4_1``; ``export.gguf`` offers no q4_1) and back."""
     from slmops.runtimes.llamacpp_lib import lib
     from slmops.stage.runner import run_stage
 
-    f32 = run_stage("export.gguf", {"model": tiny}, {"qtype": "f32"}, store=gstore).artifact
+    f32 = run_stage("export.gguf", {"model": tiny128}, {"qtype": "f32"}, store=gstore).artifact
     dst = tmp_path_factory.mktemp("q4_1") / "tiny.Q4_1.gguf"
     L = lib()
     params = L.llama_model_quantize_default_params()
@@ -181,7 +172,7 @@ def test_lora_in_float_keeps_the_base_on_the_grid(q4_0: Any, gstore: Any) -> Non
     assert float_.manifest.metrics["kl_mean"] < 1e-4 < merged.manifest.metrics["kl_mean"]
 
 
-def test_explicit_source_grid_refuses_what_it_cannot_keep(tiny: Any, q4_0: Any, gstore: Any) -> None:
+def test_explicit_source_grid_refuses_what_it_cannot_keep(tiny128: Any, q4_0: Any, gstore: Any) -> None:
     from pydantic import ValidationError
 
     from slmops.errors import ConfigError
@@ -190,7 +181,7 @@ def test_explicit_source_grid_refuses_what_it_cannot_keep(tiny: Any, q4_0: Any, 
     from slmops.testing.onnx import tiny_lora
 
     with pytest.raises(ConfigError, match="no GGUF grid to keep") as exc:
-        _export(tiny, gstore, weight_grid="source")
+        _export(tiny128, gstore, weight_grid="source")
     assert "models.from_gguf" in str(exc.value.why)
     adapter = tiny_lora(q4_0, store=gstore, arch="llama", seed=1)
     with pytest.raises(ConfigError, match="adapter merged in") as exc:
@@ -198,7 +189,7 @@ def test_explicit_source_grid_refuses_what_it_cannot_keep(tiny: Any, q4_0: Any, 
     assert "--adapter-mode float" in str(exc.value.fix)
     with pytest.raises(ValidationError, match="weight_grid only apply to precision int4 or int8"):
         OnnxExportConfig(precision="fp16", weight_grid="source")
-    assert _export(tiny, gstore).manifest.meta["quantization"]["grid"] == "requantize"  # auto on a model of no GGUF
+    assert _export(tiny128, gstore).manifest.meta["quantization"]["grid"] == "requantize"  # auto on a model of no GGUF
 
 
 @pytest.mark.slow

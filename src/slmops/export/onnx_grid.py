@@ -66,6 +66,10 @@ class Grid:
     zero: int  # the zero point of every block
     offsets: np.ndarray | None = None  # float32 [rows, blocks] (fp16 values), Q4_1's m
 
+    def packed(self) -> np.ndarray:
+        """The codes as MatMulNBits stores them: ``[rows, blocks, 32 · bits / 8]`` bytes, two 4-bit codes a byte, low nibble first."""
+        return self.codes if self.bits == 8 else (self.codes[..., 0::2] | (self.codes[..., 1::2] << 4)).astype(np.uint8)
+
     def dequantize(self) -> np.ndarray:
         """The weights ``[rows, cols]`` the grid stands for (in the ``gguf`` library's order of operations)."""
         w = (self.codes.astype(np.float32) - np.float32(self.zero)) * self.scales[..., None] if self.zero else self.scales[..., None] * self.codes
@@ -325,8 +329,7 @@ def _embedding(graph: Any, edit: _GraphEdit, grids: dict[str, Grid], weights: _W
     if sum(found[1].input[0] in n.input for n in graph.node) != 1 or _check(grid, [name], weights):
         return None
     index, gather = found
-    codes = grid.codes
-    packed = codes if grid.bits == 8 else (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+    codes, packed = grid.codes, grid.packed()
     data, scales = f"{gather.input[0]}_Q{grid.bits}G{BLOCK}", f"{gather.input[0]}_scale"
     edit.put(data, packed.reshape(codes.shape[0], -1))
     edit.put(scales, grid.scales)
@@ -351,8 +354,7 @@ class _GraphEdit:
 
     def rewrite(self, node: Any, grid: Grid) -> None:
         """Put ``node`` on ``grid``: codes, scales and zero points replaced (names kept, the block size in them updated)."""
-        codes = grid.codes
-        packed = codes if grid.bits == 8 else (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+        codes, packed = grid.codes, grid.packed()
         from onnx import numpy_helper
 
         dtype = numpy_helper.to_array(self.inits[node.input[2]]).dtype
