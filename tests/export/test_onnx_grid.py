@@ -138,6 +138,18 @@ def test_q4_1_offsets_are_a_float_branch_beside_the_int4_matmul(q4_1: Any, gstor
     assert len(sums) == 2 * 4  # one per distinct input of a layer: attention input, attention output, MLP input (gate, up), MLP product
 
 
+def test_grid_matmuls_default_to_fp32_activations(q4_1: Any, gstore: Any) -> None:
+    """With no --accuracy-level, 4-bit MatMuls on the grid get level 1 (exact); the 8-bit head keeps the CPU default 4 (fast)."""
+    import onnx
+
+    art = _export(q4_1, gstore)
+    assert art.manifest.meta["quantization"]["source_grid"]["accuracy_level"] == 1
+    graph = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
+    levels = {n.name: {a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"}
+    assert {v["accuracy_level"] for k, v in levels.items() if v["bits"] == 4} == {1}
+    assert levels["/lm_head/MatMul_Q8"]["accuracy_level"] == 4 and levels["/lm_head/MatMul_Q8"]["bits"] == 8
+
+
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 def test_unpacked_blocks_dequantize_like_the_gguf_library(qtype: str) -> None:
     import gguf

@@ -85,7 +85,8 @@ class OnnxExportConfig(BaseModel):
     )
     symmetric: bool = Field(True, description="int4/int8: symmetric quantization (int4/int8); false = asymmetric (uint4/uint8 with zero points)")
     accuracy_level: Literal[1, 2, 3, 4] | None = Field(
-        None, description="int4/int8: minimum precision of the activations in MatMulNBits (1 fp32, 2 fp16, 3 bf16, 4 int8; builder default 4 on CPU)"
+        None, description="int4/int8: minimum precision of the activations in MatMulNBits (1 fp32, 2 fp16, 3 bf16, 4 int8; builder default 4 on CPU, "
+                          "but 1 for 4-bit MatMuls written on a GGUF's grid, which then compute the source model exactly)"
     )
     quant_algo: Literal["default", "rtn", "k_quant"] | None = Field(
         None, description="int4/int8: how weights are rounded: default (the builder's MLAS RTN), rtn, or k_quant (llama.cpp-style scale and "
@@ -373,7 +374,7 @@ def export_onnx(src: Path, out: Path, cfg: OnnxExportConfig, *, adapter_path: Pa
 
             plan["grid"] = "source"
             plan["source_grid"] = write_source_grid(out, source_grid, src, tied=tied, tied_embedding=plan.get("embedding") == "tied",
-                                                    embedding=plan.get("embedding") == "int8")
+                                                    embedding=plan.get("embedding") == "int8", accuracy_level=cfg.accuracy_level)
         facts.update(finish_folder(src, out))
         if plan.get("embedding") == "tied" and tied_embedding(out) is None:
             log.warning("export.onnx: the LM head is not quantized, so the tied embedding cannot read it; quantizing it to int8 on its own")
