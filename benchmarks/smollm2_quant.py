@@ -41,7 +41,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's threads spin against ea
 #: the LoRA fine-tune every row starts from (``finetune.lora``; ~2.4M trainable parameters).
 LORA = {"max_steps": 24, "batch_size": 8, "learning_rate": 1e-3, "warmup_steps": 2, "max_length": 160, "lora_rank": 8, "seed": 0}
 DATA = {"task": "support-intent", "n": 600, "seed": 0}
-ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/float/requantize", "onnx:int4/float", "onnx:int4/float/acc1"]
+ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/float/requantize", "onnx:int4/float", "onnx:int4/float/acc4", "onnx:int4/float/acc1"]
 
 
 def base_model(store: Any, ref: str | None) -> Any:
@@ -130,16 +130,39 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                      **{k: None for k in ("kl_mean", "kl_p95", "top1", "greedy")}, **cache[key], "export_s": export_s,
                      "quantization": meta.get("quantization"), "adapter_mode": meta["adapter"].get("mode") if isinstance(meta.get("adapter"), dict) else None,
                      "tensor_types": meta.get("tensor_types"), "fallbacks": meta.get("fallbacks"), "bits_per_weight": meta.get("bits_per_weight")}
-                print(json.dumps(r), file=sys.stderr)
                 rows.append(r)
         finally:
             if ref is not None:
                 ref.close()
+        if args.speed:
+            speeds(rows, store, args)
+    for r in rows:
+        print(json.dumps(r), file=sys.stderr)
     return rows
+
+
+def speeds(rows: list[dict[str, Any]], store: Any, args: argparse.Namespace) -> None:
+    """Decode tokens/s of every export (64-token prompt, 64 new tokens, ``--threads``), measured in turns, ``--speed`` rounds each: the median."""
+    import statistics
+
+    from slmops.export.measure import measure_runtime
+
+    arts = [(r, store.find_prefix(r["digest"])) for r in rows if r["row"] != "fp32"]
+    got: dict[str, list[float]] = {r["row"]: [] for r, _ in arts}
+    for _ in range(args.speed):
+        for r, art in arts:
+            option = {"n_threads": args.threads} if art.kind == "gguf" else {"threads": args.threads}
+            got[r["row"]].append(measure_runtime(art.path, runs=2, options=option)["decode_tokens_per_s"])
+    for r, _ in arts:
+        r["decode_tok_s"] = statistics.median(got[r["row"]])
 
 
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+def _speed(r: dict[str, Any]) -> str:
+    return "-" if r.get("decode_tok_s") is None else f"{r['decode_tok_s']:.1f}"
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> str:
@@ -157,8 +180,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
          f"({rows[0]['fp16_bytes'] / 1e6:.1f} MB). Machine: {platform.machine()}, {os.cpu_count()} cores, load average at the end "
          f"{os.getloadavg()[0]:.1f}. Took {elapsed / 60:.1f} min."),
         "",
-        "| row | size MB | % of fp16 | accuracy | % of fp32 acc. | KL (nats) | top-1 | greedy = |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | size MB | % of fp16 | accuracy | % of fp32 acc. | KL (nats) | top-1 | greedy = | decode tok/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         keep = f"{100 * r['accuracy'] / fp32['accuracy']:.0f}%" if fp32 and fp32["accuracy"] else "-"
@@ -166,7 +189,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         top1 = "-" if r["top1"] is None else f"{r['top1']:.3f}"
         greedy = "-" if r["greedy"] is None else f"{r['greedy']:.2f}"
         lines.append(f"| {r['row']} | {r['size_bytes'] / 1e6:.1f} | {100 * r['size_bytes'] / r['fp16_bytes']:.1f}% | {r['accuracy']:.3f} | {keep} | "
-                     f"{kl} | {top1} | {greedy} |")
+                     f"{kl} | {top1} | {greedy} | {_speed(r)} |")
     lines.append("")
     for r in rows:
         q = r.get("quantization")
@@ -203,6 +226,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N test records")
     ap.add_argument("--parity-texts", type=int, default=16, help="test chats scored for KL, top-1 and greedy agreement")
     ap.add_argument("--threads", type=int, default=1, help="engine threads for the measurements (1: robust on a busy machine)")
+    ap.add_argument("--speed", type=int, default=0, help="also measure decode tokens/s, in this many alternating rounds (0: skip)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()
