@@ -185,7 +185,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
     ]
     for r in rows:
         keep = f"{100 * r['accuracy'] / fp32['accuracy']:.0f}%" if fp32 and fp32["accuracy"] else "-"
-        kl = "-" if r["kl_mean"] is None else f"{r['kl_mean']:.3f}"
+        kl = "-" if r["kl_mean"] is None else f"{r['kl_mean']:.3f}" if r["kl_mean"] >= 0.01 else f"{r['kl_mean']:.2g}"
         top1 = "-" if r["top1"] is None else f"{r['top1']:.3f}"
         greedy = "-" if r["greedy"] is None else f"{r['greedy']:.2f}"
         lines.append(f"| {r['row']} | {r['size_bytes'] / 1e6:.1f} | {100 * r['size_bytes'] / r['fp16_bytes']:.1f}% | {r['accuracy']:.3f} | {keep} | "
@@ -196,7 +196,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         if q:
             g = q.get("source_grid")
             grid = (f"; on the GGUF's own grid: {g['matmuls']} of {g['total']} MatMuls ({', '.join(f'{k}×{v}' for k, v in g['types'].items())}; "
-                    f"{g['offsets']} with a Q4_1 offset branch), the rest {q['algo']}" if g else f"; grid {q.get('grid', 'requantize')}")
+                    f"{g['offsets']} with a Q4_1 offset branch; 4-bit ones at accuracy level {g.get('accuracy_level')})"
+                    + (f", the rest {q['algo']}" if g["matmuls"] < g["total"] else "") if g else f"; grid {q.get('grid', 'requantize')}")
             lines.append(f"- {r['row']}: {q['algo']} rounding, block {q['block_size']}, {'symmetric' if q['symmetric'] else 'asymmetric'}, "
                          f"mixed precision {q['mixed_precision']}, embedding {q.get('embedding')}, {len(q.get('int8_matmuls') or [])} MatMuls at 8 bits"
                          + grid + (f", adapter {r['adapter_mode']}" if r.get("adapter_mode") else ""))
@@ -213,7 +214,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
             verdict = [f"accuracy {100 * keep:.0f}% of fp32 ({'≥' if keep >= 0.95 else '<'} 95%)",
                        f"{100 * r['size_bytes'] / r['fp16_bytes']:.1f}% of fp16 ({'≤' if r['size_bytes'] <= 0.3 * r['fp16_bytes'] else '>'} 30%)"]
             if r["row"].startswith("onnx:") and r["kl_mean"] is not None and q4["kl_mean"] is not None:
-                verdict.append(f"KL {r['kl_mean']:.3f} vs Q4_K_M {q4['kl_mean']:.3f} ({'≤' if r['kl_mean'] <= q4['kl_mean'] else '>'})")
+                verdict.append(f"KL {r['kl_mean']:.3g} vs Q4_K_M {q4['kl_mean']:.3g} ({'≤' if r['kl_mean'] <= q4['kl_mean'] else '>'})")
             lines.append(f"- {r['row']}: " + "; ".join(verdict))
     return "\n".join(lines) + "\n"
 

@@ -168,6 +168,28 @@ def test_unpacked_blocks_dequantize_like_the_gguf_library(qtype: str) -> None:
     np.testing.assert_allclose(grid.dequantize(), want, rtol=0, atol=2e-7 * float(np.abs(want).max()))
 
 
+def test_a_weight_changed_after_import_keeps_the_plans_grid(q4_0: Any, gstore: Any, tmp_path: Path) -> None:
+    """The grid is checked against the model's own weights: a folder edited after import is not silently reverted to the GGUF."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from slmops.export.onnx import OnnxExportConfig, export_onnx
+    from slmops.export.onnx_grid import source_gguf
+
+    src = tmp_path / "edited"
+    shutil.copytree(q4_0.path, src, ignore=shutil.ignore_patterns("manifest.json"))
+    weights = load_file(str(src / "model.safetensors"))
+    weights["model.layers.1.self_attn.o_proj.weight"] = weights["model.layers.1.self_attn.o_proj.weight"] * 1.01
+    save_file(weights, str(src / "model.safetensors"))
+    out = tmp_path / "onnx"
+    out.mkdir()
+    facts = export_onnx(src, out, OnnxExportConfig(precision="int4", parity_texts=0), source_grid=source_gguf(q4_0, gstore))
+    grid = facts["quantization"]["source_grid"]
+    (node, why), = grid["kept"].items()
+    assert grid["matmuls"] == grid["total"] - 1 and node.startswith("/model/layers.1/attn/o_proj/MatMul") and "differ from the GGUF's" in why
+
+
 def test_lora_in_float_keeps_the_base_on_the_grid(q4_0: Any, gstore: Any) -> None:
     from slmops.stage.runner import run_stage
     from slmops.testing.onnx import tiny_lora

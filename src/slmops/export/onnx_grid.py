@@ -199,8 +199,7 @@ def _concat(parts: list[Grid]) -> Grid:
     if all(g.offsets is None and g.zero == parts[0].zero for g in parts):
         return Grid(qtype, parts[0].bits, np.concatenate([g.codes for g in parts]), np.concatenate([g.scales for g in parts]), parts[0].zero)
     offsets = [g.offsets if g.offsets is not None else -np.float32(g.zero) * g.scales for g in parts]  # Q4_0: d·(q − 8) = d·q − 8d
-    zero = 0
-    return Grid(qtype, parts[0].bits, np.concatenate([g.codes for g in parts]), np.concatenate([g.scales for g in parts]), zero,
+    return Grid(qtype, parts[0].bits, np.concatenate([g.codes for g in parts]), np.concatenate([g.scales for g in parts]), 0,
                 np.concatenate(offsets))
 
 
