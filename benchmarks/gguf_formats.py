@@ -100,9 +100,10 @@ def child_pair(path: str, threads: int, prompt_tokens: int, new_tokens: int, run
 
 def child_raw(path: str, threads: int, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
     """llama.cpp on its own: prompt decode, then llama_decode + greedy llama_sampler per token."""
-    from slmops.export.measure import PROMPT_TEXT, peak_rss_bytes
+    from slmops.bench.memory import peak_rss_bytes
+    from slmops.export.measure import PROMPT_TEXT
     from slmops.runtimes.llamacpp_lib import lib
-    from slmops.runtimes.llamacpp_rt import locate_gguf
+    from slmops.models.gguf_file import locate_gguf
 
     L = lib()
     model_file = locate_gguf(Path(path))[0]

@@ -149,7 +149,7 @@ def child_raw(path: str, prompt_tokens: int, new_tokens: int, runs: int, threads
     """ORT GenAI on its own, in a process of its own (for its load time and peak RSS)."""
     import onnxruntime_genai as og
 
-    from slmops.export.measure import peak_rss_bytes
+    from slmops.bench.memory import peak_rss_bytes
 
     t0 = time.perf_counter()
     model = _og_model(path, threads)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from slmops import __version__
+from slmops import __version__, formats
 from slmops._optional import EXTRAS, installed_version
 from slmops.settings import slmops_home
 
@@ -86,6 +86,7 @@ def machine_report() -> dict[str, Any]:
         extra: {dist: installed_version(dist) for dist in dists}
         for extra, dists in EXTRAS.items()
     }
+    complete = {extra: all(v is not None for v in d.values()) for extra, d in extras.items()}
     return {
         "slmops": __version__,
         "python": platform.python_version(),
@@ -96,7 +97,9 @@ def machine_report() -> dict[str, Any]:
         "cpu": cpu_features(),
         "accelerators": accelerators(),
         "extras": extras,
-        "extras_complete": {extra: all(v is not None for v in d.values()) for extra, d in extras.items()},
+        "extras_complete": complete,
+        "formats": {f.name: {"kind": f.kind, "measure": f.measure, "extra": f.extra, "extra_installed": complete.get(f.extra, True) if f.extra else True}
+                    for f in formats.all_formats()},
         "home": str(home),
         "home_exists": home.exists(),
         "disk_free_bytes": shutil.disk_usage(probe).free,

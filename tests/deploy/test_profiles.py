@@ -24,6 +24,8 @@ def test_detect_save_load_and_check(store) -> None:
     assert check_profile(edge, format="gguf", size_bytes=900, peak_rss_bytes=9000, tokens_per_s=6) == []
     reasons = check_profile(edge, format="ort-genai", size_bytes=2000, peak_rss_bytes=20_000, tokens_per_s=1)
     assert len(reasons) == 4 and "format ort-genai not allowed" in reasons[0]
+    assert reasons[1:] == ["size_bytes = 2000, needs <= 1000", "peak_rss_bytes = 20000, needs <= 10000", "decode_tokens_per_s = 1, needs >= 5"]
+    assert check_profile(edge, format="gguf", size_bytes=2000) == ["size_bytes = 2000, needs <= 1000"], "what was not measured is not held against it"
     with pytest.raises(StoreError, match="saved profiles: edge"):
         load_profile(store, "nope")
     with pytest.raises(ConfigError, match="unknown format"):
@@ -48,6 +50,11 @@ def test_apply_profile_narrows_an_optimize_config() -> None:
     assert cfg == {"targets": ["gguf:q4_k_m", "gguf:q8_0"], "max_size_bytes": 50_000_000, "min_tokens_per_s": 5}
     with pytest.raises(ConfigError, match="allows none of the targets"):
         apply_profile({"targets": ["onnx:int4"]}, edge)
+    # every limit of a profile is a gate the optimizer takes (peak memory too)
+    pi = DeviceProfile(name="pi", max_rss_bytes=2_000_000_000, formats=["gguf"])
+    from slmops.export.optimize import OptimizeConfig
+
+    assert OptimizeConfig(**apply_profile({"targets": ["gguf:q8_0"]}, pi)).max_rss_bytes == 2_000_000_000
 
 
 def test_optimize_cli_refuses_targets_outside_the_profile(cli) -> None:

@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import json
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -155,28 +154,10 @@ def make_app(*, runtime: Any = None, script: Script | None = None, model_id: str
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Run ``app`` on 127.0.0.1 in a background thread; yields ``http://127.0.0.1:PORT/v1``."""
-    import uvicorn
+    from slmops.serve.background import running_server
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running_server(app) as url:
+        yield f"{url}/v1"

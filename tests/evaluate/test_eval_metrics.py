@@ -108,6 +108,9 @@ def test_json_schema_validation() -> None:
     errs = jm.schema_errors({"product": "x", "quantity": 0, "y": 1}, SCHEMA)
     assert errs == ["$.product: shorter than 2", "$.quantity: 0 breaks minimum 1", "$: unexpected property 'y'"]
     assert jm.schema_errors([1, "a"], {"type": "array", "items": {"type": "integer"}}) == ["$[1]: expected integer, got str"]
+    lengths = {"minLength": 2, "maxLength": 3, "minItems": 2, "maxItems": 3}
+    assert jm.schema_errors("abcd", lengths) == ["$: longer than 3"] and jm.schema_errors([1], lengths) == ["$: fewer than 2 items"]
+    assert jm.schema_errors([1, 2, 3, 4], lengths) == ["$: more than 3 items"] and jm.schema_errors("ab", lengths) == []
 
 
 def test_schema_keywords_outside_the_subset_are_refused() -> None:

@@ -14,10 +14,14 @@ from slmops.errors import ConfigError
 from slmops.evaluate import judge
 from slmops.evaluate.perplexity import NLL, perplexity, record_nll, score_tokens
 from slmops.evaluate.similarity import cosine, similarities
+from slmops.runtimes import Capabilities
 
 
 class FakeRuntime:
     """Tokens are characters' codes mod ``vocab``; logits are fixed per row; windows are recorded."""
+
+    name = "fake"
+    capabilities = Capabilities()
 
     def __init__(self, vocab: int, row: Sequence[float] | None = None, context: int = 64) -> None:
         self.vocab = vocab
@@ -28,12 +32,23 @@ class FakeRuntime:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) % self.vocab for c in text]
 
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.tokenize(prompt)
+
     def apply_chat_template(self, messages: Sequence[Any], add_generation_prompt: bool = True, **kw: Any) -> str:
         return "".join(m["content"] for m in messages) + ">"
 
     def sequence_logits(self, ids: Sequence[int]) -> np.ndarray:
         self.windows.append(list(ids))
         return np.tile(self.row, (len(ids), 1))
+
+
+def test_a_runtime_without_logits_is_refused_by_its_capabilities() -> None:
+    rt = FakeRuntime(vocab=4)
+    rt.capabilities = Capabilities(logits=False)
+    with pytest.raises(ConfigError, match="returns no logits"):
+        score_tokens(rt, [1, 2, 3], 1)
+    assert rt.windows == []  # refused before anything was scored
 
 
 def test_uniform_logits_give_the_vocabulary_size() -> None:

@@ -27,11 +27,11 @@ def test_export_parity_optimize_cli(cli: Any, tmp_path: Path) -> None:
     assert r.code == 0, r.err
     assert r.json["metrics"]["passed"] and r.json["kind"] == "report"
     r = cli("parity", "tiny-q8", "--ref", "tiny", "--data", str(data), "--max-kl", "1e-12", "--max-texts", "2", "--greedy-prompts", "0")
-    assert r.code == 3 and "failed 1 of 2 gate(s)" in r.err and "kl_mean" in r.err  # KL and top-1 measured; greedy, task skipped
+    assert r.code == 3 and "gate kl_mean<=1e-12 failed at sha256:" in r.err and "(2 more not measured)" in r.err  # KL and top-1 measured; greedy, task skipped
 
     r = cli("optimize", "tiny", "--data", str(data), "--targets", "gguf:q8_0,gguf:f16", "--max-size", "400KB", "--parity-texts", "2", "--no-isolate")
     assert r.code == 0, r.err
-    assert "chosen: gguf:q8_0" in r.out and "size 46" in r.out  # f16 (~464 KB) fails --max-size
+    assert "chosen: gguf:q8_0" in r.out and "size_bytes = 46" in r.out  # f16 (~464 KB) fails --max-size
     r = cli("optimize", "tiny", "--data", str(data), "--targets", "gguf:q8_0", "--max-size", "1kb", "--parity-texts", "2", "--no-isolate")
     assert r.code == 3 and "no candidate passed" in r.err
 

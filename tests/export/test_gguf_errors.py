@@ -194,7 +194,7 @@ def test_not_a_gguf_and_adapter_as_model(tmp_path: Path, lora: Any, gstore: Any,
 
 
 def test_fuzzed_adapter_files(tmp_path: Path, lora: Any, tiny: dict[str, Any]) -> None:
-    from slmops.export.gguf_lora import convert_lora
+    from slmops.models.gguf_lora import convert_lora
 
     src = lora[1].path
     rng = random.Random(3)

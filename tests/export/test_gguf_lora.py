@@ -52,7 +52,7 @@ def test_adapter_becomes_a_runtime_lora(gstore: Any, tiny: dict[str, Any], lora:
         with pytest.raises(ConfigError, match="no adapter named"):
             rt.set_adapter_scales({"nope": 1.0})
     with open_runtime(art, use_adapters=False) as rt:
-        assert rt.adapters == {} and kl(off, rt.sequence_logits(ids)) < 1e-5
+        assert rt.adapters == () and rt.adapter_scales == {} and kl(off, rt.sequence_logits(ids)) < 1e-5
 
 
 def test_merged_adapter_export(gstore: Any, tiny: dict[str, Any], lora: Any) -> None:
@@ -82,7 +82,7 @@ def test_adapter_from_another_base_is_refused(gstore: Any, tiny: dict[str, Any],
 
 
 def test_unrepresentable_adapters_are_refused(gstore: Any, tiny: dict[str, Any], tmp_path: Path) -> None:
-    from slmops.export.gguf_lora import convert_lora
+    from slmops.models.gguf_lora import convert_lora
 
     make_lora(tiny["llama"], "llama", tmp_path / "dora", use_dora=True)
     with pytest.raises(ConfigError, match="DoRA"):
@@ -110,7 +110,7 @@ def test_hot_adapters_per_request(f32: dict[str, Any], lora: Any, gstore: Any, t
         on, off = peft_logits(pm, ids)
         rt.load_adapter("peft", adapter.path)  # PEFT folder: converted against the GGUF's own layout
         rt.load_adapter("gguf", gguf_lora.path)
-        assert rt.adapters == {"peft": 1.0, "gguf": 1.0}
+        assert rt.adapters == ("peft", "gguf") and rt.adapter_scales == {"peft": 1.0, "gguf": 1.0}
         assert kl(off, rt.sequence_logits(ids)) < 1e-5  # loaded adapters stay off until a request names one
         p = GenerationParams(max_tokens=6, logprobs=True)
         base = rt.generate(ids, p)
@@ -121,4 +121,4 @@ def test_hot_adapters_per_request(f32: dict[str, Any], lora: Any, gstore: Any, t
         assert rt.generate(ids, p).logprobs == base.logprobs  # the request's adapter is not left on
         with pytest.raises(ConfigError, match="no adapter named 'nope'"):
             rt.generate(ids, p, adapter="nope")
-        assert rt.unload_adapter("peft") and not rt.unload_adapter("peft") and rt.adapters == {"gguf": 1.0}
+        assert rt.unload_adapter("peft") and not rt.unload_adapter("peft") and rt.adapter_scales == {"gguf": 1.0}

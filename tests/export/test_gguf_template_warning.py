@@ -33,14 +33,14 @@ def export_with_template(store: Any, folder: Path, template: str | None) -> Any:
 
 
 def test_an_unsafe_chat_template_is_exported_with_a_warning(store: Any, hf_copy: Any, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="slmops.export.gguf_vocab"):
+    with caplog.at_level(logging.WARNING, logger="slmops.models.gguf_vocab"):
         art = export_with_template(store, hf_copy(), UNSAFE)
-    warned = [r.getMessage() for r in caplog.records if r.name == "slmops.export.gguf_vocab"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "slmops.models.gguf_vocab"]
     assert any("unsafe or broken" in m and "unsafe operation" in m for m in warned), warned
     assert (art.path / "model.gguf").is_file()  # still written: the template is the model's own
 
 
 def test_a_plain_chat_template_exports_without_a_warning(store: Any, hf_copy: Any, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="slmops.export.gguf_vocab"):
+    with caplog.at_level(logging.WARNING, logger="slmops.models.gguf_vocab"):
         export_with_template(store, hf_copy(), None)
-    assert not [r for r in caplog.records if r.name == "slmops.export.gguf_vocab" and "chat template" in r.getMessage()]
+    assert not [r for r in caplog.records if r.name == "slmops.models.gguf_vocab" and "chat template" in r.getMessage()]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from slmops.export.parity import DEFAULT_GATES, ParityConfig, check_gates
+from slmops.export.parity import DEFAULT_GATES, ParityConfig, check_parity
 from slmops.export.stages_eval import parity_reference
 from slmops.stage.runner import run_stage
 
@@ -41,7 +41,7 @@ def test_parity_cli_defaults_to_the_adapted_reference(cli: Any, gstore: Any, tin
     assert r.code == 0, r.err
     parents = {p.role: p.digest for p in gstore.get(r.json["digest"]).manifest.parents}
     assert parents["reference"] == lora[1].digest and r.json["metrics"]["kl_mean"] < 1e-4
-    assert {g["gate"] for g in r.json["meta"]["gates"]} == set(DEFAULT_GATES)
+    assert {g["name"] for g in r.json["meta"]["gates"]} == set(DEFAULT_GATES)
 
 
 def test_onnx_inline_parity_uses_the_adapted_model(gstore: Any, tiny: dict[str, Any], lora: tuple[Any, Any]) -> None:
@@ -60,10 +60,10 @@ def test_default_gates_pass_a_4bit_export_and_skip_what_is_not_measured(gstore: 
     m = r.artifact.manifest.metrics
     assert m["kl_mean"] > 0.0004 and m["passed"], "a Q4_K_M that keeps the task passes the defaults (0.05 KL failed real models)"
     texts_only = [x for x in read_dataset(dataset) if x.kind == "text"]
-    rows = {g["gate"]: g for g in check_gates({**m, "task_delta": None}, ParityConfig())}
-    assert rows["max_task_drop"]["skipped"] and rows["max_task_drop"]["passed"] and texts_only, "no answers, no task gate"
-    rows = {g["gate"]: g for g in check_gates({**m, "top1_agreement": 0.5}, ParityConfig())}
-    assert rows["min_top1"]["passed"] is False
+    rows = {g.name: g for g in check_parity({**m, "task_drop": None}, ParityConfig())}
+    assert rows["max_task_drop"].skipped and rows["max_task_drop"].passed and texts_only, "no answers, no task gate"
+    rows = {g.name: g for g in check_parity({**m, "top1_agreement": 0.5}, ParityConfig())}
+    assert rows["min_top1"].passed is False
 
 
 def test_an_adapter_opens_on_its_base_on_torch_or_on_a_gguf_export(gstore: Any, tiny: dict[str, Any], f32: dict[str, Any],

@@ -167,8 +167,8 @@ def test_sample_scores_with_a_judge_and_feeds_from_logs(traffic: dict[str, Any],
 
     @judge.post("/v1/chat/completions")
     def grade(body: dict[str, Any]) -> dict[str, Any]:
-        seen.append(body["messages"][0]["content"])
-        return {"choices": [{"message": {"role": "assistant", "content": "Score: 8"}}]}
+        seen.append(body["messages"][-1]["content"])
+        return {"choices": [{"message": {"role": "assistant", "content": '{"relevance": 4, "coherence": 4}'}}]}  # 4/5 = 0.8
 
     db = tmp_path / "requests.db"
     shutil.copy(traffic["logs"]["support"], db)
@@ -219,7 +219,7 @@ def test_server_judges_sampled_traffic_itself(traffic: dict[str, Any], home: Pat
     @judge.post("/v1/chat/completions")
     def grade(body: dict[str, Any]) -> dict[str, Any]:
         assert body["model"] == "grader"
-        return {"choices": [{"message": {"role": "assistant", "content": "Score: 6"}}]}
+        return {"choices": [{"message": {"role": "assistant", "content": '{"relevance": 3, "coherence": 3}'}}]}  # 3/5 = 0.6
 
     db = tmp_path / "requests.db"
     with running_server(judge) as jurl, Store(home) as store:

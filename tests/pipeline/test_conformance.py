@@ -95,6 +95,7 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "validate": "tests/evaluate/test_eval_validate.py",
     "data.from_logs": "tests/monitor/test_feedback.py",
     "monitor.drift": "tests/monitor/test_feedback.py",
+    "monitor.sample": "tests/monitor/test_feedback.py",
 }
 
 

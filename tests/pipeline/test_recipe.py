@@ -28,6 +28,9 @@ def test_order_follows_inputs_not_file_order() -> None:
     r = parse_recipe(RECIPE)
     assert r.order() == ["data", "clean", "model", "prod"]
     assert r.order(until="clean") == ["data", "clean"]
+    gated = parse_recipe({"name": "g", "steps": {"later": {"stage": "data.synth", "gates": ["records>=ref"], "ref": "${first}"},
+                                                 "first": {"stage": "data.synth"}}})
+    assert gated.order() == ["first", "later"] and gated.order(until="later") == ["first", "later"], "a gate's ref is a dependency"
 
 
 @pytest.mark.parametrize(
@@ -44,6 +47,10 @@ def test_order_follows_inputs_not_file_order() -> None:
         ({"steps": {"x": {"stage": "data.synth", "gates": ["records>>3"]}}}, "step 'x', gates: --gate 'records>>3' is not a gate"),
         ({"vars": {"t": "x"}, "steps": {"x": {"stage": "data.synth", "gates": ["records>=${vars.t}"]}}}, "step 'x', gates"),
         ({"steps": {"x": {"action": "alias", "target": "${nope.chosen}", "alias": "a@b"}}}, "names no step"),
+        ({"steps": {"x": {"stage": "data.synth", "gates": ["records>=ref"], "ref": "${nope}"}}}, "step 'x', input ref: ${nope} names no step"),
+        ({"steps": {"x": {"stage": "data.synth", "gates": ["records>=0.5*ref"]}}}, "step 'x', gates: 'records>=0.5*ref' compares with ref"),
+        ({"steps": {"x": {"action": "alias", "target": "${y}", "alias": "a@b", "ref": "${y}"}, "y": {"stage": "data.synth"}}},
+         "'ref' is for a stage step's gates"),
     ],
 )
 def test_errors_name_step_and_field(patch: dict, message: str) -> None:

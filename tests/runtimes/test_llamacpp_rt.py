@@ -34,7 +34,8 @@ def test_is_a_runtime(cpp: LlamaCppRuntime, torch_rt: Any) -> None:
     assert isinstance(cpp, Runtime) and cpp.name == "llamacpp"
     assert cpp.context_length == 512 and cpp.vocab_size == torch_rt.vocab_size
     assert cpp.eos_token_ids == torch_rt.eos_token_ids
-    assert cpp.capabilities.adapters and cpp.capabilities.logits and not cpp.capabilities.batching
+    assert cpp.capabilities.adapters and cpp.capabilities.logits and cpp.capabilities.batching  # LlamaBatcher (runtime.batcher)
+    assert cpp.capabilities.adapter_formats == ("peft", "gguf-lora") and cpp.adapters == ()
     assert cpp.info.format == "gguf" and cpp.info.load_s is not None and cpp.info.extra["qtype"] == "f32"
     assert cpp.metadata("general.architecture") == "llama" and cpp.metadata("no.such.key") is None
     assert default_threads(1 << 20) == 1

@@ -166,7 +166,7 @@ def test_open_runtime_and_errors(pairs: dict[str, Any]) -> None:
     assert not o.capabilities.adapters and o.capabilities.logits  # a plain export has no LoRA inputs
     with pytest.raises(ConfigError, match="without LoRA inputs"):
         o.load_adapter("x", o.folder.path)
-    with pytest.raises(ConfigError, match="not loaded"):
+    with pytest.raises(ConfigError, match="no adapter named"):
         o.generate("hi", GenerationParams(max_tokens=2), adapter="nope")
     with pytest.raises(ConfigError, match="empty"):
         o.generate([], GenerationParams(max_tokens=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
 import pytest
 
 from slmops.errors import ConfigError
@@ -52,7 +53,7 @@ def test_closing_a_stream_early_leaves_the_batch(torch_rt: Any, batcher: TorchBa
 
 
 def test_unknown_adapter_is_refused(batcher: TorchBatcher) -> None:
-    with pytest.raises(ConfigError, match="not loaded"):
+    with pytest.raises(ConfigError, match="no adapter named"):
         batcher.stream("hello", GenerationParams(max_tokens=2), adapter="nope")
 
 
@@ -83,6 +84,11 @@ def test_dora_adapter_rows_batch_with_other_adapters(tiny_models: dict[str, Any]
         params = GenerationParams(max_tokens=12, ignore_eos=True)
         alone = [[ev.token_id for ev in b.stream(p, params, adapter=a)] for p, a in jobs]
         assert alone[2] != [ev.token_id for ev in b.stream(PROMPTS[2], params)], "the DoRA adapter should change the output"
+        # the runtime itself takes the same per-request adapter (the Runtime protocol's ``adapter=``), outside the batcher
+        assert [rt.generate(p, params, adapter=a).token_ids for p, a in jobs] == alone
+        ids = rt.encode_prompt(PROMPTS[1])
+        assert not np.allclose(rt.sequence_logits(ids, adapter="lora"), rt.sequence_logits(ids))
+        assert np.allclose(rt.next_token_logits(ids, adapter="lora"), rt.sequence_logits(ids, adapter="lora")[-1], atol=1e-4)
         got: dict[int, list[int]] = {}
         start = threading.Barrier(len(jobs))
 

@@ -30,7 +30,8 @@ def test_is_a_runtime(torch_rt: TorchRuntime) -> None:
     assert torch_rt.context_length == 512
     assert torch_rt.vocab_size == len(torch_rt.tokenizer)
     assert torch_rt.tokenizer.eos_token_id in torch_rt.eos_token_ids
-    assert torch_rt.capabilities.logprobs and not torch_rt.capabilities.batching
+    assert torch_rt.capabilities.logprobs and torch_rt.capabilities.batching  # TorchBatcher (runtime.batcher)
+    assert torch_rt.capabilities.adapters and torch_rt.capabilities.adapter_formats == ("peft",) and torch_rt.adapters == ()
     assert torch_rt.info.format == "hf-safetensors" and torch_rt.info.load_s is not None
 
 

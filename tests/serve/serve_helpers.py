@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 
@@ -16,6 +17,7 @@ class SlowRuntime:
     def __init__(self, inner: Any, delay: float) -> None:
         self.inner = inner
         self.delay = delay
+        self.capabilities = replace(inner.capabilities, batching=False)  # served one request at a time, every token slowed
         self.generated = 0
         self.active = 0
         self._lock = threading.Lock()
@@ -23,8 +25,8 @@ class SlowRuntime:
     def __getattr__(self, item: str) -> Any:
         return getattr(self.inner, item)
 
-    def stream(self, prompt: Any, params: Any = None) -> Iterator[Any]:
-        inner = self.inner.stream(prompt, params)
+    def stream(self, prompt: Any, params: Any = None, *, adapter: str | None = None) -> Iterator[Any]:
+        inner = self.inner.stream(prompt, params, adapter=adapter)
 
         def gen() -> Iterator[Any]:
             with self._lock:

@@ -13,6 +13,7 @@ import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -55,12 +56,13 @@ class FailsMidStream:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self.capabilities = replace(inner.capabilities, batching=False)  # served through its own stream, one at a time
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.inner, item)
 
-    def stream(self, prompt: Any, params: Any = None) -> Any:
-        inner = self.inner.stream(prompt, params)
+    def stream(self, prompt: Any, params: Any = None, *, adapter: str | None = None) -> Any:
+        inner = self.inner.stream(prompt, params, adapter=adapter)
 
         def gen() -> Any:
             try:

@@ -71,7 +71,7 @@ def test_disconnect_stops_generation_within_a_second(start_server: Any, slow_ope
     r = httpx.post(f"{server.url}/v1/chat/completions", json={**LONG, "max_tokens": 2}, timeout=30)
     assert r.status_code == 200
     server.service.requestlog.flush()
-    from slmops.serve.requestlog import query
+    from slmops.monitor.requestlog import query
 
     statuses = [row["status"] for row in query(server.service.requestlog.path)]
     assert 499 in statuses

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from serve_helpers import CHAT
 
-from slmops.serve.requestlog import query
+from slmops.monitor.requestlog import query
 
 
 def test_request_log_keeps_metadata_only_by_default(start_server: Any, tmp_path: Any) -> None:
@@ -71,15 +71,16 @@ def test_chat_cli_against_a_server(start_server: Any, cli: Any, monkeypatch: pyt
 
 
 def test_stream_chat_client_errors_without_a_server() -> None:
+    from slmops.client import OpenAIClient, Retry, normalize_base_url
     from slmops.errors import ConfigError, OfflineError
-    from slmops.serve.client import api_base, stream_chat
-    from slmops.testing.server import free_port
+    from slmops.serve.background import free_port
 
-    assert api_base("http://h:1") == "http://h:1/v1" and api_base("http://h:1/api/v1/") == "http://h:1/api/v1"
+    assert normalize_base_url("http://h:1") == "http://h:1/v1" and normalize_base_url("http://h:1/api/v1/") == "http://h:1/api/v1"
     with pytest.raises(ConfigError):
-        api_base("ftp://x")
-    with pytest.raises(OfflineError):
-        list(stream_chat(f"http://127.0.0.1:{free_port()}", "m", CHAT, timeout=2))
+        normalize_base_url("ftp://x")
+    with OpenAIClient(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2, retry=Retry(max_retries=1, base_s=0.01)) as client, \
+            pytest.raises(OfflineError):
+        list(client.stream({"model": "m", "messages": CHAT}))
 
 
 def test_serve_cli_validates_before_starting(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,8 @@
 """HTTP load generator: streamed chat requests to any OpenAI-compatible server at several concurrency levels.
 
 For every (prompt length, output length) pair and every concurrency level C, N requests are sent
-with at most C in flight (asyncio + httpx, ``stream=True`` with ``stream_options.include_usage``).
+with at most C in flight (:class:`slmops.client.AsyncOpenAIClient`, ``stream=True`` with
+``stream_options.include_usage``; no retries: a failed request is counted, not hidden).
 Each request is timed from sending to its first content chunk (TTFT), between chunks (ITL) and to
 its last chunk (latency); output tokens come from the server's usage report, else the number of
 content chunks. A level is bounded in count (``requests``) and in time (``max_duration_s``, after
@@ -18,36 +19,26 @@ import time
 from typing import Any
 
 from slmops import progress
-from slmops._optional import require
 from slmops.bench.config import BenchConfig
 from slmops.bench.prompts import filler_text
 from slmops.bench.stats import RequestTiming, aggregate, itls
-from slmops.evaluate.targets import JSON_HEADERS, HttpTarget, api_key_from_env, encode_body, error_detail, parse_sse_line
+from slmops.client import AsyncOpenAIClient, ClientError, OpenAIClient, chat_body, delta_text, normalize_base_url
+from slmops.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-async def _one(client: Any, body: dict[str, Any]) -> RequestTiming:
-    httpx = require("httpx", extra="eval")
+async def _one(client: AsyncOpenAIClient, body: dict[str, Any]) -> RequestTiming:
     t0 = time.perf_counter()
     stamps: list[float] = []
     usage: dict[str, Any] = {}
     try:
-        async with client.stream("POST", "/chat/completions", content=encode_body(body), headers=JSON_HEADERS) as r:
-            if r.status_code != 200:
-                detail = error_detail(await r.aread())
-                return RequestTiming(ok=False, latency=time.perf_counter() - t0, error=f"HTTP {r.status_code}: {detail}")
-            async for line in r.aiter_lines():
-                item = parse_sse_line(line)
-                if item == "[DONE]":
-                    break
-                if not isinstance(item, dict):
-                    continue
-                usage = item.get("usage") or usage
-                if any((c.get("delta") or {}).get("content") for c in item.get("choices") or []):
-                    stamps.append(time.perf_counter())
-    except httpx.HTTPError as exc:
-        return RequestTiming(ok=False, latency=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
+        async for chunk in client.stream(body):
+            usage = chunk.get("usage") or usage
+            if delta_text(chunk):
+                stamps.append(time.perf_counter())  # one stamp per content chunk: TTFT and ITL come from these
+    except ClientError as exc:
+        return RequestTiming(ok=False, latency=time.perf_counter() - t0, error=exc.error)
     if not stamps:
         return RequestTiming(ok=False, latency=time.perf_counter() - t0, error="no content in the stream")
     n_out = int(usage.get("completion_tokens") or len(stamps))
@@ -55,7 +46,7 @@ async def _one(client: Any, body: dict[str, Any]) -> RequestTiming:
                          prompt_tokens=usage.get("prompt_tokens"), itl=tuple(itls(stamps)))
 
 
-async def _level(client: Any, bodies: list[dict[str, Any]], concurrency: int, max_duration_s: float,
+async def _level(client: AsyncOpenAIClient, bodies: list[dict[str, Any]], concurrency: int, max_duration_s: float,
                  bar: progress.Task) -> tuple[list[RequestTiming], float]:
     sem = asyncio.Semaphore(concurrency)
 
@@ -79,17 +70,14 @@ async def _level(client: Any, bodies: list[dict[str, Any]], concurrency: int, ma
     return timings, wall
 
 
-async def _run(target: HttpTarget, cfg: BenchConfig, headers: dict[str, str]) -> list[dict[str, Any]]:
-    httpx = require("httpx", extra="eval", purpose="benchmarking a server over HTTP")
+async def _run(base_url: str, model: str, cfg: BenchConfig) -> list[dict[str, Any]]:
     levels: list[dict[str, Any]] = []
-    timeout = httpx.Timeout(cfg.request_timeout_s, connect=min(10.0, cfg.request_timeout_s))
-    limits = httpx.Limits(max_connections=max(cfg.concurrency), max_keepalive_connections=max(cfg.concurrency))
-    async with httpx.AsyncClient(base_url=target.base_url, timeout=timeout, limits=limits, headers=headers) as client:
+    async with AsyncOpenAIClient(base_url, api_key_env=cfg.api_key_env, timeout_s=cfg.request_timeout_s, max_connections=max(cfg.concurrency)) as client:
         for p, o in cfg.grid():
             for c in cfg.concurrency:
-                bodies = [target.payload([{"role": "user", "content": filler_text(p, i)}], max_tokens=o, stream=True,
-                                         ignore_eos=cfg.ignore_eos) for i in range(cfg.requests + cfg.warmup * c)]
-                with progress.task(f"bench {target.label} p={p} o={o} c={c}", total=len(bodies)) as bar:
+                bodies = [chat_body(model, [{"role": "user", "content": filler_text(p, i)}], max_tokens=o, stream=True,
+                                    ignore_eos=cfg.ignore_eos) for i in range(cfg.requests + cfg.warmup * c)]
+                with progress.task(f"bench {model} p={p} o={o} c={c}", total=len(bodies)) as bar:
                     if cfg.warmup:
                         await _level(client, bodies[: cfg.warmup * c], c, cfg.max_duration_s, bar)
                     timings, wall = await _level(client, bodies[cfg.warmup * c :], c, cfg.max_duration_s, bar)
@@ -104,11 +92,13 @@ async def _run(target: HttpTarget, cfg: BenchConfig, headers: dict[str, str]) ->
 def bench_http(cfg: BenchConfig) -> dict[str, Any]:
     """Run the load test described by ``cfg`` (``cfg.url`` set) and return per-level statistics."""
     assert cfg.url
-    api_key = api_key_from_env(cfg.api_key_env)
-    target = HttpTarget(cfg.url, cfg.model_name, api_key=api_key, timeout=cfg.request_timeout_s)
-    try:
-        model = target.model  # resolves the name and fails fast when the server is unreachable
-        levels = asyncio.run(_run(target, cfg, {"Authorization": f"Bearer {api_key}"} if api_key else {}))
-    finally:
-        target.close()
-    return {"target": {"kind": "http", "url": target.base_url, "model": model}, "levels": levels}
+    base_url = normalize_base_url(cfg.url)
+    model = cfg.model_name
+    if model is None:  # the server's first model; also fails fast when the server is unreachable
+        with OpenAIClient(base_url, api_key_env=cfg.api_key_env, timeout_s=cfg.request_timeout_s, purpose="benchmarking a server over HTTP") as c:
+            listed = c.models()
+        if not listed:
+            raise ConfigError(f"{base_url} lists no models", fix="name one with --model-name")
+        model = listed[0]
+    levels = asyncio.run(_run(base_url, model, cfg))
+    return {"target": {"kind": "http", "url": base_url, "model": model}, "levels": levels}

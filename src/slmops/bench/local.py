@@ -6,18 +6,16 @@ them: TTFT, TPOT, ITL and end-to-end latency come from those stamps (:mod:`slmop
 Memory is sampled during the run; load time is the time to open the runtime; size is the
 artifact's bytes on disk.
 
-With ``isolate`` (the default for the ``bench`` stage) the measurement runs in a fresh Python
-process (:mod:`slmops.bench.worker`), so peak RSS and load time belong to that model alone rather
-than to whatever this process loaded before; its progress is relayed to this process's progress bar.
+With ``isolate`` (the default for the ``bench`` stage) the measurement (:func:`bench_fresh`) runs in a
+fresh Python process (:func:`slmops.bench.worker.run_fresh`), so peak RSS and load time belong to that
+model alone rather than to whatever this process loaded before; its progress is relayed to this
+process's progress bar.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +26,6 @@ from slmops.bench.config import BenchConfig
 from slmops.bench.memory import RssSampler, current_rss, dir_size, lifetime_peak_rss
 from slmops.bench.prompts import prompt_ids
 from slmops.bench.stats import RequestTiming, aggregate, itls
-from slmops.errors import SlmopsError
 
 if TYPE_CHECKING:
     from slmops.runtimes.base import Runtime
@@ -104,88 +101,52 @@ def bench_in_process(model_path: Path, cfg: BenchConfig, *, size_bytes: int | No
 
 
 def bench_isolated(model_path: Path, cfg: BenchConfig, *, size_bytes: int | None = None, timeout_s: float = 3600) -> dict[str, Any]:
-    """Benchmark in a fresh process (``python -m slmops.bench.worker``); its peak RSS is the whole process's."""
-    import tempfile
-    import threading
+    """Benchmark in a fresh process (:func:`bench_fresh` through :func:`~slmops.bench.worker.run_fresh`); its peak RSS is the whole process's."""
+    from slmops.bench.worker import run_fresh
 
-    job = json.dumps({"model_path": str(model_path), "config": cfg.model_dump(mode="json")})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    with tempfile.TemporaryFile("w+") as errfile:
-        proc = subprocess.Popen([sys.executable, "-m", "slmops.bench.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=errfile, text=True, env=env)
-        assert proc.stdin and proc.stdout
-        watchdog = threading.Timer(timeout_s, proc.kill)  # bounded in time even if the worker hangs silently
-        watchdog.start()
-        try:
-            proc.stdin.write(job)
-            proc.stdin.close()
-            with progress.task(f"bench {model_path.name[:12]} (isolated)", total=len(cfg.grid()) * (cfg.warmup + cfg.repetitions)) as bar:
-                for line in proc.stdout:
-                    msg = json.loads(line) if line.startswith("{") else {}
-                    if "progress" in msg:
-                        bar.set(msg["progress"])
-                    elif "result" in msg:
-                        result = msg["result"]
-                    elif "error" in msg:
-                        error = msg["error"]
-            proc.wait()
-        finally:
-            watchdog.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        errfile.seek(0)
-        stderr = errfile.read()
-    if error:
-        raise SlmopsError(error.get("what") or "the benchmark failed", why=error.get("why"), fix=error.get("fix"))
-    if result is None:
-        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
-        raise SlmopsError("the benchmark worker died", why=last if proc.returncode != -9 else f"killed after {timeout_s:.0f} s",
-                          fix="run with --no-isolate to see the full traceback, or use a smaller grid")
+    result = run_fresh("slmops.bench.local:bench_fresh", {"model_path": str(model_path), "config": cfg.model_dump(mode="json")},
+                       label=f"bench {model_path.name[:12]} (isolated)", total=len(cfg.grid()) * (cfg.warmup + cfg.repetitions),
+                       timeout_s=timeout_s, fix="run with --no-isolate to see the full traceback, or use a smaller grid")
     result["size_bytes"] = size_bytes if size_bytes is not None else dir_size(model_path)
     return result
 
 
-def worker_main(stdin: str) -> dict[str, Any]:
-    """The worker's body: open the model (timed), benchmark it, report the process's own peak RSS."""
-    import importlib
+def bench_fresh(model_path: str, config: dict[str, Any], on_progress: Progress | None = None) -> dict[str, Any]:
+    """The fresh process's body: open the model (timed, its engine imported first), benchmark it, report the process's own peak RSS."""
+    from slmops.runtimes import open_runtime
 
-    from slmops.runtimes import FORMAT_RUNTIMES, detect_format, open_runtime
-    from slmops.store.artifact import MANIFEST, read_manifest
-
-    job = json.loads(stdin)
-    path = Path(job["model_path"])
-    cfg = BenchConfig.model_validate(job["config"])
-    m = read_manifest(path) if (path / MANIFEST).is_file() else None
-    fmt = m.format if m is not None else detect_format(path)
-    engine = cfg.runtime if cfg.runtime != "auto" else "torch" if m is not None and m.kind == "adapter" else FORMAT_RUNTIMES.get(fmt, "")
+    path = Path(model_path)
+    cfg = BenchConfig.model_validate(config)
     t_warm = time.perf_counter()
-    for mod in {"torch": ("torch", "transformers"), "ort-genai": ("onnxruntime_genai",), "llamacpp": ("llama_cpp",)}.get(engine, ()):
-        try:  # import the engine first, so load time is the model's and not the library's
-            importlib.import_module(mod)
-        except ImportError:
-            pass
-    if engine == "torch":
-        _warm_transformers(path)
+    warm_engine(path, cfg.runtime)
     warmup_s = time.perf_counter() - t_warm
     before = current_rss()
     t0 = time.perf_counter()
     rt = open_runtime(path, runtime=cfg.runtime)
     load_s = time.perf_counter() - t0
     loaded = current_rss()
-
-    def report(done: int, total: int) -> None:
-        sys.stdout.write(json.dumps({"progress": done, "total": total}) + "\n")
-        sys.stdout.flush()
-
-    result = bench_runtime(rt, cfg, on_progress=report)
+    result = bench_runtime(rt, cfg, on_progress=on_progress)
     result.update(runtime=rt.name, context_length=rt.context_length, load_s=load_s, engine_import_s=warmup_s)
     result["memory"].update(rss_before_load_bytes=before, rss_model_bytes=max(0, loaded - before), isolated=True,
                             peak_rss_bytes=max(result["memory"]["peak_rss_bytes"], lifetime_peak_rss() or 0))
     rt.close()
     return result
+
+
+def warm_engine(path: Path, runtime: str = "auto") -> None:
+    """Import the engine that will open ``path`` (and the model's transformers modules), so a timed load is the model's and not the library's."""
+    import importlib
+
+    from slmops.runtimes import planned_runtime
+
+    spec = planned_runtime(path, runtime)  # an adapter: its base's runtime
+    for mod in spec.imports:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+    if "transformers" in spec.imports:
+        _warm_transformers(path)
 
 
 def _warm_transformers(path: Path) -> None:

@@ -36,6 +36,11 @@ def lifetime_peak_rss() -> int | None:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def peak_rss_bytes() -> int:
+    """:func:`lifetime_peak_rss`, 0 where unavailable."""
+    return lifetime_peak_rss() or 0
+
+
 class RssSampler:
     """Samples this process's RSS every ``interval`` seconds on a daemon thread; ``peak`` is the largest seen."""
 

@@ -13,9 +13,9 @@ import os
 import platform
 from typing import Any
 
+from slmops import formats
 from slmops.bench.config import BenchConfig
 from slmops.errors import ConfigError
-from slmops.runtimes import TARGET_KINDS
 from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
@@ -101,10 +101,10 @@ def bench_stage(inputs: dict[str, Artifact], cfg: BenchConfig, ctx: StageContext
         report: dict[str, Any] = bench_http(cfg)
     else:
         assert model is not None
-        if model.kind not in TARGET_KINDS:
-            raise ConfigError(f"artifact {model.short} is a {model.kind}, not a model", fix="benchmark a model, onnx, gguf or adapter artifact")
+        if model.kind not in formats.runnable_kinds():
+            raise ConfigError(f"artifact {model.short} is a {model.kind}, not a model", fix=f"benchmark a {', '.join(formats.runnable_kinds())} artifact")
         from slmops.bench.contention import Contention, reliability
-        from slmops.evaluate.targets import model_facts
+        from slmops.bench.facts import model_facts
 
         facts = model_facts(model)
         run = bench_isolated if cfg.isolate else bench_in_process

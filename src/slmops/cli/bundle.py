@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
 from slmops.cli.render import emit, esc, out
 
@@ -27,7 +28,7 @@ def register(app: typer.Typer) -> None:
         from slmops.pipeline.inputs import resolve_input
 
         with open_cli_store() as store:
-            art = resolve_input(model, store, kind=("model", "gguf", "onnx"))
+            art = resolve_input(model, store, kind=formats.model_kinds())
             summary = write_bundle(art, load_profile(store, profile), out_dir, name=name, port=port)
         emit(summary, as_json, _show)
 

@@ -9,15 +9,14 @@ merge as: defaults < ``--config FILE.yaml`` < flags. The command only parses, ca
 from __future__ import annotations
 
 import inspect
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.flags import ConfigFlags, Flag, cli_type, default_of, help_text, option, parse_pairs, show, yaml_value
 from slmops.cli.models import result_dict
 from slmops.cli.render import emit, err, esc, out, progress_bars
 from slmops.errors import ConfigError
@@ -45,44 +44,22 @@ def _field_info(name: str) -> Any:
     raise KeyError(name)
 
 
-def _cli_type(annotation: Any) -> tuple[type, str]:
-    """(python type for the flag, extra help) of a pydantic annotation."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)] if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else [annotation]
-    base = args[0] if args else annotation
-    if typing.get_origin(base) is Literal:
-        return str, "one of " + ", ".join(map(str, typing.get_args(base)))
-    if typing.get_origin(base) is list:
-        return str, "comma-separated"
-    if base in (bool, int, float, str):
-        return base, ""
-    return str, ""
-
-
-def _default_text(name: str) -> str:
-    """`` (default: X)``, or per method when the methods differ (learning rate)."""
-    def show(v: Any) -> str:
-        return ",".join(map(str, v)) if isinstance(v, list) else str(v)
-
-    per = {m: c.model_fields[name].get_default(call_default_factory=True) for m, c in CONFIGS.items() if name in c.model_fields}
-    if not per:
-        per = {"": RunOptions.model_fields[name].get_default(call_default_factory=True)}
-    values = list(dict.fromkeys(show(v) for v in per.values() if v is not None and v != []))
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f" (default: {values[0]})"
-    return " (default: " + "; ".join(f"{show(v)} for {m}" for m, v in per.items()) + ")"
+def _per_method(name: str) -> str | None:
+    """The default of a setting per method when the methods differ (learning rate), else None (the field's own)."""
+    per = {m: default_of(c.model_fields[name]) for m, c in CONFIGS.items() if name in c.model_fields}
+    if len({show(v) for v in per.values()}) < 2:
+        return None
+    return "; ".join(f"{show(v)} for {m}" for m, v in per.items())
 
 
 def _option_params() -> list[inspect.Parameter]:
     params = []
     for name in (*ALL_FIELDS, *[f for f in OPTION_FIELDS if f != "resume"]):
         info = _field_info(name)
-        typ, extra = _cli_type(info.annotation)
-        help_ = (info.description or "") + (f" ({extra})" if extra and extra not in (info.description or "") else "") + _default_text(name)
+        typ = cli_type(info.annotation)[0]
         decl = f"{flag(name)}/--no-{name.replace('_', '-')}" if typ is bool else flag(name)
-        opt = typer.Option(decl, help=help_, rich_help_panel=_PANEL_OF.get(name, "Other"), show_default=False)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[typ | None, opt]))
+        help_ = help_text(info, Flag(default_text=_per_method(name)))
+        params.append(option(name, typ | None, [decl], help_, panel=_PANEL_OF.get(name, "Other")))
     return params
 
 
@@ -183,6 +160,8 @@ def _build_command() -> None:
         _finetune(**kw)
 
     finetune_cmd.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    finetune_cmd.config_flags = [  # type: ignore[attr-defined]  # what tests/cli/test_config_flags.py checks: one flag per field
+        *(ConfigFlags(c, f"finetune.{m}", prefix="") for m, c in CONFIGS.items()), ConfigFlags(RunOptions, None, prefix="", hidden={"resume": "the tri-state --resume/--no-resume flag (unset: auto)"})]
     finetune_cmd.__annotations__ = {p.name: p.annotation for p in params}
     finetune_cmd.__doc__ = (
         "Fine-tune --model on --data with --method full|lora|dora|qlora. Every run is a cached stage: the same settings and "
@@ -195,15 +174,7 @@ _build_command()
 
 
 def _parse_set(pairs: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    result: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set max_steps=50")
-        result[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return result
+    return parse_pairs(pairs, "--set", "max_steps=50", yaml_value, fields=True)
 
 
 @app.command("search")

@@ -9,20 +9,27 @@ from typing import Annotated, Any
 
 import typer
 
+from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.flags import UNSET, Flag, config_command
 from slmops.cli.render import emit, err, out
 from slmops.pipeline.inputs import resolve_input
-from slmops.runtimes import TARGET_KINDS
+from slmops.runtimes.base import GenerationParams
 
-MaxTok = Annotated[int, typer.Option("--max-tokens", help="Most new tokens to generate.")]
-Temp = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; higher = more random.")]
-TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold.")]
-TopK = Annotated[int, typer.Option("--top-k", help="Keep only the k most likely tokens (0 = all).")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")]
-Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable); never included in the output.")]
 System = Annotated[str | None, typer.Option("--system", help="System message (chat mode).")]
 Runtime = Annotated[str, typer.Option("--runtime", help="auto (by the artifact's format), torch, ort-genai or llamacpp.")]
 
+#: The sampling settings both commands offer (the rest of GenerationParams is for the server and benchmarks).
+_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+_NOT_HERE = "a server/benchmark setting: set it in the request (slmops serve) or the bench config"
+
+
+def _sampling(only: tuple[str, ...], **defaults: Any) -> dict[str, Any]:
+    """``config_command`` arguments for the GenerationParams flags of a command, with its own defaults."""
+    flags = {name: Flag(default=value) for name, value in defaults.items()}
+    flags["temperature"] = Flag("--temperature", "-t", default=defaults.get("temperature", UNSET))
+    flags["stop"] = Flag("--stop", multiple=True)
+    return {"config": GenerationParams, "flags": flags, "only": only, "only_why": _NOT_HERE, "panel": "Sampling"}
 
 CHAT_HELP = "commands: /reset clears the history, /exit (or /quit, Ctrl-D) quits, /help shows this"
 _COMMAND = re.compile(r"^/[A-Za-z?]+$")
@@ -34,14 +41,13 @@ def chat_command(line: str) -> str | None:
     return text.lower() if _COMMAND.match(text) else None
 
 
-def _params(max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: list[str] | None) -> Any:
+def _params(cfg: dict[str, Any]) -> GenerationParams:
     from pydantic import ValidationError
 
     from slmops.errors import ConfigError
-    from slmops.runtimes.base import GenerationParams
 
     try:
-        return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop or [])
+        return GenerationParams(**cfg)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "value"
@@ -50,27 +56,23 @@ def _params(max_tokens: int, temperature: float, top_p: float, top_k: int, seed:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @config_command(app, "generate", **_sampling((*_SAMPLING, "stop"), max_tokens=64, temperature=0.0))
     def generate(
         model: Annotated[str, typer.Argument(help="Model reference (name, name:3, name@prod, sha256:…, ./folder, ./model.gguf, pkg:PACKAGE).")],
         prompt: Annotated[str, typer.Argument(help="The prompt.")],
         raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as-is instead of through the chat template.")] = False,
         system: System = None,
-        max_tokens: MaxTok = 64,
-        temperature: Temp = 0.0,
-        top_p: TopP = 1.0,
-        top_k: TopK = 0,
-        seed: Seed = None,
-        stop: Stop = None,
         runtime: Runtime = "auto",
         as_json: JsonOpt = False,
+        *,
+        cfg: dict[str, Any],
     ) -> None:
         """Generate a completion for one prompt, streaming tokens as they come (or --json at the end)."""
         from slmops.runtimes import open_runtime
 
-        params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
+        params = _params(cfg)
         with open_cli_store() as store:
-            art = resolve_input(model, store, kind=TARGET_KINDS)
+            art = resolve_input(model, store, kind=formats.runnable_kinds())
         rt = open_runtime(art, runtime=runtime)
         try:
             text = prompt if raw else rt.apply_chat_template(
@@ -95,40 +97,37 @@ def register(app: typer.Typer) -> None:
         finally:
             rt.close()
 
-    @app.command()
+    @config_command(app, "chat", **_sampling(_SAMPLING, max_tokens=256, temperature=0.7, top_p=0.95))
     def chat(
         model: Annotated[str | None, typer.Argument(help="Model reference (local), or the model id on the server with --url.")] = None,
         url: Annotated[str | None, typer.Option("--url", help="Talk to an OpenAI-compatible server instead (slmops, Ollama, llama.cpp, Foundry Local), e.g. http://127.0.0.1:8000/v1.")] = None,
         model_id: Annotated[str | None, typer.Option("--model", help="Model id on the --url server (default: MODEL, else the server's first model).")] = None,
         api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable with the server's API key (with --url).")] = None,
         system: System = None,
-        max_tokens: MaxTok = 256,
-        temperature: Temp = 0.7,
-        top_p: TopP = 0.95,
-        top_k: TopK = 0,
-        seed: Seed = None,
         runtime: Runtime = "auto",
+        *,
+        cfg: dict[str, Any],
     ) -> None:
         """Chat interactively with a model through its own chat template, locally or on a server (--url); /reset clears, /exit or Ctrl-D quits."""
         from collections.abc import Iterator
 
         from slmops.errors import ConfigError
 
-        rt = None
+        rt: Any = None
+        params = _params(cfg)
         if url is not None:
-            from slmops.serve.client import list_models, stream_chat
-            from slmops.settings import api_key_from_env
+            from slmops.client import OpenAIClient, chat_body, delta_text, normalize_base_url
 
-            key = api_key_from_env(api_key_env)
-            name = model_id or model or next(iter(list_models(url, api_key=key)), None)
+            client = OpenAIClient(normalize_base_url(url), api_key_env=api_key_env, timeout_s=300.0, purpose="chat --url")
+            rt = client  # closed when the chat ends
+            name = model_id or model or next(iter(client.models()), None)
             if name is None:
                 raise ConfigError(f"{url} lists no models", fix="pass --model ID")
-            opts = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-            if top_k:
-                opts["top_k"] = top_k
 
             def respond(history: list[dict[str, str]]) -> Iterator[str]:
-                return stream_chat(url, name, history, api_key=key, **opts)
+                body = chat_body(name, history, max_tokens=params.max_tokens, temperature=params.temperature, seed=params.seed,
+                                 top_p=params.top_p, top_k=params.top_k or None)
+                return (text for chunk in client.stream(body) if (text := delta_text(chunk)))
 
             err.print(f"chatting with {name} at {url}; /help lists the commands", style="dim")
         else:
@@ -136,9 +135,8 @@ def register(app: typer.Typer) -> None:
 
             if model is None:
                 raise ConfigError("chat needs a MODEL, or --url URL for a server", fix="e.g. `slmops chat bot@prod` or `slmops chat --url http://127.0.0.1:8000/v1 --model bot`")
-            params = _params(max_tokens, temperature, top_p, top_k, seed, None)
             with open_cli_store() as store:
-                art = resolve_input(model, store, kind=TARGET_KINDS)
+                art = resolve_input(model, store, kind=formats.runnable_kinds())
             rt = open_runtime(art, runtime=runtime)
             local = rt
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -10,12 +12,18 @@ from rich.text import Text
 from rich.tree import Tree
 
 from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.flags import ConfigFlags, Flag, config_command
 from slmops.cli.render import emit, err, esc, human_bytes, out, progress_bars
 from slmops.errors import ConfigError, SlmopsError, StoreError
+from slmops.models.gguf_import import FromGGUFConfig
+from slmops.models.importer import ImportConfig
+from slmops.models.init import InitConfig
+from slmops.models.shrink import ShrinkConfig
 from slmops.pipeline.inputs import import_ref, resolve_input
 from slmops.stage.runner import RunResult, run_stage
-from slmops.store.artifact import KINDS
+from slmops.store.artifact import KINDS, Artifact
 from slmops.store.refs import ModelRef
+from slmops.store.registry import Store
 
 app = typer.Typer(help="Artifacts in the registry: models, adapters, datasets, exports and reports.", no_args_is_help=True)
 
@@ -38,70 +46,62 @@ def print_result(d: dict[str, Any]) -> None:
             out.print(f"  {k}: {v}")
 
 
-@app.command("import")
+@config_command(app, "import", config=ImportConfig, stage="models.import", panel=None,
+                only=("allow_pickle",), only_why="set from PATH (the folder, and where it came from)",
+                more={"hf_cfg": ConfigFlags(FromGGUFConfig, "models.from_gguf", prefix="hf__", flags={"dtype": Flag(note="with --to hf")})})
 def import_(
     path: Annotated[str, typer.Argument(help="An HF model folder (safetensors), a .gguf file, pkg:PACKAGE (a model an installed package ships) or hf:org/name.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name to give it (a new version each time).")],
     to: Annotated[str, typer.Option("--to", help="auto: keep the format (a GGUF stays GGUF, run by llama.cpp); hf: dequantize a GGUF into a Hugging Face model (for fine-tuning, distillation, ONNX).")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="With --to hf: float32 (exact), bfloat16 or float16 weights.")] = "float32",
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .bin/.pt pickles (converted to safetensors). Unsafe for untrusted files.")] = False,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
+    hf_cfg: dict[str, Any],
 ) -> None:
     """Import a Hugging Face model folder or a GGUF file into the store (trust_remote_code is never enabled)."""
     with open_cli_store() as store, progress_bars(not as_json):
-        r = import_ref(path, store, name=name, to=to, dtype=dtype, allow_pickle=allow_pickle)
+        r = import_ref(path, store, name=name, to=to, **cfg, **hf_cfg)
     emit(result_dict(r, name), as_json, print_result)
 
 
-@app.command("init")
+def _run(stage: str, inputs: dict[str, tuple[str | None, str]], cfg: dict[str, Any], name: str, as_json: bool) -> None:
+    """Run a models stage on the inputs given (role -> (reference or None, kind)) and print its result."""
+    with open_cli_store() as store, progress_bars(not as_json):
+        arts = {role: resolve_input(ref, store, kind=kind) for role, (ref, kind) in inputs.items() if ref}
+        r = run_stage(stage, arts, cfg, store=store, output_name=name)
+    emit(result_dict(r, name), as_json, print_result)
+
+
+@config_command(app, "init", config=InitConfig, stage="models.init", panel=None)
 def init(
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name for the new model.")],
-    arch: Annotated[str, typer.Option("--arch", help="Architecture: llama, qwen2 or phi3.")] = "llama",
-    size: Annotated[str, typer.Option("--size", help="tiny (tests, seconds) or small (≥5M parameters).")] = "tiny",
     tokenizer_from: Annotated[str | None, typer.Option("--tokenizer-from", help="Dataset (ref or file) to train the BPE tokenizer on.")] = None,
-    vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="Tokenizer vocabulary size.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for tokenizer and weights.")] = 0,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
 ) -> None:
     """Create a randomly initialised model of a real architecture with a BPE tokenizer and chat template."""
-    cfg: dict[str, Any] = {"arch": arch, "size": size, "seed": seed}
-    if vocab_size is not None:
-        cfg["vocab_size"] = vocab_size
-    with open_cli_store() as store, progress_bars(not as_json):
-        inputs = {"data": resolve_input(tokenizer_from, store, kind="dataset")} if tokenizer_from else {}
-        r = run_stage("models.init", inputs, cfg, store=store, output_name=name)
-    emit(result_dict(r, name), as_json, print_result)
+    _run("models.init", {"data": (tokenizer_from, "dataset")}, cfg, name, as_json)
 
 
-@app.command("shrink")
+@config_command(app, "shrink", config=ShrinkConfig, stage="models.shrink", panel=None)
 def shrink(
     teacher: Annotated[str, typer.Argument(help="The model to shrink: name, name:3, sha256:…, ./folder.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name for the student.")],
-    num_layers: Annotated[int | None, typer.Option("--num-layers", help="Layers to keep (least block influence dropped).")] = None,
-    hidden_size: Annotated[int | None, typer.Option("--hidden-size", help="Hidden channels to keep.")] = None,
-    intermediate_size: Annotated[int | None, typer.Option("--intermediate-size", help="MLP neurons to keep per layer.")] = None,
-    num_heads: Annotated[int | None, typer.Option("--num-heads", help="Query heads to keep per layer.")] = None,
-    num_kv_heads: Annotated[int | None, typer.Option("--num-kv-heads", help="KV heads (GQA groups) to keep per layer.")] = None,
     calibration: Annotated[str | None, typer.Option("--calibration", help="Dataset (ref or file) of calibration text; default: the English prose of dataset-build.")] = None,
-    calibration_sequences: Annotated[int | None, typer.Option("--calibration-sequences", help="Token windows that measure importance (default 32).")] = None,
-    eval_sequences: Annotated[int | None, typer.Option("--eval-sequences", help="Held-out windows for perplexity before healing (default 16; 0 = skip).")] = None,
-    sequence_length: Annotated[int | None, typer.Option("--sequence-length", help="Tokens per window (default 256).")] = None,
-    no_rescale_norms: Annotated[bool, typer.Option("--no-rescale-norms", help="Keep RMSNorm weights as they are when hidden channels go.")] = False,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
 ) -> None:
     """Build a smaller model of the teacher's architecture and tokenizer, pruned by measured importance."""
-    values = {"num_layers": num_layers, "hidden_size": hidden_size, "intermediate_size": intermediate_size, "num_heads": num_heads,
-              "num_kv_heads": num_kv_heads, "calibration_sequences": calibration_sequences, "eval_sequences": eval_sequences,
-              "sequence_length": sequence_length}
-    cfg: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
-    if no_rescale_norms:
-        cfg["rescale_norms"] = False
-    with open_cli_store() as store, progress_bars(not as_json):
-        inputs = {"model": resolve_input(teacher, store, kind="model")}
-        if calibration:
-            inputs["data"] = resolve_input(calibration, store, kind="dataset")
-        r = run_stage("models.shrink", inputs, cfg, store=store, output_name=name)
-    emit(result_dict(r, name), as_json, print_result)
+    _run("models.shrink", {"model": (teacher, "model"), "data": (calibration, "dataset")}, cfg, name, as_json)
+
+
+@contextlib.contextmanager
+def stored(ref: str) -> Iterator[tuple[Store, Artifact]]:
+    """The store, open, and the artifact ``ref`` names in it (for the verbs that act on one artifact)."""
+    with open_cli_store() as store:
+        yield store, resolve_input(ref, store)
 
 
 @app.command("ls")
@@ -135,8 +135,7 @@ def _print_ls(rows: list[dict[str, Any]]) -> None:
 @app.command()
 def show(ref: Annotated[str, typer.Argument(help="name, name:3, name@alias, sha256:prefix or ./path")], as_json: JsonOpt = False) -> None:
     """Show an artifact's manifest, names, tags, parents and children."""
-    with open_cli_store() as store:
-        art = resolve_input(ref, store)
+    with stored(ref) as (store, art):
         data = art.manifest.model_dump(mode="json")
         data.update(path=str(art.path), names=store.names_of(art.digest), tags=store.tags(art.digest),
                     children=[{"digest": d, "role": r} for d, r in store.children(art.digest)])
@@ -150,8 +149,7 @@ def lineage(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the tree of ancestors (what it was made from) or descendants (what was made from it)."""
-    with open_cli_store() as store:
-        art = resolve_input(ref, store)
+    with stored(ref) as (store, art):
         tree = store.lineage(art.digest, direction="down" if down else "up")
         _add_external(store, tree)
     emit(tree, as_json, _print_tree)
@@ -230,8 +228,7 @@ def tag(
     as_json: JsonOpt = False,
 ) -> None:
     """Add (or with --rm remove) a tag on an artifact."""
-    with open_cli_store() as store:
-        art = resolve_input(ref, store)
+    with stored(ref) as (store, art):
         if remove:
             store.untag(art.digest, tag_)
         else:
@@ -247,8 +244,7 @@ def rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove an artifact; refuses when others descend from it unless --force."""
-    with open_cli_store() as store:
-        art = resolve_input(ref, store)
+    with stored(ref) as (store, art):
         removed = store.remove(art.digest, force=force)
     emit({"removed": removed}, as_json, lambda d: out.print(f"removed {len(removed)} artifact(s): " + ", ".join(x[:12] for x in removed)))
 

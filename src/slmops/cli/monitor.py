@@ -7,34 +7,38 @@ from typing import Annotated, Any
 
 import typer
 
+from slmops import formats
 from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.flags import Flag, config_command, parse_duration
 from slmops.cli.render import emit, out
-from slmops.settings import api_key_from_env
+from slmops.monitor.drift_run import DriftConfig
+from slmops.monitor.sample import SampleConfig
 
 app = typer.Typer(help="Watch served models: drift against the training data, sampled judge scores.", no_args_is_help=True)
-_MODEL_KINDS = ("model", "adapter", "gguf", "onnx")
 
 
-@app.command()
+_DRIFT = {"window_s": Flag("--window", cli_type=str, parse=parse_duration, unit="s", note="a duration: 30m, 1h, 1d")}
+
+
+@config_command(app, "drift", config=DriftConfig, stage="monitor.drift", flags=_DRIFT, panel=None, only=("window_s", "min_live"),
+                only_why="set from --model and --log-db; the embedding shift is added whenever the embedding extra is installed")
 def drift(
     model: Annotated[str, typer.Option("--model", "-m", help="The served model (name, name:VERSION, name@ALIAS, sha256:…).")],
     baseline: Annotated[str, typer.Option("--baseline", "-b", help="Dataset the model was trained on (reference or file).")],
-    window: Annotated[str, typer.Option("--window", help="Compare the requests of this last period (e.g. 30m, 1h, 1d).")] = "1h",
-    min_live: Annotated[int, typer.Option("--min-live", help="Fewest logged prompts in the window that make a verdict.")] = 20,
     log_db: Annotated[Path | None, typer.Option("--log-db", help="Request log file (default $SLMOPS_HOME/serve/requests.db).")] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name for the report artifact.")] = None,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
 ) -> None:
     """Compare logged prompts (serve --log-content) in the window with the baseline's prompts: PSI of lengths and tokens."""
     from slmops.monitor.drift_run import run_drift
     from slmops.pipeline.inputs import resolve_input
-    from slmops.units import parse_duration
 
-    window_s = parse_duration(window, flag="--window")
     with open_cli_store() as store:
-        art = resolve_input(model, store, kind=_MODEL_KINDS)
+        art = resolve_input(model, store, kind=formats.runnable_kinds())
         base = resolve_input(baseline, store, kind="dataset")
-        r = run_drift(art, base, store=store, log_path=log_db, window_s=window_s, min_live=min_live, name=name)
+        r = run_drift(art, base, store=store, log_path=log_db, name=name, **cfg)
     import json
 
     data = json.loads(r.artifact.file("drift.json").read_text())
@@ -53,27 +57,32 @@ def _print_drift(d: dict[str, Any]) -> None:
     out.print(f"  {d['live_prompts']} live prompts vs {d['baseline_prompts']} baseline prompts; report sha256:{d['report'][:12]}")
 
 
-@app.command()
+_SAMPLE = {
+    "judge_url": Flag("--judge"),
+    "since_s": Flag("--since", cli_type=str, parse=parse_duration, unit="s", note="a duration: 30m, 1h, 1d"),
+}
+
+
+@config_command(app, "sample", config=SampleConfig, stage="monitor.sample", flags=_SAMPLE, panel=None,
+                hidden={"log_path": "set from --log-db", "model_digest": "set from --model"})
 def sample(
     model: Annotated[str, typer.Option("--model", "-m", help="The served model whose logged requests to re-score.")],
-    judge: Annotated[str, typer.Option("--judge", help="OpenAI-compatible base URL of the judge (…/v1).")],
-    rate: Annotated[float, typer.Option("--rate", help="Share of logged requests to score (stable per request).")] = 0.05,
-    judge_model: Annotated[str, typer.Option("--judge-model", help="Model id the judge endpoint serves.")] = "judge",
-    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the judge's key.")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="Only requests newer than this (e.g. 1h).")] = None,
     log_db: Annotated[Path | None, typer.Option("--log-db", help="Request log file (default $SLMOPS_HOME/serve/requests.db).")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name for the quality report artifact.")] = None,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
 ) -> None:
     """Re-score a sampled share of logged requests (needs --log-content) with a judge; prints the running quality."""
-    from slmops.monitor.sample import sample_and_score
+    from slmops.monitor.sample import run_sample
     from slmops.pipeline.inputs import resolve_input
-    from slmops.units import parse_duration
 
-    key = api_key_from_env(api_key_env)
     with open_cli_store() as store:
-        art = resolve_input(model, store, kind=_MODEL_KINDS)
-        rep = sample_and_score(art, store=store, judge_url=judge, rate=rate, judge_model=judge_model, log_path=log_db,
-                               since_s=parse_duration(since, flag="--since") if since else None, api_key=key)
+        art = resolve_input(model, store, kind=formats.runnable_kinds())
+        r = run_sample(art, store=store, log_path=log_db, name=name, **cfg)
+    import json
+
+    rep = {**json.loads(r.artifact.file("quality.json").read_text()), "report": r.artifact.digest, "cached": r.cached}
     emit(rep, as_json, lambda d: out.print(
         f"quality {d['quality'] if d['quality'] is None else round(d['quality'], 3)} over {d['scored']} scored requests "
         f"({d['newly_scored']} new of {d['logged']} logged); report sha256:{d['report'][:12]}"))

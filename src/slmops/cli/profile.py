@@ -8,7 +8,9 @@ import typer
 from rich.table import Table
 
 from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.flags import Flag, config_command
 from slmops.cli.render import emit, human_bytes, out
+from slmops.deploy.profiles import DeviceProfile
 from slmops.units import parse_size
 
 app = typer.Typer(help="Device profiles: the limits of a class of target machines.", no_args_is_help=True)
@@ -42,26 +44,26 @@ def detect(
     emit(prof.model_dump(), as_json, _show)
 
 
-@app.command()
+def _size(text: str, flag: str) -> int:
+    return parse_size(text, flag=flag)
+
+
+_CREATE = {"max_rss_bytes": Flag("--max-rss", cli_type=str, parse=_size, note="e.g. 2GB"),
+           "max_size_bytes": Flag("--max-size", cli_type=str, parse=_size, note="e.g. 500MB")}
+
+
+@config_command(app, "create", config=DeviceProfile, flags=_CREATE, panel=None,
+                hidden={"name": "the NAME argument", "machine": "recorded by `slmops profile detect`, not typed in"})
 def create(
     name: Annotated[str, typer.Argument(help="Profile name.")],
-    max_rss: Annotated[str | None, typer.Option("--max-rss", help="Peak memory a served model may use, e.g. 2GB.")] = None,
-    max_size: Annotated[str | None, typer.Option("--max-size", help="Largest artifact on disk, e.g. 500MB.")] = None,
-    min_tokens_per_s: Annotated[float | None, typer.Option("--min-tokens-per-s", help="Slowest acceptable decode speed.")] = None,
-    formats: Annotated[str | None, typer.Option("--formats", help="Allowed formats, comma-separated: hf-safetensors,ort-genai,gguf,foundry-local.")] = None,
     as_json: JsonOpt = False,
+    *,
+    cfg: dict[str, Any],
 ) -> None:
     """Create or replace a named device profile."""
-    from slmops.deploy.profiles import DeviceProfile, save_profile
+    from slmops.deploy.profiles import save_profile
 
-    spec: dict[str, Any] = {"name": name, "min_tokens_per_s": min_tokens_per_s}
-    if max_rss:
-        spec["max_rss_bytes"] = parse_size(max_rss, flag="--max-rss")
-    if max_size:
-        spec["max_size_bytes"] = parse_size(max_size, flag="--max-size")
-    if formats:
-        spec["formats"] = [f.strip() for f in formats.split(",") if f.strip()]
-    prof = DeviceProfile(**spec)
+    prof = DeviceProfile(name=name, **cfg)
     with open_cli_store() as store:
         save_profile(store, prof)
     emit(prof.model_dump(), as_json, _show)

@@ -10,20 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from slmops.cli.common import JsonOpt, open_cli_store
+from slmops.cli.flags import parse_pairs, yaml_value
 from slmops.cli.render import emit, err, fits, out, progress_bars
-from slmops.errors import ConfigError
-
-
-def _sets(pairs: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    result: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r} is not NAME=VALUE", fix="e.g. --set n=200")
-        result[key] = yaml.safe_load(value)
-    return result
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +32,7 @@ def register(app: typer.Typer) -> None:
         from slmops.pipeline.execute import run_recipe
         from slmops.pipeline.recipe import load_recipe
 
-        rec = load_recipe(recipe, overrides=_sets(set_))
+        rec = load_recipe(recipe, overrides=parse_pairs(set_, "--set", "n=200", yaml_value, form="NAME=VALUE"))
         with open_cli_store() as store, progress_bars(not as_json):
             results = run_recipe(rec, store=store, dry_run=dry_run, force=set(force or []), until=until,
                                  on_step=None if as_json else lambda r: err.print(_line(r), highlight=False),

@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Show the server's request log (metadata; prompts and completions only if served with --log-content)."""
-        from slmops.serve.requestlog import default_path, query
+        from slmops.monitor.requestlog import default_path, query
         from slmops.settings import slmops_home
         from slmops.units import parse_duration
 

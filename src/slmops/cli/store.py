@@ -79,28 +79,25 @@ def _show_transfer(d: dict[str, Any]) -> None:
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="store")
 
-    @root.command("push")
-    def push_(
-        ref: Annotated[str, typer.Argument(help="What to push: name, name:3, name@prod or sha256:PREFIX (its ancestors go too).")],
-        remote: RemoteOpt = None,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Upload an artifact and all its ancestors by digest; what the remote has is skipped, so re-runs resume."""
-        from slmops.store.sync import push
+    for direction, ref_help, doc in (
+        ("push", "What to push: name, name:3, name@prod or sha256:PREFIX (its ancestors go too).",
+         "Upload an artifact and all its ancestors by digest; what the remote has is skipped, so re-runs resume."),
+        ("pull", "What to pull: name, name:3, name@prod or sha256:PREFIX as the remote knows it.",
+         "Download an artifact and its ancestors, verifying every byte's sha256; names and aliases come along."),
+    ):
+        root.command(direction)(_transfer_command(direction, ref_help, doc))
+
+
+def _transfer_command(direction: str, ref_help: str, doc: str) -> Any:
+    """``slmops push`` or ``slmops pull``: the same options, the other direction."""
+
+    def transfer(ref: str, remote: str | None = None, as_json: bool = False) -> None:
+        from slmops.store import sync
 
         with open_cli_store() as store, progress_bars(not as_json):
-            report = push(store, ref, remote=remote)
+            report = getattr(sync, direction)(store, ref, remote=remote)
         emit(report.to_dict(), as_json, _show_transfer)
 
-    @root.command("pull")
-    def pull_(
-        ref: Annotated[str, typer.Argument(help="What to pull: name, name:3, name@prod or sha256:PREFIX as the remote knows it.")],
-        remote: RemoteOpt = None,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Download an artifact and its ancestors, verifying every byte's sha256; names and aliases come along."""
-        from slmops.store.sync import pull
-
-        with open_cli_store() as store, progress_bars(not as_json):
-            report = pull(store, ref, remote=remote)
-        emit(report.to_dict(), as_json, _show_transfer)
+    transfer.__name__, transfer.__doc__ = f"{direction}_", doc
+    transfer.__annotations__ = {"ref": Annotated[str, typer.Argument(help=ref_help)], "remote": RemoteOpt, "as_json": JsonOpt, "return": None}
+    return transfer

@@ -26,7 +26,7 @@ PROSE_DIR = ("data", "eng")
 
 def prose_files() -> list[Path]:
     """The English prose files of the ``dataset-build`` package, sorted by name (RefError naming the pip command when missing)."""
-    from slmops.models.packaged import package_dir
+    from slmops.store.packaged import package_dir
 
     folder = package_dir(PROSE_PACKAGE).joinpath(*PROSE_DIR)
     files = sorted(folder.glob("*.txt"))

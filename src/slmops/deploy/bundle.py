@@ -25,12 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from slmops import formats
 from slmops.deploy.profiles import DeviceProfile, check_profile
 from slmops.errors import ConfigError, StoreError
 from slmops.store.artifact import Artifact, read_manifest
 
 SUMS = "SHA256SUMS"
-_FORMAT_KINDS = ("model", "gguf", "onnx")
 
 
 def _sha256(path: Path) -> str:
@@ -47,8 +47,8 @@ def _files(root: Path) -> list[Path]:
 
 def write_bundle(model: Artifact, profile: DeviceProfile, out: Path, *, name: str = "model", port: int = 8000) -> dict[str, Any]:
     """Write the bundle for ``model`` into ``out`` (must be empty or absent); returns a summary."""
-    if model.kind not in _FORMAT_KINDS:
-        raise ConfigError(f"{model.short} is a {model.kind} artifact", fix="bundle a model, gguf or onnx artifact (merge adapters first)")
+    if model.kind not in formats.model_kinds():
+        raise ConfigError(f"{model.short} is a {model.kind} artifact", fix=f"bundle a {', '.join(formats.model_kinds())} artifact (merge adapters first)")
     size = model.manifest.size_bytes
     reasons = check_profile(profile, format=model.manifest.format, size_bytes=size)
     if reasons:

@@ -124,7 +124,7 @@ def make_teacher(cfg: GenerateConfig, teacher: Artifact | None, cache_root: Path
         return LocalTeacher(teacher, sampling, batch_size=cfg.batch_size, seed=cfg.seed)
     from slmops.distill.cache import ResponseCache
     from slmops.distill.http_teacher import HttpTeacher
-    from slmops.evaluate.targets import api_key_from_env
+    from slmops.settings import api_key_from_env
 
     assert cfg.base_url and cfg.model
     return HttpTeacher(

@@ -1,10 +1,11 @@
 """An OpenAI-compatible endpoint as the teacher: concurrency, RPM limit, retries, cache, usage and cost.
 
 Requests go to ``{base_url}/chat/completions`` from a pool of ``concurrency`` threads sharing one
-``httpx.Client``. Before each attempt a worker takes a token from the :class:`RateLimiter`. These
-are retried with exponential backoff and full jitter, up to ``max_retries`` times: HTTP 429 and 5xx
-(a ``Retry-After`` header is honoured — and on 429 pauses every worker), timeouts, dropped or
-refused connections, and bodies that are not a chat completion. 401/403 (the key) and 404 (the
+:class:`slmops.client.OpenAIClient`, whose retry loop this teacher drives through its hooks: before
+each attempt a worker takes a token from the :class:`RateLimiter`, and every failed attempt is
+counted by kind. Retried with exponential backoff and full jitter, up to ``max_retries`` times:
+HTTP 429 and 5xx (a ``Retry-After`` header is honoured — and on 429 pauses every worker), timeouts,
+dropped or refused connections, and bodies that are not a chat completion. 401/403 (the key) and 404 (the
 model or URL) stop the whole run with :class:`TeacherFatal`; other 4xx fail that request only.
 
 A response is cached (:class:`~slmops.distill.cache.ResponseCache`) under a key of the request
@@ -15,7 +16,6 @@ client's headers: it is never hashed into a key, logged, or written anywhere.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import Counter
@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from slmops._optional import require
+from slmops.client import ClientError, Failure, OpenAIClient, Retry
 from slmops.distill.cache import ResponseCache, request_key
-from slmops.distill.ratelimit import RateLimiter, backoff_delay, parse_retry_after
+from slmops.distill.ratelimit import RateLimiter
 from slmops.distill.teachers import (
     OnResult,
     Result,
@@ -39,7 +39,6 @@ from slmops.distill.teachers import (
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 FATAL_STATUS = {
     401: "the endpoint refused the API key",
     403: "the endpoint refused the API key",
@@ -69,32 +68,21 @@ class HttpTeacher:
         price_completion_per_1m: float | None = None,
         seed: int | None = 0,
     ) -> None:
-        httpx = require("httpx", extra="serve", purpose="an HTTP teacher")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.sampling = sampling
         self.concurrency = concurrency
-        self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
         self.cache = cache or ResponseCache(_nowhere(), enabled=False)
         self.prices = (price_prompt_per_1m, price_completion_per_1m)
         self.seed = seed
         self.limiter = RateLimiter(rpm)
-        headers = {"content-type": "application/json"}
-        if api_key:
-            headers["api-key" if api_key_header == "api-key" else "authorization"] = (
-                api_key if api_key_header == "api-key" else f"Bearer {api_key}"
-            )
-        self._httpx = httpx
-        self.client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._rng = random.Random()
+        self.client = OpenAIClient(
+            self.base_url, api_key=api_key, api_key_header=api_key_header, timeout_s=timeout_s,
+            retry=Retry(max_retries=max_retries, base_s=backoff_base_s, max_s=backoff_max_s), max_connections=concurrency,
+            stop=self._stop, before_attempt=self._before_attempt, on_failure=self._on_failure, purpose="an HTTP teacher",
+        )
         self._counts: Counter[str] = Counter()
         self._latency: list[float] = []
 
@@ -180,67 +168,47 @@ class HttpTeacher:
             self._count("prompt_tokens", reply.prompt_tokens)
             self._count("completion_tokens", reply.completion_tokens)
             return reply
-        error, status = "not attempted", None
-        for attempt in range(self.max_retries + 1):
-            if self._stop.is_set():
-                return TeacherFailure("cancelled", attempt, None)
-            if attempt:
-                self._count("retries")
-            self.limiter.acquire()
-            t0 = time.perf_counter()
-            retry_after: float | None = None
-            self._count("http_calls")
-            try:
-                resp = self.client.post(f"{self.base_url}/chat/completions", json=body)
-            except self._httpx.TimeoutException:
-                error, status = "timeout", None
-            except self._httpx.TransportError as exc:
-                error, status = f"connection error ({type(exc).__name__})", None
-            else:
-                status = resp.status_code
-                if status == 200:
-                    try:
-                        data = resp.json()
-                    except ValueError:
-                        data = None
-                    reply = _parse(data) if isinstance(data, dict) else None
-                    if reply is not None:
-                        reply.attempts = attempt + 1
-                        reply.latency_s = round(time.perf_counter() - t0, 4)
-                        self._record(reply)
-                        self.cache.put(key, data)  # type: ignore[arg-type]
-                        return reply
-                    error = "malformed response (not a chat completion)"
-                elif status in FATAL_STATUS:
-                    self._stop.set()
-                    raise TeacherFatal(
-                        f"{FATAL_STATUS[status]} (HTTP {status})",
-                        why=_detail(resp),
-                        fix="check the key in the environment variable named by api_key_env (--api-key-env): it must hold a valid key"
-                        if status in (401, 403)
-                        else f"check --base-url and --model (GET {self.base_url}/models lists the endpoint's models)",
-                    )
-                elif status in RETRY_STATUS:
-                    error = f"HTTP {status}"
-                    retry_after = parse_retry_after(resp.headers.get("retry-after"))
-                    if status == 429 and retry_after:
-                        self.limiter.pause_until(time.monotonic() + retry_after)
-                else:
-                    self._count(f"error:HTTP {status}")
-                    self._count("failed")
-                    return TeacherFailure(f"HTTP {status}: {_detail(resp)}", attempt + 1, status)
-            self._count(f"error:{error}")
-            if attempt < self.max_retries:
-                delay = (
-                    retry_after
-                    if retry_after is not None
-                    else backoff_delay(attempt, base=self.backoff_base_s, cap=self.backoff_max_s, rng=self._rng)
-                )
-                log.info("teacher request %s: %s; retry %d in %.2fs", req.key, error, attempt + 1, delay)
-                if self._stop.wait(delay):
-                    return TeacherFailure("cancelled", attempt + 1, status)
+        try:
+            ans = self.client.chat(body, parse=_parse)
+        except ClientError as exc:
+            return self._failure(req, exc)
+        reply = ans.value
+        reply.attempts = ans.attempts
+        reply.latency_s = ans.latency_s
+        self._record(reply)
+        self.cache.put(key, ans.body)
+        return reply
+
+    def _before_attempt(self, attempt: int) -> None:
+        if attempt:
+            self._count("retries")
+        self.limiter.acquire()
+        self._count("http_calls")
+
+    def _on_failure(self, f: Failure) -> None:
+        self._count(f"error:{f.error}")
+        if f.status == 429 and f.retry_after:
+            self.limiter.pause_until(time.monotonic() + f.retry_after)  # every worker waits, not just this one
+        if f.retryable and f.attempt < self.client.retry.max_retries:
+            log.info("teacher request: %s; retry %d", f.error, f.attempt + 1)
+
+    def _failure(self, req: TeacherRequest, exc: ClientError) -> TeacherFailure:
+        if exc.cancelled:
+            return TeacherFailure("cancelled", exc.attempts, exc.status)
+        if exc.status in FATAL_STATUS:
+            self._stop.set()
+            raise TeacherFatal(
+                f"{FATAL_STATUS[exc.status]} (HTTP {exc.status})",
+                why=exc.detail,
+                fix="check the key in the environment variable named by api_key_env (--api-key-env): it must hold a valid key"
+                if exc.status in (401, 403)
+                else f"check --base-url and --model (GET {self.base_url}/models lists the endpoint's models)",
+            ) from exc
         self._count("failed")
-        return TeacherFailure(f"{error} (gave up after {self.max_retries + 1} attempts)", self.max_retries + 1, status)
+        log.info("teacher request %s failed: %s", req.key, exc.message)
+        if exc.retryable:
+            return TeacherFailure(f"{exc.error} (gave up after {exc.attempts} attempts)", exc.attempts, exc.status)
+        return TeacherFailure(f"{exc.error}: {exc.detail}", exc.attempts, exc.status)
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -259,19 +227,6 @@ def _nowhere() -> Any:
     from pathlib import Path
 
     return Path("/nonexistent-slmops-cache")
-
-
-def _detail(resp: Any) -> str:
-    """A short, key-free description of an error response."""
-    try:
-        data = resp.json()
-        err = data.get("error") if isinstance(data, dict) else None
-        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
-        if msg:
-            return str(msg)[:200]
-    except ValueError:
-        pass
-    return (resp.text or resp.reason_phrase or "")[:200]
 
 
 def _parse(data: Any) -> TeacherReply | None:

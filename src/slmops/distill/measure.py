@@ -1,29 +1,21 @@
 """Measuring one model on a test split, alone in its own process (so its peak memory is its own).
 
-``python -m slmops.distill.measure MODEL_DIR DATA_DIR --split test ...`` prints one JSON object:
-parameters, weights on disk, load time, the process's resident memory before the model was loaded
-(``baseline_rss_bytes``: Python, torch, transformers, the architecture's code, the tokenizer, the data) and at its peak, latency of every
-response (greedy, the model's own chat template), throughput, and the task score.
-:func:`slmops.distill.report.retention` runs it once per model and compares.
+:func:`measure` returns parameters, weights on disk, load time, the process's resident memory
+before the model was loaded (``baseline_rss_bytes``: Python, torch, transformers, the architecture's
+code, the tokenizer, the data) and at its peak, latency of every response (greedy, the model's own
+chat template), throughput, and the task score. :func:`slmops.distill.report.measure_in_subprocess`
+runs it in a fresh process (:func:`slmops.bench.worker.run_fresh`) once per model, and
+:func:`slmops.distill.report.retention` compares.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from slmops.bench.memory import peak_rss_bytes
 from slmops.data.records import Record
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory (see :func:`slmops.bench.memory.lifetime_peak_rss`)."""
-    from slmops.bench.memory import lifetime_peak_rss
-
-    return lifetime_peak_rss() or 0
 
 
 def score(prediction: str, record: Record, metric: str = "auto") -> float:
@@ -65,8 +57,9 @@ def _before_the_model(model_dir: Path) -> None:
 
 
 def measure(
-    model_dir: Path, data_dir: Path, *, split: str, limit: int | None, max_tokens: int, metric: str, warmup: int, threads: int | None
+    model_dir: str | Path, data_dir: str | Path, *, split: str, limit: int | None, max_tokens: int, metric: str, warmup: int, threads: int | None
 ) -> dict[str, Any]:
+    """The measurement (run it in a fresh process: the memory figures are the whole process's)."""
     import torch
 
     from slmops.data.io import read_dataset
@@ -74,6 +67,7 @@ def measure(
     from slmops.runtimes import open_runtime
     from slmops.runtimes.base import GenerationParams
 
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
     if threads:
         torch.set_num_threads(threads)
     records = read_dataset(data_dir, split)
@@ -117,24 +111,3 @@ def measure(
         "threads": torch.get_num_threads(),
         "samples": samples,
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m slmops.distill.measure", description=__doc__)
-    ap.add_argument("model", type=Path)
-    ap.add_argument("data", type=Path)
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--metric", default="auto")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(argv)
-    out = measure(
-        a.model, a.data, split=a.split, limit=a.limit, max_tokens=a.max_tokens, metric=a.metric, warmup=a.warmup, threads=a.threads
-    )
-    sys.stdout.write(json.dumps(out) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,23 +1,16 @@
-"""Pacing requests to a teacher endpoint: a token-bucket requests-per-minute limiter and retry delays.
+"""Pacing requests to a teacher endpoint: a token-bucket requests-per-minute limiter.
 
-* :class:`RateLimiter` — a thread-safe token bucket (``rpm`` tokens per minute, a burst of at most
-  one second's worth) that every worker takes a token from before each request; a 429 with
-  ``Retry-After`` pauses *all* workers until then (:meth:`RateLimiter.pause_until`).
-* :func:`backoff_delay` — exponential backoff with full jitter (AWS's "full jitter": a uniform
-  draw between 0 and ``min(cap, base * 2**attempt)``), never below ``floor``.
-* :func:`parse_retry_after` — the ``Retry-After`` header in seconds (delta-seconds or HTTP date).
+:class:`RateLimiter` is a thread-safe token bucket (``rpm`` tokens per minute, a burst of at most
+one second's worth) that every worker takes a token from before each request; a 429 with
+``Retry-After`` pauses *all* workers until then (:meth:`RateLimiter.pause_until`). Retry delays
+(backoff with jitter, ``Retry-After``) belong to the shared client (:mod:`slmops.client.retry`).
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
-
-#: Longest wait a Retry-After header can impose (a server asking for more is treated as this).
-MAX_RETRY_AFTER_S = 300.0
 
 
 class RateLimiter:
@@ -61,28 +54,3 @@ class RateLimiter:
                 return
             self.waited_s += wait
             self._sleep(min(wait, 1.0))
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, floor: float = 0.0, rng: random.Random | None = None) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based): full jitter, at least ``floor``."""
-    r = rng or random
-    ceiling = min(cap, base * (2.0**attempt))
-    return max(floor, r.uniform(0.0, ceiling))
-
-
-def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
-    """``Retry-After`` in seconds (``"3"`` or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - now()
-    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))

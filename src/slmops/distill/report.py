@@ -1,6 +1,7 @@
 """Stage ``distill.report``: how much of the teacher the student keeps, and what it saves.
 
-Each model is measured alone in a fresh process (:mod:`.measure`) on the same test split:
+Each model is measured alone in a fresh process (:func:`.measure.measure` through
+:func:`slmops.bench.worker.run_fresh`) on the same test split:
 parameters, weights on disk, peak resident memory, mean latency per response, throughput and task
 accuracy. The report derives
 
@@ -20,15 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmops.errors import ConfigError, SlmopsError
+from slmops.errors import ConfigError
 from slmops.stage import StageOutput
 from slmops.store.artifact import Artifact
 
@@ -61,35 +59,12 @@ def measure_in_subprocess(model: Artifact, data: Artifact, cfg: ReportConfig, *,
             f"sha256:{model.short} is a {model.kind}, not a model",
             fix="merge an adapter into its base first (`slmops adapters merge`), then report on the merged model",
         )
-    cmd = [
-        sys.executable,
-        "-m",
-        "slmops.distill.measure",
-        str(model.path),
-        str(data.path),
-        "--split",
-        cfg.split,
-        "--max-tokens",
-        str(cfg.max_tokens),
-        "--metric",
-        cfg.metric,
-        "--warmup",
-        str(cfg.warmup),
-    ]
-    if cfg.limit:
-        cmd += ["--limit", str(cfg.limit)]
-    if cfg.threads:
-        cmd += ["--threads", str(cfg.threads)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise SlmopsError(
-            f"measuring sha256:{model.short} failed (exit {proc.returncode})",
-            why=tail[0],
-            fix="run `python -m slmops.distill.measure` on it by hand to see the whole error",
-        )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from slmops.bench.worker import run_fresh
+
+    kwargs = {"model_dir": str(model.path), "data_dir": str(data.path), "split": cfg.split, "limit": cfg.limit, "max_tokens": cfg.max_tokens,
+              "metric": cfg.metric, "warmup": cfg.warmup, "threads": cfg.threads}
+    return run_fresh("slmops.distill.measure:measure", kwargs, label=f"measure sha256:{model.short}", timeout_s=timeout_s,
+                     env={"TOKENIZERS_PARALLELISM": "false"}, fix="run slmops.distill.measure.measure on it in Python to see the whole error")
 
 
 def retention(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, Any]:

@@ -40,10 +40,19 @@ def higher_is_better(metric: str) -> bool:
     return spec.higher_is_better if spec else True
 
 
-class EvalConfig(BaseModel):
-    """How to evaluate: which metrics, on which records, generating how, against which target."""
+class TargetConfig(BaseModel):
+    """What is evaluated or validated: a local model on a runtime, or an OpenAI-compatible server (``eval`` and ``validate``)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    runtime: str = Field("auto", description="Local runtime: auto, torch, ort-genai or llamacpp")
+    url: str | None = Field(None, description="Talk to an OpenAI-compatible server at this URL instead of a local model")
+    model_name: str | None = Field(None, description="Model name to request from --url (default: the first it lists)")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key for --url (the key is never stored)")
+
+
+class EvalConfig(TargetConfig):
+    """How to evaluate: which metrics, on which records, generating how, against which target."""
 
     metrics: list[str] = Field(default_factory=lambda: ["exact_match", "token_f1"], description=f"Metrics: {', '.join(METRICS)}")
     split: str = Field("auto", description="Dataset split to evaluate; auto = test, else the unsplit data, else validation")
@@ -52,10 +61,6 @@ class EvalConfig(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy, reproducible)")
     seed: int | None = Field(0, description="Sampling seed")
     stop: list[str] = Field(default_factory=list, description="Stop strings")
-    runtime: str = Field("auto", description="Local runtime: auto, torch, ort-genai or llamacpp")
-    url: str | None = Field(None, description="Evaluate an OpenAI-compatible server at this URL instead of a local model")
-    model_name: str | None = Field(None, description="Model name to request from --url (default: the first it lists)")
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key for --url (the key is never stored)")
     request_timeout_s: float = Field(120.0, gt=0, description="Timeout of one HTTP request, in seconds")
     batch_size: int = Field(8, ge=1, le=1024, description="Examples per batch (checkpointed for resume; concurrent requests for --url)")
     log_samples: bool = Field(False, description="Save every example's prompt, output and scores with the report (samples.jsonl)")

@@ -87,6 +87,19 @@ def _is_type(value: Any, name: str) -> bool:
     return isinstance(value, _TYPES[name])
 
 
+#: Length keywords: (keyword, applies to str or list, too short?, message).
+_LENGTHS = (("minLength", str, True, "shorter than {}"), ("maxLength", str, False, "longer than {}"),
+            ("minItems", list, True, "fewer than {} items"), ("maxItems", list, False, "more than {} items"))
+
+
+def _length_errors(value: str | list[Any], schema: dict[str, Any], path: str) -> list[str]:
+    errs = []
+    for key, kind, minimum, message in _LENGTHS:
+        if isinstance(value, kind) and key in schema and (len(value) < schema[key] if minimum else len(value) > schema[key]):
+            errs.append(f"{path}: {message.format(schema[key])}")
+    return errs
+
+
 def schema_errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
     """Every way ``value`` breaks ``schema`` (empty when it conforms), as ``path: problem`` strings."""
     errs: list[str] = []
@@ -104,21 +117,13 @@ def schema_errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[s
                          ("exclusiveMinimum", lambda lim: value <= lim), ("exclusiveMaximum", lambda lim: value >= lim)):
             if key in schema and bad(schema[key]):
                 errs.append(f"{path}: {value} breaks {key} {schema[key]}")
-    if isinstance(value, str):
-        if "minLength" in schema and len(value) < schema["minLength"]:
-            errs.append(f"{path}: shorter than {schema['minLength']}")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errs.append(f"{path}: longer than {schema['maxLength']}")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errs.append(f"{path}: does not match {schema['pattern']!r}")
-    if isinstance(value, list):
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            errs.append(f"{path}: fewer than {schema['minItems']} items")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errs.append(f"{path}: more than {schema['maxItems']} items")
-        if isinstance(schema.get("items"), dict):
-            for i, item in enumerate(value):
-                errs += schema_errors(item, schema["items"], f"{path}[{i}]")
+    if isinstance(value, str | list):
+        errs += _length_errors(value, schema, path)
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        errs.append(f"{path}: does not match {schema['pattern']!r}")
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            errs += schema_errors(item, schema["items"], f"{path}[{i}]")
     if isinstance(value, dict):
         props: dict[str, Any] = schema.get("properties") or {}
         errs += [f"{path}: missing required {k!r}" for k in schema.get("required", []) if k not in value]

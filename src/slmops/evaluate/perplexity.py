@@ -47,6 +47,9 @@ def log_softmax_rows(logits: Any) -> Any:
 
 def score_tokens(runtime: Runtime, ids: Sequence[int], first_scored: int, *, window: int | None = None) -> NLL:
     """NLL of ``ids[first_scored:]`` given what precedes each token, in windows of at most ``window`` tokens."""
+    if not runtime.capabilities.logits:
+        raise ConfigError(f"the {runtime.name} runtime returns no logits", why="perplexity needs each position's next-token distribution",
+                          fix="evaluate the model on a runtime that returns logits, or drop --metrics perplexity")
     ids = [int(t) for t in ids]
     first_scored = max(1, first_scored)
     if first_scored >= len(ids):
@@ -72,12 +75,6 @@ def score_tokens(runtime: Runtime, ids: Sequence[int], first_scored: int, *, win
         end = min(len(ids), end + stride)
 
 
-def encode(runtime: Runtime, text: str) -> list[int]:
-    """Token ids of a rendered prompt, with the runtime's own BOS handling when it has one."""
-    enc = getattr(runtime, "encode_prompt", None)
-    return list(enc(text)) if callable(enc) else runtime.tokenize(text, add_special_tokens=True)
-
-
 def record_nll(runtime: Runtime, record: Record, *, window: int | None = None) -> NLL | None:
     """The record's NLL: the reference answer given the prompt, or a text record's whole text; None when it has neither."""
     if record.kind == "text":
@@ -87,7 +84,7 @@ def record_nll(runtime: Runtime, record: Record, *, window: int | None = None) -
     if answer is None:
         return None
     prompt = runtime.apply_chat_template([m.model_dump(exclude_none=True) for m in record.prompt_messages], add_generation_prompt=True)
-    prompt_ids = encode(runtime, prompt)
+    prompt_ids = runtime.encode_prompt(prompt)
     answer_ids = runtime.tokenize(answer, add_special_tokens=False)
     return score_tokens(runtime, prompt_ids + answer_ids, len(prompt_ids), window=window)
 

@@ -42,7 +42,8 @@ def build_report(result: EvalResult, cfg: EvalConfig, *, data: str, split: str, 
     return report
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
+    """A metric as a report table shows it: floats to 4 significant digits, ``–`` for nothing (eval and parity reports)."""
     if v is None:
         return "–"
     if isinstance(v, float):
@@ -59,9 +60,9 @@ def markdown(report: dict[str, Any]) -> str:
     head = "| metric | value |" + (" ref | retention % |" if ref else "")
     lines += [head, "|---|---|" + ("---|---|" if ref else "")]
     for k, v in report["metrics"].items():
-        row = f"| {k} | {_fmt(v)} |"
+        row = f"| {k} | {fmt_value(v)} |"
         if ref:
-            row += f" {_fmt((ref.get('metrics') or {}).get(k))} | {_fmt(report.get('retention_pct', {}).get(k))} |"
+            row += f" {fmt_value((ref.get('metrics') or {}).get(k))} | {fmt_value(report.get('retention_pct', {}).get(k))} |"
         lines.append(row)
     return "\n".join(lines) + "\n"
 

@@ -254,7 +254,8 @@ def _similarity_pass(samples: list[dict[str, Any]], cfg: EvalConfig, embedder: E
 
 def _judge_pass(samples: list[dict[str, Any]], cfg: EvalConfig, judge: Target | None, ckpt: Checkpoint) -> int:
     from slmops.evaluate.judge import judge_messages, parse_verdict, rubric_for
-    from slmops.evaluate.targets import HttpTarget, api_key_from_env
+    from slmops.evaluate.targets import HttpTarget
+    from slmops.settings import api_key_from_env
 
     rubric = rubric_for(cfg.judge_criteria, cfg.judge_rubric)
     own = judge is None

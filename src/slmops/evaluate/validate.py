@@ -22,13 +22,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from slmops import progress
 from slmops.bench.prompts import filler_text
 from slmops.bench.stats import linear_slope
 from slmops.errors import SlmopsError
 from slmops.evaluate import jsonmetrics as jm
+from slmops.evaluate.config import TargetConfig
 from slmops.evaluate.metrics import normalize_label, token_f1
 from slmops.evaluate.targets import Reply, RequestFailed, Target
 
@@ -40,18 +41,12 @@ Status = Literal["pass", "fail", "skip"]
 TEMPLATE_PROBE = "{{ 7*7 }}{% for i in range(3) %}X{% endfor %}"
 
 
-class ValidateConfig(BaseModel):
+class ValidateConfig(TargetConfig):
     """Thresholds and sizes of the validation checklist."""
-
-    model_config = ConfigDict(extra="forbid")
 
     split: str = Field("auto", description="Dataset split holding the domain queries")
     limit: int = Field(20, ge=1, description="Domain queries to ask")
     max_tokens: int = Field(64, ge=1, description="Most tokens per answer")
-    runtime: str = Field("auto", description="Local runtime: auto, torch, ort-genai or llamacpp")
-    url: str | None = Field(None, description="Validate an OpenAI-compatible server at this URL instead of a local model")
-    model_name: str | None = Field(None, description="Model name to request from --url")
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key for --url")
     request_timeout_s: float = Field(120.0, gt=0, description="Timeout of one request, in seconds")
     min_answered: float = Field(0.95, ge=0, le=1, description="Share of domain queries that must get a non-empty answer")
     min_quality: float | None = Field(None, ge=0, le=1, description="Minimum mean token F1 against the references")

@@ -1,7 +1,7 @@
 """Hugging Face folder → GGUF (f32 or f16), written with the ``gguf`` library and streamed tensor by tensor.
 
-:func:`convert_to_gguf` reads ``config.json`` (:mod:`~slmops.export.gguf_arch`), the tokenizer
-files (:mod:`~slmops.export.gguf_vocab`) and the safetensors weights, checks that every tensor
+:func:`convert_to_gguf` reads ``config.json`` (:mod:`~slmops.models.gguf_arch`), the tokenizer
+files (:mod:`~slmops.models.gguf_vocab`) and the safetensors weights, checks that every tensor
 llama.cpp will ask for is there, and writes ``<out>.partial`` before renaming it: a failure (an
 unsupported model, a corrupt file, a full disk, Ctrl-C) never leaves a GGUF behind. Quantized types
 are made from this f32 file by llama.cpp itself (:mod:`~slmops.export.gguf_quantize`).
@@ -13,7 +13,6 @@ so memory stays near one tensor's size) or an in-memory state dict (a PEFT adapt
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -27,8 +26,17 @@ import numpy as np
 from slmops import progress
 from slmops._optional import require
 from slmops.errors import ConfigError, DataError, StoreError
-from slmops.export.gguf_arch import HParams, TensorTarget, llama3_rope_freqs, map_tensor, read_hparams, write_hparams
-from slmops.export.gguf_vocab import fit_to_embedding, read_vocab, write_vocab
+from slmops.models.gguf_arch import (
+    HParams,
+    TensorTarget,
+    llama3_rope_freqs,
+    map_tensor,
+    read_config,
+    read_hparams,
+    required_tensors,
+    write_hparams,
+)
+from slmops.models.gguf_vocab import fit_to_embedding, read_vocab, write_vocab
 
 log = logging.getLogger(__name__)
 
@@ -107,32 +115,11 @@ class _Planned:
     dtype: Any  # numpy dtype written
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{folder} is not a Hugging Face model folder", why="it has no config.json", fix="pass a model artifact (models.init, models.import or a fine-tune)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path} is not valid JSON", why=str(exc), fix="restore config.json from the original model") from exc
-    if not isinstance(cfg, dict):
-        raise DataError(f"{path} is not a model config", why="its top level is not an object", fix="restore config.json from the original model")
-    return cfg
-
-
 def gguf_model_name(name: str, *, phi3_tokens_ok: bool) -> str:
     """``general.name`` for the file. llama.cpp gives any model whose name contains "phi3"/"phi-3" the
     Phi-3 special-token treatment (and fails without Phi-3's ``<|endoftext|>``), so that text is kept
     only for tokenizers that are really Phi-3's."""
     return name if phi3_tokens_ok else re.sub(r"(?i)phi-?3", "phi", name)
-
-
-def required_tensors(hp: HParams) -> list[str]:
-    """The GGUF tensors a llama/qwen2/phi3 model of ``hp`` cannot run without."""
-    per_layer = ["attn_norm", "attn_output", "ffn_norm", "ffn_down", "ffn_up"]
-    per_layer += ["attn_qkv"] if hp.gguf_arch == "phi3" else ["attn_q", "attn_k", "attn_v", "ffn_gate"]
-    names = ["token_embd.weight", "output_norm.weight"] + ([] if hp.tie_word_embeddings else ["output.weight"])
-    return names + [f"blk.{i}.{t}.weight" for i in range(hp.num_layers) for t in per_layer]
 
 
 def _plan(src: TensorSource, hp: HParams, outtype: str) -> list[_Planned]:

@@ -59,7 +59,8 @@ def check_qtype(qtype: str) -> str:
 
 def quantize_gguf(src: Path, dst: Path, qtype: str, *, imatrix: dict[str, np.ndarray] | None = None, nthread: int = 0) -> dict[str, Any]:
     """Quantize the GGUF ``src`` (f32 or f16) to ``dst`` as ``qtype``; return the tensor types written."""
-    from slmops.runtimes.llamacpp_lib import check_gguf_file, clear_problems, lib, recent_problems
+    from slmops.models.gguf_file import check_gguf_file
+    from slmops.runtimes.llamacpp_lib import clear_problems, lib, recent_problems
 
     qtype = check_qtype(qtype)
     L = lib()
@@ -169,8 +170,7 @@ def compute_imatrix(model_folder: Path, texts: Iterable[str], *, max_texts: int 
     tokens each, with a forward pre-hook on every linear layer; returns the matrix and
     ``{"texts": n, "tokens": m}``.
     """
-    from slmops.export.gguf_arch import gguf_base_name, read_hparams
-    from slmops.export.gguf_convert import read_config
+    from slmops.models.gguf_arch import gguf_base_name, read_config, read_hparams
     from slmops.models.loading import load_model_and_tokenizer
 
     torch = require("torch", extra="train", purpose="computing an importance matrix")

@@ -1,22 +1,20 @@
 """Speed and memory of one model on one runtime: load time, TTFT, decode tokens/s, peak RSS.
 
 :func:`measure_runtime` opens the model, warms it up, and times a few greedy generations of a
-fixed length (EOS ignored) from a fixed prompt; :func:`measure_in_subprocess` runs it in a fresh
-Python process (``python -m slmops.export.measure``), so the peak RSS is that model's alone and
-not whatever the calling process loaded before. Used by the optimizer and the benchmarks.
+fixed length (EOS ignored) from a fixed prompt with the benchmark's timing (``bench.local.time_one``); :func:`measure_in_subprocess` runs it in a fresh
+Python process (:func:`slmops.bench.worker.run_fresh`, with the engine imported before the timed
+load), so the peak RSS is that model's alone and not whatever the calling process loaded before.
+Used by the optimizer and the benchmarks.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from slmops.errors import ConfigError
+from slmops.bench.memory import peak_rss_bytes
 
 PROMPT_TEXT = (
     "The small model reads the question, thinks about the facts it was given, and answers in one short sentence. "
@@ -26,8 +24,13 @@ PROMPT_TEXT = (
 
 def measure_runtime(path: str | Path, *, runtime: str = "auto", prompt_tokens: int = 64, new_tokens: int = 64, runs: int = 3,
                     options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Timings of ``path`` on ``runtime`` (medians over ``runs``), plus this process's peak RSS."""
-    from slmops.runtimes import GenerationParams, open_runtime
+    """Timings of ``path`` on ``runtime`` (medians over ``runs``), plus this process's peak RSS.
+
+    Each run is the benchmark's own timed request (:func:`slmops.bench.local.time_one`: streamed,
+    stamped per token), so TTFT and decode speed (1 / TPOT) mean here what they mean in ``bench``.
+    """
+    from slmops.bench.local import time_one
+    from slmops.runtimes import open_runtime
 
     t0 = time.perf_counter()
     rt = open_runtime(Path(path), runtime, **(options or {}))
@@ -35,57 +38,32 @@ def measure_runtime(path: str | Path, *, runtime: str = "auto", prompt_tokens: i
     try:
         base = rt.tokenize(PROMPT_TEXT, add_special_tokens=True)
         ids = (base * (prompt_tokens // max(1, len(base)) + 1))[:prompt_tokens]
-        rt.generate(ids, GenerationParams(max_tokens=4, ignore_eos=True))  # warm-up
-        ttfts, tps = [], []
-        for _ in range(max(1, runs)):
-            res = rt.generate(ids, GenerationParams(max_tokens=new_tokens, ignore_eos=True))
-            ttfts.append(res.ttft_s or 0.0)
-            decode_s = (res.total_s or 0.0) - (res.ttft_s or 0.0)
-            tps.append((res.completion_tokens - 1) / decode_s if decode_s > 0 else float("nan"))
+        time_one(rt, ids, 4)  # warm-up
+        timings = [time_one(rt, ids, new_tokens) for _ in range(max(1, runs))]
     finally:
         rt.close()
     return {
         "runtime": getattr(rt, "name", runtime),
         "load_s": load_s,
-        "ttft_s": statistics.median(ttfts),
-        "decode_tokens_per_s": statistics.median(tps),
+        "ttft_s": statistics.median(t.ttft or 0.0 for t in timings),
+        "decode_tokens_per_s": statistics.median(1.0 / t.tpot if t.tpot else float("nan") for t in timings),
         "prompt_tokens": len(ids),
         "new_tokens": new_tokens,
         "peak_rss_bytes": peak_rss_bytes(),
     }
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size (see :func:`slmops.bench.memory.lifetime_peak_rss`)."""
-    from slmops.bench.memory import lifetime_peak_rss
-
-    return lifetime_peak_rss() or 0
-
-
 def measure_in_subprocess(path: str | Path, *, timeout_s: float = 900, **kwargs: Any) -> dict[str, Any]:
     """:func:`measure_runtime` in a fresh interpreter (its peak RSS is the model's own)."""
-    args = json.dumps({"path": str(path), **kwargs})
-    proc = subprocess.run([sys.executable, "-m", "slmops.export.measure", args], capture_output=True, text=True, timeout=timeout_s, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ConfigError(f"measuring {Path(path).name} failed", why=tail[0][:300], fix="open the artifact with `slmops` directly to see the full error")
-    return dict(json.loads(lines[-1]))
+    from slmops.bench.worker import run_fresh
+
+    return run_fresh("slmops.export.measure:measure_fresh", {"path": str(path), **kwargs}, label=f"measure {Path(path).name[:12]}",
+                     timeout_s=timeout_s, fix="measure it in this process (optimize --no-isolate) to see the full error")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m slmops.export.measure '{"path": ..., "new_tokens": 64}'`` prints one JSON line."""
-    from slmops.errors import SlmopsError
+def measure_fresh(path: str, runtime: str = "auto", **kwargs: Any) -> dict[str, Any]:
+    """The fresh process's body: import the engine first (so ``load_s`` is the model's), then :func:`measure_runtime`."""
+    from slmops.bench.local import warm_engine
 
-    kwargs = json.loads((argv or sys.argv[1:])[0])
-    path = kwargs.pop("path")
-    try:
-        result = measure_runtime(path, **kwargs)
-    except SlmopsError as exc:
-        sys.stderr.write(f"error: {exc.message}\n")
-        raise SystemExit(1) from exc
-    sys.stdout.write(json.dumps(result) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    warm_engine(Path(path), runtime)
+    return measure_runtime(path, runtime=runtime, **kwargs)

@@ -155,7 +155,7 @@ def _unpack(raw: np.ndarray, qtype: str, rows: int) -> Grid:
 def read_grids(path: Path) -> tuple[dict[str, Grid], dict[str, str]]:
     """``({HF weight name: Grid}, {HF weight name: GGUF type})`` of the GGUF at ``path``: the grids of its
     Q4_0/Q4_1/Q8_0 tensors (q/k rows un-permuted like ``models.from_gguf``), and every weight's type."""
-    from slmops.export.gguf_arch import unpermute_rows
+    from slmops.models.gguf_arch import unpermute_rows
     from slmops.models.gguf_config import read_gguf_hparams
     from slmops.models.gguf_file import open_gguf
     from slmops.models.gguf_weights import hf_tensor_name

@@ -6,37 +6,33 @@ otherwise the target is skipped with the reason; ``onnx:int4`` is that stage's i
 mixed-precision export that is no worse than ``gguf:q4_k_m`` in KL — see docs/export.md), then the ``parity`` stage against the model
 (KL, top-1 agreement, perplexity, greedy match — each a report artifact linked to both), then
 measures size on disk, decode speed, TTFT and peak RSS (in a fresh process by default). A
-candidate *passes* when its parity gates pass and it fits ``max_size_bytes`` /
-``min_tokens_per_s``; the chosen one is the smallest (or fastest) of those.
+candidate *passes* when its parity gates pass and it fits :data:`OPTIMIZE_LIMITS` (``max_size_bytes``,
+``max_rss_bytes``, ``min_tokens_per_s``, checked as gates by :mod:`slmops.evaluate.gates`); the
+chosen one is the smallest (or fastest) of those.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from slmops import formats
 from slmops.errors import ConfigError, SlmopsError
-from slmops.export.parity import DEFAULT_GATES
+from slmops.evaluate.gates import Limits, check_gates, limit_gates
+from slmops.export.parity import DEFAULT_GATES, PARITY_LIMITS
 from slmops.store.artifact import Artifact
+from slmops.units import parse_size
 
 log = logging.getLogger(__name__)
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 ONNX_PRECISIONS = ("int4", "int8", "fp16", "fp32")
 _ONNX_FIELDS = ("precision", "qtype", "dtype", "bits")
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from ``500MB``, ``1.5GiB``, ``2e9`` or an int (decimal units: MB = 10^6)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"{value!r} is not a size; write e.g. 500MB, 1.5GiB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+#: The optimizer's own limits (beyond parity's) as gates on a candidate's measured row.
+OPTIMIZE_LIMITS: Limits = {
+    "max_size_bytes": ("size_bytes", "<="), "max_rss_bytes": ("peak_rss_bytes", "<="), "min_tokens_per_s": ("decode_tokens_per_s", ">="),
+}
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -44,7 +40,7 @@ def parse_target(text: str) -> tuple[str, str]:
     from slmops.export.gguf_quantize import QTYPES
 
     fmt, sep, q = text.strip().lower().partition(":")
-    if not sep or fmt not in ("gguf", "onnx"):
+    if not sep or formats.by_target(fmt) is None:
         raise ConfigError(f"--targets entry {text!r} is not FORMAT:TYPE", fix="write e.g. gguf:q4_k_m,gguf:q8_0,onnx:int4")
     if fmt == "gguf" and q not in QTYPES:
         raise ConfigError(f"--targets entry {text!r} names an unknown GGUF type", fix=f"use one of {', '.join(QTYPES)}")
@@ -66,6 +62,7 @@ class OptimizeConfig(BaseModel):
     min_greedy_match: float | None = Field(None, ge=0, le=1, description="Gate: share of identical greedy outputs")
     max_task_drop: float | None = Field(None, ge=0, description="Gate: largest allowed drop of the task score")
     max_size_bytes: int | None = Field(None, ge=1, description="Gate: largest size on disk (accepts 500MB, 1.5GiB …)")
+    max_rss_bytes: int | None = Field(None, ge=1, description="Gate: largest peak resident memory while generating (accepts 2GB …)")
     min_tokens_per_s: float | None = Field(None, gt=0, description="Gate: slowest acceptable decode speed")
     parity_texts: int = Field(16, ge=1, description="Records scored by each parity check")
     parity_tokens: int = Field(128, ge=2, description="Tokens scored per record")
@@ -75,10 +72,15 @@ class OptimizeConfig(BaseModel):
     bench_runs: int = Field(2, ge=1, description="Speed runs per candidate (the median is kept)")
     isolate: bool = Field(True, description="Measure speed and memory in a fresh process per candidate (true peak RSS)")
 
-    @field_validator("max_size_bytes", mode="before")
+    @field_validator("max_size_bytes", "max_rss_bytes", mode="before")
     @classmethod
-    def _size(cls, v: Any) -> Any:
-        return None if v is None else parse_size(v)
+    def _size(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return None
+        try:
+            return parse_size(v, flag=str(info.field_name))
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("targets")
     @classmethod
@@ -123,8 +125,8 @@ def optimize(model: Artifact, data: Artifact, cfg: OptimizeConfig, store: Any) -
     """Build, check and measure every target; return ``{"rows": [...], "chosen": target | None}``."""
     from slmops.stage.runner import run_stage
 
-    gates = {k: getattr(cfg, k) for k in ("max_kl", "min_top1", "max_ppl_increase", "min_greedy_match", "max_task_drop")}
-    parity_cfg = {**gates, "max_texts": cfg.parity_texts, "max_tokens": cfg.parity_tokens, "greedy_prompts": cfg.greedy_prompts}
+    limits = limit_gates(cfg, OPTIMIZE_LIMITS)
+    parity_cfg = {**{k: getattr(cfg, k) for k in PARITY_LIMITS}, "max_texts": cfg.parity_texts, "max_tokens": cfg.parity_tokens, "greedy_prompts": cfg.greedy_prompts}
     ref_size = model.manifest.size_bytes
     rows: list[dict[str, Any]] = []
     for target in cfg.targets:
@@ -144,10 +146,7 @@ def optimize(model: Artifact, data: Artifact, cfg: OptimizeConfig, store: Any) -
             rows.append(row)
             continue
         fails = [] if row["gates_passed"] else ["parity gates"]
-        if cfg.max_size_bytes is not None and row["size_bytes"] > cfg.max_size_bytes:
-            fails.append(f"size {row['size_bytes']} > {cfg.max_size_bytes}")
-        if cfg.min_tokens_per_s is not None and not (row.get("decode_tokens_per_s") or 0) >= cfg.min_tokens_per_s:
-            fails.append(f"speed {row.get('decode_tokens_per_s') or 0:.1f} < {cfg.min_tokens_per_s} tok/s")
+        fails += [r.detail for r in check_gates(limits, {g.metric: row.get(g.metric) for g in limits}) if not r.passed]
         row.update(passed=not fails, failed=fails)
         rows.append(row)
     passing = [r for r in rows if r["passed"]]

@@ -1,19 +1,20 @@
 """Parity: how closely an exported artifact follows its parent, measured through the Runtime protocol.
 
-:func:`measure_parity` takes two open runtimes — any engines, since it only uses ``tokenize``,
-``apply_chat_template``, ``sequence_logits`` and ``generate`` — and a list of dataset records:
+:func:`measure_parity` takes two open runtimes — any engines, since it only uses ``encode_prompt``,
+``tokenize``, ``apply_chat_template``, ``sequence_logits`` and ``generate`` — and a list of dataset records:
 
 * **next-token distributions** on the records' text (chats rendered with the reference's chat
   template), tokenized once by the reference and fed to both: mean KL(reference ‖ candidate), its
   95th percentile, top-1 agreement, and each side's perplexity (so ``ppl_increase`` is relative);
 * **greedy generation** from the records' prompts (a chat up to its last assistant turn, or the
   first half of a text): the share of prompts where both produce exactly the same tokens;
-* **task score** where a record carries an answer: token-F1 of each side's greedy output against
-  it (``task_delta`` = candidate − reference);
+* **task score** where a record carries an answer: token-F1 (:func:`slmops.evaluate.metrics.token_f1`)
+  of each side's greedy output against it (``task_delta`` = candidate − reference, ``task_drop`` its negation);
 * ``tokenizer_match``: the share of texts both runtimes tokenize identically.
 
-:func:`check_gates` turns thresholds into pass/fail rows (a gate whose metric this data cannot
-measure — a task score without answered records, greedy match with ``greedy_prompts=0`` — is
+:data:`PARITY_LIMITS` names the metric and direction of each threshold in :class:`ParityConfig`;
+:func:`check_parity` checks them with :mod:`slmops.evaluate.gates` (a gate whose metric this data
+cannot measure — a task score without answered records, greedy match with ``greedy_prompts=0`` — is
 reported as skipped, not failed); :func:`report_markdown` renders both. The default gates
 (:data:`DEFAULT_GATES`) are about what a user notices — the task score and the greedy answers — with
 top-1 and KL limits set from measurements of a real 4-bit model; ``docs/export.md`` gives the numbers.
@@ -22,21 +23,28 @@ top-1 and KL limits set from measurements of a real 4-bit model; ``docs/export.m
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmops.errors import DataError, SlmopsError
-from slmops.runtimes.base import GenerationParams
+from slmops.errors import ConfigError, DataError, SlmopsError
+from slmops.evaluate.gates import GateResult, Limits, check_gates, limit_gates
+from slmops.evaluate.metrics import token_f1
+from slmops.evaluate.report import fmt_value
+from slmops.runtimes.base import GenerationParams, Runtime
 from slmops.runtimes.sampling import log_softmax
 
 #: Default gates. Measured on SmolLM2-135M-Instruct LoRA-tuned on a 5-intent task (docs/export.md,
 #: "Parity gates"): GGUF Q4_K_M — no task loss — KL 0.10, top-1 0.79, greedy 1.0; an ONNX int4 export
 #: that lost 0.225 accuracy — KL 0.56. KL ≤ 0.25 passes the first with 2.5× headroom and fails the second.
 DEFAULT_GATES: dict[str, float] = {"max_kl": 0.25, "min_top1": 0.70, "min_greedy_match": 0.5, "max_task_drop": 0.05}
+#: The threshold fields of :class:`ParityConfig` (and the optimizer's) as gates on the parity metrics.
+PARITY_LIMITS: Limits = {
+    "max_kl": ("kl_mean", "<="), "min_top1": ("top1_agreement", ">="), "max_ppl_increase": ("ppl_increase", "<="),
+    "min_greedy_match": ("greedy_match", ">="), "max_task_drop": ("task_drop", "<="),
+}
 
 
 class ParityConfig(BaseModel):
@@ -88,25 +96,15 @@ def _samples(records: list[Any], rt: Any) -> list[_Sample]:
     return out
 
 
-def _encode(rt: Any, text: str) -> list[int]:
-    enc = getattr(rt, "encode_prompt", None)
-    return list(enc(text)) if callable(enc) else list(rt.tokenize(text, add_special_tokens=True))
+def measure_parity(candidate: Runtime, reference: Runtime, records: list[Any], cfg: ParityConfig, *, adapter: str | None = None) -> dict[str, Any]:
+    """Parity metrics of ``candidate`` against ``reference`` on ``records`` (see the module docstring).
 
-
-def token_f1(pred: str, gold: str) -> float:
-    """SQuAD-style token F1 (lower-cased whitespace tokens)."""
-    p, g = pred.lower().split(), gold.lower().split()
-    if not p or not g:
-        return float(p == g)
-    common = sum((Counter(p) & Counter(g)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def measure_parity(candidate: Any, reference: Any, records: list[Any], cfg: ParityConfig) -> dict[str, Any]:
-    """Parity metrics of ``candidate`` against ``reference`` on ``records`` (see the module docstring)."""
+    ``adapter`` names a run-time adapter the candidate scores and generates with (an ONNX export with ``--adapter-mode runtime``).
+    """
+    for side, rt in (("candidate", candidate), ("reference", reference)):
+        if not rt.capabilities.logits:
+            raise ConfigError(f"the {side}'s runtime ({rt.name}) returns no logits", why="parity compares next-token distributions",
+                              fix="compare artifacts whose runtimes return logits")
     samples = _samples(records, reference)
     if not samples:
         raise DataError("the parity dataset has no records", fix="pass a dataset with text, chat or instruction records")
@@ -115,12 +113,12 @@ def measure_parity(candidate: Any, reference: Any, records: list[Any], cfg: Pari
     agree = nll_ref = nll_cand = 0.0
     positions = tok_same = tok_seen = 0
     for s in samples[: cfg.max_texts]:
-        ids = _encode(reference, s.text)[:limit]
+        ids = reference.encode_prompt(s.text)[:limit]
         tok_seen += 1
-        tok_same += int(_encode(candidate, s.text)[:limit] == ids)
+        tok_same += int(candidate.encode_prompt(s.text)[:limit] == ids)
         if len(ids) < 2:
             continue
-        lr, lc = reference.sequence_logits(ids)[:-1], candidate.sequence_logits(ids)[:-1]
+        lr, lc = reference.sequence_logits(ids)[:-1], candidate.sequence_logits(ids, adapter=adapter)[:-1]
         v = min(lr.shape[-1], lc.shape[-1])
         lr, lc = log_softmax(lr[:, :v]), log_softmax(lc[:, :v])
         kls.append(np.sum(np.exp(lr) * (lr - lc), axis=-1))
@@ -146,11 +144,11 @@ def measure_parity(candidate: Any, reference: Any, records: list[Any], cfg: Pari
         "texts_scored": len(kls),
         "tokenizer_match": tok_same / tok_seen if tok_seen else None,
     }
-    metrics.update(_greedy(candidate, reference, samples, cfg))
+    metrics.update(_greedy(candidate, reference, samples, cfg, adapter))
     return metrics
 
 
-def _greedy(candidate: Any, reference: Any, samples: list[_Sample], cfg: ParityConfig) -> dict[str, Any]:
+def _greedy(candidate: Runtime, reference: Runtime, samples: list[_Sample], cfg: ParityConfig, adapter: str | None) -> dict[str, Any]:
     same = n = 0
     prefix = 0.0
     f1_ref: list[float] = []
@@ -159,9 +157,9 @@ def _greedy(candidate: Any, reference: Any, samples: list[_Sample], cfg: ParityC
         if n >= cfg.greedy_prompts:
             break
         if s.prompt is not None:
-            ids = _encode(reference, s.prompt)
+            ids = reference.encode_prompt(s.prompt)
         else:
-            full = _encode(reference, s.text)
+            full = reference.encode_prompt(s.text)
             ids = full[: max(1, len(full) // 2)]
         room = min(reference.context_length, candidate.context_length) - len(ids) - 1
         budget = cfg.greedy_tokens if s.answer is None else min(64, len(reference.tokenize(s.answer, add_special_tokens=False)) + 8)
@@ -169,7 +167,7 @@ def _greedy(candidate: Any, reference: Any, samples: list[_Sample], cfg: ParityC
         if budget < 1 or not ids:
             continue
         params = GenerationParams(max_tokens=budget, temperature=0.0)
-        a, b = reference.generate(ids, params), candidate.generate(ids, params)
+        a, b = reference.generate(ids, params), candidate.generate(ids, params, adapter=adapter)
         n += 1
         same += int(a.token_ids == b.token_ids)
         k = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=False)) if x != y), min(len(a.token_ids), len(b.token_ids)))
@@ -179,45 +177,17 @@ def _greedy(candidate: Any, reference: Any, samples: list[_Sample], cfg: ParityC
             f1_cand.append(token_f1(b.text, s.answer))
     out: dict[str, Any] = {"greedy_compared": n, "greedy_match": same / n if n else None, "greedy_prefix_agreement": prefix / n if n else None}
     if f1_ref:
-        out.update(task_reference=float(np.mean(f1_ref)), task_candidate=float(np.mean(f1_cand)), task_delta=float(np.mean(f1_cand) - np.mean(f1_ref)),
+        delta = float(np.mean(f1_cand) - np.mean(f1_ref))
+        out.update(task_reference=float(np.mean(f1_ref)), task_candidate=float(np.mean(f1_cand)), task_delta=delta, task_drop=-delta,
                    task_records=len(f1_ref))
     else:
-        out.update(task_reference=None, task_candidate=None, task_delta=None, task_records=0)
+        out.update(task_reference=None, task_candidate=None, task_delta=None, task_drop=None, task_records=0)
     return out
 
 
-def check_gates(metrics: dict[str, Any], cfg: Any) -> list[dict[str, Any]]:
-    """One row per configured gate: ``{gate, metric, op, value, limit, passed}`` (+ ``skipped`` when the metric was not measured).
-
-    ``cfg`` has the ParityConfig gate fields.
-    """
-    rows = []
-    specs = (
-        ("max_kl", "kl_mean", "<=", lambda m: m.get("kl_mean")),
-        ("min_top1", "top1_agreement", ">=", lambda m: m.get("top1_agreement")),
-        ("max_ppl_increase", "ppl_increase", "<=", lambda m: m.get("ppl_increase")),
-        ("min_greedy_match", "greedy_match", ">=", lambda m: m.get("greedy_match")),
-        ("max_task_drop", "task_drop", "<=", lambda m: None if m.get("task_delta") is None else -m["task_delta"]),
-    )
-    for gate, metric, op, get in specs:
-        limit = getattr(cfg, gate, None)
-        if limit is None:
-            continue
-        value = get(metrics)
-        if value is None:  # nothing to measure it on (no answered records, no greedy prompts): reported, not failed
-            rows.append({"gate": gate, "metric": metric, "op": op, "value": None, "limit": limit, "passed": True, "skipped": True})
-            continue
-        passed = value <= limit if op == "<=" else value >= limit
-        rows.append({"gate": gate, "metric": metric, "op": op, "value": value, "limit": limit, "passed": bool(passed)})
-    return rows
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+def check_parity(metrics: dict[str, Any], cfg: Any) -> list[GateResult]:
+    """The configured gates (``cfg`` has the :data:`PARITY_LIMITS` fields) checked on parity metrics; unmeasured ones are skipped."""
+    return check_gates(limit_gates(cfg, PARITY_LIMITS), metrics, unmeasured="skip")
 
 
 def _result(g: dict[str, Any]) -> str:
@@ -227,8 +197,8 @@ def _result(g: dict[str, Any]) -> str:
 def report_markdown(metrics: dict[str, Any], gates: list[dict[str, Any]], *, candidate: str, reference: str) -> str:
     """A human-readable parity report."""
     lines = [f"# Parity: {candidate} vs {reference}", "", "| metric | value |", "| --- | --- |"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if not isinstance(v, dict | list)]
+    lines += [f"| {k} | {fmt_value(v)} |" for k, v in metrics.items() if not isinstance(v, dict | list)]
     if gates:
         lines += ["", "| gate | value | limit | result |", "| --- | --- | --- | --- |"]
-        lines += [f"| {g['metric']} {g['op']} | {_fmt(g['value'])} | {_fmt(g['limit'])} | {_result(g)} |" for g in gates]
+        lines += [f"| {g['metric']} {g['op']} | {fmt_value(g['value'])} | {fmt_value(g['threshold'])} | {_result(g)} |" for g in gates]
     return "\n".join(lines) + "\n"

@@ -63,15 +63,11 @@ def parity_reference(candidate: Artifact, store: Any) -> Artifact:
     raise ConfigError(f"sha256:{candidate.short} has no parent model to compare with", fix="name the reference with --ref")
 
 
-def with_active_adapter(rt: Any, art: Artifact) -> Any:
-    """An ONNX export's runtime with its run-time adapter on (``--adapter-mode runtime``), as the export was meant to run."""
+def active_adapter(art: Artifact) -> str | None:
+    """The run-time adapter an ONNX export runs with (``--adapter-mode runtime`` with one adapter), as the export was meant to run."""
     adapter = art.manifest.meta.get("adapter") or {}
     names = list(art.manifest.meta.get("adapters") or {})
-    if art.kind == "onnx" and adapter.get("mode") == "runtime" and len(names) == 1:
-        from slmops.export.stages_onnx import WithAdapter
-
-        return WithAdapter(rt, names[0])
-    return rt
+    return names[0] if art.kind == "onnx" and adapter.get("mode") == "runtime" and len(names) == 1 else None
 
 
 def store_of(art: Artifact) -> Any:
@@ -81,10 +77,10 @@ def store_of(art: Artifact) -> Any:
     return Store(art.path.parent.parent)
 
 
-@stage("parity", config=ParityConfig, kind="report", format="json", inputs=("candidate", "reference", "data"))
+@stage("parity", config=ParityConfig, kind="report", format="json", inputs=("candidate", "reference", "data"), version=2)  # 2: one gate shape, task_drop
 def parity(inputs: dict[str, Artifact], cfg: ParityConfig, ctx: StageContext) -> StageOutput:
     """Compare a candidate (an export) with its reference on a dataset: KL, top-1, perplexity, greedy and task score."""
-    from slmops.export.parity import check_gates, measure_parity, report_markdown
+    from slmops.export.parity import check_parity, measure_parity, report_markdown
     from slmops.runtimes import open_runtime
 
     cand_art, ref_art, data = inputs["candidate"], inputs["reference"], inputs["data"]
@@ -93,13 +89,13 @@ def parity(inputs: dict[str, Artifact], cfg: ParityConfig, ctx: StageContext) ->
     try:
         cand = open_runtime(cand_art, **cfg.candidate_options)
         try:
-            metrics = measure_parity(with_active_adapter(cand, cand_art), ref, records, cfg)
+            metrics = measure_parity(cand, ref, records, cfg, adapter=active_adapter(cand_art))
             runtimes = {"candidate": cand.name, "reference": ref.name}
         finally:
             cand.close()
     finally:
         ref.close()
-    gates = check_gates(metrics, cfg)
+    gates = [g.to_dict() for g in check_parity(metrics, cfg)]
     metrics["passed"] = all(g["passed"] for g in gates)
     report = {"metrics": metrics, "gates": gates, "candidate": cand_art.digest, "reference": ref_art.digest, "data": data.digest, "runtimes": runtimes}
     _write(ctx.out, report, report_markdown(metrics, gates, candidate=f"{cand_art.kind} {cand_art.short}", reference=f"{ref_art.kind} {ref_art.short}"))

@@ -39,7 +39,7 @@ class GGUFConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    qtype: str = Field("q4_k_m", description="GGUF type: f32, f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q5_0, q4_k_m, q4_k_s, q4_0, q3_k_m, q2_k")
+    qtype: str = Field("q4_k_m", description="GGUF type of the weights: a float type or a llama.cpp quantization (the names are gguf_quantize.QTYPES)")
     name: str | None = Field(None, description="general.name written into the file (default: architecture and digest)")
     merge_adapter: bool = Field(False, description="Merge the adapter into the weights instead of writing a separate GGUF LoRA")
     allow_other_base: bool = Field(False, description="Accept an adapter that was trained on a different base artifact")
@@ -107,7 +107,7 @@ def _check_base(adapter: Artifact, model: Artifact, allow_other_base: bool) -> N
 def _merged_source(model: Artifact, adapter: Artifact) -> Any:
     from slmops._optional import require
     from slmops.export.gguf_convert import MappingSource
-    from slmops.export.gguf_lora import _adapter_tensors, read_adapter_config
+    from slmops.models.gguf_lora import _adapter_tensors, read_adapter_config
     from slmops.models.loading import load_model_and_tokenizer
 
     folder = adapter_folder(adapter)
@@ -127,8 +127,8 @@ def _write_sidecar(out: Path, **data: Any) -> None:
 def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, ctx: StageContext) -> StageOutput:
     """Convert a model (and optionally its LoRA adapter) to GGUF, quantized by llama.cpp."""
     from slmops.export.gguf_convert import convert_to_gguf
-    from slmops.export.gguf_lora import convert_lora
     from slmops.export.gguf_quantize import compute_imatrix, quant_summary, quantize_gguf
+    from slmops.models.gguf_lora import convert_lora
 
     model, adapter, data = inputs["model"], inputs.get("adapter"), inputs.get("data")
     _check_model(model)
@@ -168,7 +168,7 @@ def export_gguf(inputs: dict[str, Artifact], cfg: GGUFConfig, ctx: StageContext)
 @stage("export.gguf_lora", config=GGUFLoraConfig, kind="adapter", format="gguf-lora", inputs=("adapter", "model"))
 def export_gguf_lora(inputs: dict[str, Artifact], cfg: GGUFLoraConfig, ctx: StageContext) -> StageOutput:
     """Convert a PEFT LoRA adapter to a GGUF LoRA for its base model (applied by llama.cpp at run time)."""
-    from slmops.export.gguf_lora import convert_lora
+    from slmops.models.gguf_lora import convert_lora
 
     adapter, model = inputs["adapter"], inputs["model"]
     _check_model(model)

@@ -30,22 +30,6 @@ _PARITY_KEYS = ("kl_mean", "kl_p95", "kl_max", "top1_agreement", "ppl_increase",
 _CHATS = (("What is the capital of France?", "Paris."), ("How many days are in a week?", "Seven."))
 
 
-class WithAdapter:
-    """A runtime whose scoring and generation always use one run-time adapter (for the parity check)."""
-
-    def __init__(self, rt: Any, adapter: str) -> None:
-        self._rt, self._adapter = rt, adapter
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._rt, name)
-
-    def sequence_logits(self, ids: Any) -> Any:
-        return self._rt.sequence_logits(ids, adapter=self._adapter)
-
-    def generate(self, prompt: Any, params: Any = None) -> Any:
-        return self._rt.generate(prompt, params, adapter=self._adapter)
-
-
 def parity_records(n: int) -> list[Any]:
     """``n`` short texts of the built-in corpus and two one-turn chats (what the parity check scores)."""
     from slmops.data.records import parse_record
@@ -65,8 +49,7 @@ def onnx_parity(reference_dir: Path, onnx_dir: Path, cfg: OnnxExportConfig, *, a
     pcfg = ParityConfig(max_texts=cfg.parity_texts, max_tokens=cfg.parity_tokens, greedy_prompts=min(2, cfg.parity_texts), greedy_tokens=8,
                         max_kl=None)
     with TorchRuntime.from_path(reference_dir) as ref, OrtGenAIRuntime.from_path(onnx_dir) as cand:
-        candidate: Any = WithAdapter(cand, adapter) if adapter else cand
-        metrics = measure_parity(candidate, ref, parity_records(cfg.parity_texts), pcfg)
+        metrics = measure_parity(cand, ref, parity_records(cfg.parity_texts), pcfg, adapter=adapter)
     return {k: metrics.get(k) for k in _PARITY_KEYS}
 
 

@@ -1,13 +1,13 @@
 """A GGUF file's hyper-parameters read back as a Hugging Face ``config.json`` (transformers 5 naming).
 
-The inverse of :func:`slmops.export.gguf_arch.write_hparams`: the same :class:`HParams` and
-architecture table (:data:`~slmops.export.gguf_arch.ARCH_SPECS`), read from llama.cpp's keys
+The inverse of :func:`slmops.models.gguf_arch.write_hparams`: the same :class:`HParams` and
+architecture table (:data:`~slmops.models.gguf_arch.ARCH_SPECS`), read from llama.cpp's keys
 (``llama.block_count``, ``llama.attention.head_count_kv``, ``llama.rope.freq_base`` …). A GGUF
 architecture slmops cannot map (anything but llama — which Mistral GGUFs also are — qwen2 and
 phi3) is a :class:`~slmops.errors.ConfigError` naming the file and the fix.
 
 Llama-3.1-style rope scaling is stored by llama.cpp only as a ``rope_freqs`` tensor of divisors; it
-is read back by matching that tensor against :func:`~slmops.export.gguf_arch.llama3_rope_freqs`
+is read back by matching that tensor against :func:`~slmops.models.gguf_arch.llama3_rope_freqs`
 with Llama 3's published constants, and refused when it matches none.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from slmops.errors import ConfigError, DataError
-from slmops.export.gguf_arch import ARCH_SPECS, HParams, hf_architecture_of, llama3_rope_freqs
+from slmops.models.gguf_arch import ARCH_SPECS, HParams, hf_architecture_of, llama3_rope_freqs
 from slmops.models.gguf_file import GGUFFile
 
 #: GGUF architecture -> transformers ``model_type``.

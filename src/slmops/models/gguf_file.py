@@ -1,14 +1,17 @@
 """Opening a GGUF file someone brings in: structural checks, metadata as Python values, tensor types.
 
 :func:`open_gguf` validates the file first (magic, header, tensor table, that every tensor's data
-lies inside the file: :func:`slmops.runtimes.llamacpp_lib.check_gguf_file`) and turns every failure
+lies inside the file: :func:`check_gguf_file`) and turns every failure
 into one :class:`~slmops.errors.DataError` naming the file and the fix, so a truncated download or a
 damaged file never reaches llama.cpp or the dequantizer. :func:`dequantizable` says which tensor
-types the ``gguf`` library can turn back into floats.
+types the ``gguf`` library can turn back into floats. :func:`locate_gguf` finds the model file and
+LoRA adapters of an ``export.gguf`` folder (``gguf.json``). The llama.cpp runtime and the quantizer
+validate through the same functions before llama.cpp maps a file.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +24,9 @@ from slmops.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+GGUF_MAGIC = b"GGUF"
+SIDECAR = "gguf.json"
+CACHE_MIN_BYTES = 32 << 20
 _FIX = "download or copy the file again (it is damaged or incomplete), or re-export it with llama.cpp"
 
 
@@ -81,14 +87,10 @@ def open_gguf(path: Path) -> GGUFFile:
     if not path.is_file():
         raise DataError(f"no GGUF file at {path}", fix="check the path")
     st = path.stat()
-    from slmops.runtimes.llamacpp_lib import CACHE_MIN_BYTES
-
     return (_open_cached if st.st_size >= CACHE_MIN_BYTES else _open)(str(path), st.st_size, st.st_mtime_ns)
 
 
 def _open(name: str, size: int, mtime_ns: int) -> GGUFFile:
-    from slmops.runtimes.llamacpp_lib import read_gguf
-
     path = Path(name)
     try:
         reader, _ = read_gguf(path)
@@ -125,3 +127,86 @@ def check_dequantizable(f: GGUFFile) -> None:
             fix=f"import it as GGUF (slmops models import {f.path.name} without --to hf; llama.cpp runs it as is), "
             "or convert from a GGUF of another type (F16, Q8_0, Q4_K_M…)",
         )
+
+
+def check_gguf_file(path: Path) -> dict[str, Any]:
+    """Validate a GGUF file's header, metadata and tensor table; return a few facts.
+
+    Raises :class:`DataError` for anything that is not a complete, well-formed GGUF file.
+    """
+    return read_gguf(path)[1]
+
+
+def read_gguf(path: Path) -> tuple[Any, dict[str, Any]]:
+    """:func:`check_gguf_file`, also returning the ``gguf.GGUFReader`` it validated.
+
+    Parsing the metadata of a large vocabulary costs seconds, so a validated file of at least
+    :data:`CACHE_MIN_BYTES` is remembered per (path, size, modification time) for this process; a
+    changed file is read again, and small files (cheap to parse) are read every time.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise DataError(f"no GGUF file at {path}", fix="check the path, or export the model again")
+    st = path.stat()
+    read = _read_gguf_cached if st.st_size >= CACHE_MIN_BYTES else _read_gguf
+    reader, facts = read(str(path), st.st_size, st.st_mtime_ns)
+    return reader, dict(facts)
+
+
+
+def _read_gguf(name: str, size: int, mtime_ns: int) -> tuple[Any, dict[str, Any]]:
+    path = Path(name)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] != GGUF_MAGIC:
+        raise DataError(f"{path.name} is not a GGUF file", why="it does not start with the GGUF magic bytes", fix="export the model again (slmops export gguf)")
+    if len(head) < 8:
+        raise DataError(f"{path.name} is truncated", why=f"it has {size} bytes, fewer than a GGUF header", fix="export the model again (slmops export gguf)")
+    gguf = require("gguf", extra="gguf", purpose="reading GGUF files")
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+        arch = reader.fields.get("general.architecture")
+        tensors = list(reader.tensors)
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in tensors), default=0)
+    except Exception as exc:  # the reader raises ValueError, struct.error, IndexError… on damaged files
+        raise DataError(f"{path.name} is damaged", why=f"{type(exc).__name__}: {exc}"[:300], fix="export the model again (slmops export gguf)") from exc
+    if end > size:
+        raise DataError(f"{path.name} is truncated", why=f"its tensors need {end} bytes but the file has {size}", fix="export the model again")
+    facts: dict[str, Any] = {"tensors": len(tensors), "bytes": size}
+    if arch is not None:
+        try:
+            facts["architecture"] = bytes(arch.parts[arch.data[0]]).decode()
+        except (IndexError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path.name} is damaged", why="general.architecture is unreadable", fix="export the model again") from exc
+    kind = reader.fields.get("general.type")
+    if kind is not None:
+        facts["type"] = bytes(kind.parts[kind.data[0]]).decode(errors="replace")
+    stops = reader.fields.get("slmops.stop_token_ids")
+    if stops is not None:
+        facts["stop_token_ids"] = [int(stops.parts[i][0]) for i in stops.data]
+    return reader, facts
+
+
+_read_gguf_cached = lru_cache(maxsize=8)(_read_gguf)
+
+
+def locate_gguf(path: Path) -> tuple[Path, list[tuple[Path, float, str]], dict[str, Any]]:
+    """(model file, [(adapter file, scale, name)], sidecar) for a .gguf file or a folder holding one."""
+    path = Path(path)
+    if path.is_file():
+        return path, [], {}
+    if not path.is_dir():
+        raise ConfigError(f"no GGUF model at {path}", fix="point at a .gguf file or an export.gguf artifact")
+    side = path / SIDECAR
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+            model = path / meta["model"]
+            adapters = [(path / a["file"], float(a.get("scale", 1.0)), str(a.get("name", Path(a["file"]).stem))) for a in meta.get("adapters", [])]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{side} is damaged", why=str(exc), fix="export the model again") from exc
+        return model, adapters, meta
+    files = sorted(p for p in path.glob("*.gguf") if not p.name.startswith("adapter"))
+    if len(files) != 1:
+        raise ConfigError(f"{path} holds {len(files)} model .gguf files", fix="point at one .gguf file")
+    return files[0], [], {}

@@ -132,7 +132,7 @@ def import_gguf_file(cfg: ImportGGUFConfig, out: Path) -> dict[str, Any]:
 
 def gguf_file_of(art: Artifact) -> Path:
     """The model file of a ``gguf`` artifact (``gguf.json``'s ``model``, else its single .gguf)."""
-    from slmops.runtimes.llamacpp_lib import locate_gguf
+    from slmops.models.gguf_file import locate_gguf
 
     if art.kind != "gguf":
         raise ConfigError(f"artifact {art.short} is a {art.kind}, not a GGUF model", fix="pass a .gguf file, pkg:NAME or a gguf artifact")
@@ -144,7 +144,7 @@ def gguf_file_of(art: Artifact) -> Path:
 
 def preflight(f: GGUFFile) -> Any:
     """Everything that can refuse ``f`` before a byte is written: architecture, tensor types,
-    hyper-parameters, tokenizer, tensor names. Returns the :class:`~slmops.export.gguf_arch.HParams`."""
+    hyper-parameters, tokenizer, tensor names. Returns the :class:`~slmops.models.gguf_arch.HParams`."""
     from slmops.models.gguf_config import read_gguf_hparams, supported
     from slmops.models.gguf_tokenizer import tokenizer_json
     from slmops.models.gguf_weights import plan_tensors

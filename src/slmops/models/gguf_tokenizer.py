@@ -1,10 +1,10 @@
 """A GGUF file's vocabulary rebuilt as Hugging Face tokenizer files (``tokenizer.json`` + config).
 
-The inverse of :mod:`slmops.export.gguf_vocab`, with the same tables:
+The inverse of :mod:`slmops.models.gguf_vocab`, with the same tables:
 
 * ``tokenizer.ggml.model = "gpt2"`` (byte-level BPE: GPT-2, Llama 3, Qwen2, SmolLM) → a BPE model
   with the file's tokens and merges; the pre-tokenizer is rebuilt from ``tokenizer.ggml.pre`` through
-  :data:`~slmops.export.gguf_vocab.PRE_TOKENIZERS` (``smollm`` = single digits, then GPT-2's
+  :data:`~slmops.models.gguf_vocab.PRE_TOKENIZERS` (``smollm`` = single digits, then GPT-2's
   byte-level regex; ``llama-bpe``, ``qwen2`` … their split regex then byte-level).
 * ``"llama"`` (SentencePiece BPE: Llama 2, Mistral, Phi-3) → a byte-fallback BPE whose merges come
   from the pieces' scores, with SentencePiece's ``▁`` space handling (``Metaspace``).
@@ -23,8 +23,8 @@ from typing import Any
 
 from slmops._optional import require
 from slmops.errors import ConfigError, DataError
-from slmops.export.gguf_vocab import BYTE, CONTROL, PRE_TOKENIZERS, STOP_IDS_KEY, UNUSED, USER_DEFINED
 from slmops.models.gguf_file import GGUFFile
+from slmops.models.gguf_vocab import BYTE, CONTROL, PRE_TOKENIZERS, STOP_IDS_KEY, UNUSED, USER_DEFINED
 from slmops.models.tokenizer import ARCH_TOKENIZER, save_tokenizer
 
 _ADDED = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False}

@@ -2,9 +2,9 @@
 
 Each tensor is turned back into floats by ``gguf.quants.dequantize`` (the ``gguf`` library's own
 reference dequantizers, the ones llama.cpp's Python tools use), renamed with the inverse of the
-exporter's table (:func:`slmops.export.gguf_arch.hf_module_of`) and, for ``llama``, has its q/k
+exporter's table (:func:`slmops.models.gguf_arch.hf_module_of`) and, for ``llama``, has its q/k
 rows put back from llama.cpp's interleaved-pair rotary layout into transformers' half-rotation
-layout (:func:`~slmops.export.gguf_arch.unpermute_rows`). Tensors are written in shards of at most
+layout (:func:`~slmops.models.gguf_arch.unpermute_rows`). Tensors are written in shards of at most
 ``max_shard_bytes``, so memory stays near one shard however large the model is.
 """
 
@@ -20,8 +20,7 @@ import numpy as np
 from slmops import progress
 from slmops._optional import require
 from slmops.errors import ConfigError, DataError
-from slmops.export.gguf_arch import HParams, hf_module_of, unpermute_rows
-from slmops.export.gguf_convert import required_tensors
+from slmops.models.gguf_arch import HParams, hf_module_of, required_tensors, unpermute_rows
 from slmops.models.gguf_file import GGUFFile
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import json
 import logging
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.errors import DataError
+from slmops.monitor import requestlog
 from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact, write_json_atomic
 
@@ -41,12 +40,7 @@ class DriftConfig(BaseModel):
 
 def _prompt_text(raw: str | None) -> str | None:
     """The user-visible text of a logged prompt (chat: the non-assistant turns; completions: the string)."""
-    if raw is None:
-        return None
-    try:
-        value: Any = json.loads(raw)
-    except (json.JSONDecodeError, TypeError):
-        value = raw
+    value = requestlog.decode_prompt(raw)
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
         return "\n".join(str(m.get("content") or "") for m in value if m.get("role") != "assistant").strip() or None
     if isinstance(value, list) and value and isinstance(value[0], str):
@@ -56,16 +50,8 @@ def _prompt_text(raw: str | None) -> str | None:
 
 def live_rows(log_path: str | Path, model_digest: str, window_s: float, *, now: float | None = None) -> list[tuple[int, float, str]]:
     """``(id, ts, prompt)`` of the model's successful logged requests with content in the window."""
-    path = Path(log_path)
-    if not path.is_file():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        since = (now or time.time()) - window_s
-        return list(conn.execute("SELECT id, ts, prompt FROM requests WHERE status = 200 AND digest = ? AND ts >= ? "
-                                 "AND prompt IS NOT NULL ORDER BY ts, id", (model_digest, since)))
-    finally:
-        conn.close()
+    rows = requestlog.requests_of(Path(log_path), model_digest, since=(now or time.time()) - window_s)
+    return [(r["id"], r["ts"], r["prompt"]) for r in rows]
 
 
 def live_prompts(log_path: str | Path, model_digest: str, window_s: float) -> list[str]:
@@ -166,10 +152,9 @@ def drift_stage(inputs: dict[str, Artifact], cfg: DriftConfig, ctx: StageContext
 def run_drift(model: Artifact, baseline: Artifact, *, store: Any, log_path: Path | None = None, window_s: float = 3600.0,
               min_live: int = 20, name: str | None = None) -> Any:
     """Library entry point: the ``monitor.drift`` stage for ``model`` against ``baseline``; returns the RunResult."""
-    from slmops.serve.requestlog import default_path
     from slmops.stage.runner import run_stage
 
-    cfg = DriftConfig(log_path=str(log_path or default_path(store.home)), model_digest=model.digest, window_s=window_s, min_live=min_live)
+    cfg = DriftConfig(log_path=str(log_path or requestlog.default_path(store.home)), model_digest=model.digest, window_s=window_s, min_live=min_live)
     return run_stage("monitor.drift", {"model": model, "baseline": baseline}, cfg, store=store, output_name=name)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.data.records import SCHEMA, Record, parse_record
 from slmops.errors import ConfigError, DataError
+from slmops.monitor import requestlog
 from slmops.stage import StageContext, StageOutput, stage
 from slmops.store.artifact import Artifact
 
@@ -65,37 +65,17 @@ def scrub_text(text: str, scrubbers: list[tuple[str, re.Pattern[str]]], counts: 
     return text
 
 
-def _judge_table(conn: sqlite3.Connection) -> bool:
-    return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='judge_scores'").fetchone())
-
-
 def select_rows(cfg: FromLogsConfig, *, now: float | None = None) -> list[dict[str, Any]]:
     """The log rows ``cfg`` selects (oldest first): status 200, this model's digest, content logged."""
     path = Path(cfg.log_path)
     if not path.is_file():
         raise DataError(f"no request log at {path}", why="the server has not logged anything there",
                         fix="serve the model with --log-content (or pass --log-db)")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    conn.row_factory = sqlite3.Row
-    try:
-        where = ["requests.status = 200", "requests.digest = ?", "requests.prompt IS NOT NULL"]
-        args: list[Any] = [cfg.model_digest]
-        if cfg.since_s is not None:
-            where.append("requests.ts >= ?")
-            args.append((now or time.time()) - cfg.since_s)
-        join = ""
-        if cfg.min_judge_score is not None:
-            if not _judge_table(conn):
-                raise DataError("--min-judge-score: no request has a judge score yet",
-                                fix="run `slmops monitor sample --judge URL` first, or drop --min-judge-score")
-            join = " JOIN judge_scores j ON j.request_id = requests.request_id"
-            where.append("j.score >= ?")
-            args.append(cfg.min_judge_score)
-        sql = (f"SELECT requests.id, requests.ts, requests.route, requests.prompt FROM requests{join} WHERE {' AND '.join(where)} "
-               "ORDER BY requests.ts, requests.id")
-        return [dict(r) for r in conn.execute(sql, args)]
-    finally:
-        conn.close()
+    if cfg.min_judge_score is not None and not requestlog.has_judge_scores(path):
+        raise DataError("--min-judge-score: no request has a judge score yet",
+                        fix="run `slmops monitor sample --judge URL` first, or drop --min-judge-score")
+    since = (now or time.time()) - cfg.since_s if cfg.since_s is not None else None
+    return requestlog.requests_of(path, cfg.model_digest, since=since, min_judge_score=cfg.min_judge_score)
 
 
 def _fingerprint(cfg: FromLogsConfig) -> str:
@@ -108,10 +88,7 @@ def _fingerprint(cfg: FromLogsConfig) -> str:
 
 def _messages(route: str, prompt: str) -> list[dict[str, str]] | None:
     """The logged prompt as chat messages (chat: the JSON list; completions: a user turn per string)."""
-    try:
-        value = json.loads(prompt)
-    except (json.JSONDecodeError, TypeError):
-        value = prompt
+    value = requestlog.decode_prompt(prompt)
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
         msgs = [{"role": str(m.get("role")), "content": str(m.get("content") or "")} for m in value]
         while msgs and msgs[-1]["role"] == "assistant":
@@ -161,10 +138,9 @@ def from_logs(inputs: dict[str, Artifact], cfg: FromLogsConfig, ctx: StageContex
 def build_from_logs(model: Artifact, *, store: Any, log_path: Path | None = None, since_s: float | None = None,
                     min_judge_score: float | None = None, scrub: list[str] | None = None, name: str | None = None) -> Any:
     """Library entry point: run ``data.from_logs`` for ``model``'s logged traffic; returns the RunResult."""
-    from slmops.serve.requestlog import default_path
     from slmops.stage.runner import run_stage
 
     compile_scrubbers(scrub or [])  # fail on a bad regex before touching the log
-    cfg = FromLogsConfig(log_path=str(log_path or default_path(store.home)), model_digest=model.digest, since_s=since_s,
+    cfg = FromLogsConfig(log_path=str(log_path or requestlog.default_path(store.home)), model_digest=model.digest, since_s=since_s,
                          min_judge_score=min_judge_score, scrub=list(scrub or []))
     return run_stage("data.from_logs", {"model": model}, cfg, store=store, output_name=name)

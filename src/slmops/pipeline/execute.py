@@ -3,7 +3,7 @@
 An unchanged recipe re-runs with zero work (every step is a cache hit); after a crash or Ctrl-C
 the next run finds the finished steps cached and resumes at the one that failed. A failed gate
 stops the run with :class:`~slmops.evaluate.gates.GateFailed` (exit code 3, as for ``eval``) naming
-the gate and the margin.
+the gate and the margin; ``ref`` in a gate is the metrics of the step's ``ref:`` (or ``ref`` input).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from slmops import progress
 from slmops.errors import ConfigError, SlmopsError
+from slmops.pipeline.actions import get_action
 from slmops.pipeline.inputs import resolve_input
 from slmops.pipeline.recipe import REF, Recipe, StepSpec, split_ref, substitute_vars
 from slmops.stage import cache_key, get_stage
@@ -46,26 +47,6 @@ class StepResult:
         }
 
 
-#: Action implementations: (step spec, target artifact, store) -> detail text.
-ActionFn = Callable[[StepSpec, Artifact, Store], str]
-
-
-def _alias(spec: StepSpec, target: Artifact, store: Store) -> str:
-    name, _, alias = (spec.alias or "").partition("@")
-    version = store.add_version(name, target.digest)
-    store.set_alias(name, alias, version)
-    return f"{name}@{alias} -> {name}:{version}"
-
-
-def _serve_smoke(spec: StepSpec, target: Artifact, store: Store) -> str:
-    from slmops.serve.smoke import smoke_check  # lands with the server
-
-    return smoke_check(target, store=store, **spec.config)
-
-
-ACTIONS: dict[str, ActionFn] = {"alias": _alias, "serve-smoke": _serve_smoke}
-
-
 def _input(ref: str, done: dict[str, StepResult], store: Store, where: str, steps: dict[str, StepSpec], *, strict: bool = True) -> Artifact | None:
     m = REF.fullmatch(ref.strip())
     if m:
@@ -89,15 +70,22 @@ def _input(ref: str, done: dict[str, StepResult], store: Store, where: str, step
         raise ConfigError(f"{where}: {exc.what}", why=exc.why, fix=exc.fix) from exc
 
 
-def check_gates(gates: list[str], metrics: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """Evaluate ``metric OP number`` gates on a step's metrics; raise GateFailed on the first miss."""
-    from slmops.evaluate.gates import GateFailed, evaluate_gates
+def check_step_gates(step: str, recipe: Recipe, metrics: dict[str, Any], done: dict[str, StepResult], store: Store) -> list[dict[str, Any]]:
+    """Check a step's ``gates:`` on its output's metrics (``ref`` = its ``ref:``'s metrics); raise GateFailed naming the step."""
+    from slmops.evaluate.gates import check_gates, enforce, parse_gates
 
-    results = evaluate_gates(gates, metrics)
-    for r in results:
-        if not r["passed"]:
-            raise GateFailed(f"gate {r['gate']} failed at {where}", why=r["detail"], fix="improve the model or relax the gate in the recipe")
-    return results
+    spec, where = recipe.steps[step], f"step {step!r}"
+    if not spec.gates:
+        return []
+    gates = parse_gates(substitute_vars(spec.gates, recipe.vars, f"{where}, gates"))
+    ref = spec.gate_ref()
+    ref_art = _input(ref, done, store, f"{where}, ref", recipe.steps) if ref and any(g.relative for g in gates) else None
+    try:
+        results = check_gates(gates, metrics, ref_art.manifest.metrics if ref_art is not None else None)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}, gates: {exc.what}", why=exc.why, fix=exc.fix) from exc
+    enforce(results, where=where, fix="improve the model or relax the gate in the recipe")
+    return [r.to_dict() for r in results]
 
 
 def run_recipe(
@@ -151,14 +139,13 @@ def run_recipe(
                     m = run.artifact.manifest
                     res = StepResult(step, spec.stage, "cached" if run.cached else "ran", time.perf_counter() - started, run.artifact,
                                      f"{spec.name}:{run.version}" if spec.name else None, m.metrics)
-                    gates = substitute_vars(spec.gates, recipe.vars, f"{where}, gates")
-                    res.gates = check_gates(gates, m.metrics, where) if gates else []
+                    res.gates = check_step_gates(step, recipe, m.metrics, done, store)
             else:
                 assert spec.action is not None
                 if dry_run or target is None:
                     res = StepResult(step, spec.action, "planned", detail=f"{spec.action} {spec.alias or ''}".strip())
                 else:
-                    detail = ACTIONS[spec.action](spec, target, store)
+                    detail = get_action(spec.action)(spec, target, store)
                     res = StepResult(step, spec.action, "done", time.perf_counter() - started, target, detail=detail)
             done[step] = res
             results.append(res)

@@ -4,7 +4,7 @@
 This is the one resolver every CLI verb and recipe step uses. Registry names and digests resolve in
 :mod:`slmops.store.refs`; a folder is imported as a model (``models.import``), a GGUF file as a
 ``gguf`` artifact (``models.import_gguf``), any other file as a dataset (``data.import``); a
-packaged model (``pkg:``, :mod:`slmops.models.packaged`) is located in its installed package and
+packaged model (``pkg:``, :mod:`slmops.store.packaged`) is located in its installed package and
 imported the same way; a hub id is downloaded (when the hub is reachable) and then imported — each
 through the cached stage runner, so imports leave lineage like any other step.
 
@@ -65,7 +65,7 @@ def resolve_input(text: str, store: Store, *, kind: str | tuple[str, ...] | None
             folder = hub_download(ref.value)
             return import_path(folder, store, source=str(ref), allow_pickle=allow_pickle)
         if ref.scheme == "pkg":
-            from slmops.models.packaged import locate
+            from slmops.store.packaged import locate
 
             return import_path(locate(ref.value), store, source=str(ref), allow_pickle=allow_pickle)
         return import_path(ref.path, store, allow_pickle=allow_pickle)
@@ -117,7 +117,7 @@ def import_ref(text: str, store: Store, *, name: str | None = None, to: str = "a
 
         path, source = hub_download(ref.value), str(ref)
     elif ref.scheme == "pkg":
-        from slmops.models.packaged import locate
+        from slmops.store.packaged import locate
 
         path, source = locate(ref.value), str(ref)
     else:

@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from slmops import progress
 from slmops._optional import require
 from slmops.errors import SlmopsError
-from slmops.pipeline.execute import ACTIONS, StepResult, _input, check_gates
+from slmops.pipeline.actions import get_action
+from slmops.pipeline.execute import StepResult, _input, check_step_gates
 from slmops.pipeline.recipe import Recipe, StepSpec, substitute_vars
 from slmops.stage import Stage, StageOutput
 from slmops.stage.runner import RunResult, cache_hit, commit_output, prepare_stage
@@ -139,7 +140,7 @@ def run_recipe_ray(
                 r = running.pop(ref)
                 try:
                     fields = _get(ray, ref, r)
-                    res = _commit(r, fields, recipe, store, objects)
+                    res = _commit(r, fields, recipe, store, objects, done)
                 except Exception as exc:  # noqa: BLE001 - let the other steps finish and commit, then raise
                     _cleanup(r)
                     if failure is None:
@@ -169,7 +170,7 @@ def _start(step: str, recipe: Recipe, store: Store, done: dict[str, StepResult],
         assert spec.action is not None and spec.target is not None
         target = _input(spec.target, done, store, f"{where}, target", recipe.steps)
         assert target is not None
-        detail = ACTIONS[spec.action](spec, target, store)
+        detail = get_action(spec.action)(spec, target, store)
         return StepResult(step, spec.action, "done", time.perf_counter() - started, target, detail=detail)
     cfg_data = substitute_vars(spec.config, recipe.vars, f"{where}, config")
     try:
@@ -179,7 +180,7 @@ def _start(step: str, recipe: Recipe, store: Store, done: dict[str, StepResult],
         exc.what = f"{where} ({spec.stage}): {exc.what}"
         raise
     if hit is not None:
-        return _result(step, spec, recipe, hit, started)
+        return _result(step, recipe, hit, started, done, store)
     ins = {role: a.digest for role, a in inputs.items() if a is not None}
     r = _Running(step, st, cfg, key, inputs, started)  # type: ignore[arg-type]
     ex = dict(exchange)
@@ -219,7 +220,7 @@ def _get(ray: Any, ref: Any, r: _Running) -> dict[str, Any]:
                           fix="check the worker's memory (resources: memory) and logs; re-running resumes after the committed steps") from exc
 
 
-def _commit(r: _Running, fields: dict[str, Any], recipe: Recipe, store: Store, objects: Any) -> StepResult:
+def _commit(r: _Running, fields: dict[str, Any], recipe: Recipe, store: Store, objects: Any, done: dict[str, StepResult]) -> StepResult:
     spec = recipe.steps[r.step]
     out = StageOutput(metrics=fields["metrics"], meta=fields["meta"], kind=fields["kind"], format=fields["format"])
     if r.out is not None:
@@ -232,16 +233,14 @@ def _commit(r: _Running, fields: dict[str, Any], recipe: Recipe, store: Store, o
             download_tree(objects, fields["files"], tmp, TransferReport("pull", objects.spec.name, r.step, ""))
             run = commit_output(store, r.st, r.cfg, r.key, r.inputs, tmp, out, spec.name)
     log.info("step %r ran on %s (pid %s)", r.step, fields.get("node"), fields.get("pid"))
-    return _result(r.step, spec, recipe, run, r.started)
+    return _result(r.step, recipe, run, r.started, done, store)
 
 
-def _result(step: str, spec: StepSpec, recipe: Recipe, run: RunResult, started: float) -> StepResult:
-    m = run.artifact.manifest
+def _result(step: str, recipe: Recipe, run: RunResult, started: float, done: dict[str, StepResult], store: Store) -> StepResult:
+    spec, m = recipe.steps[step], run.artifact.manifest
     res = StepResult(step, spec.stage or "", "cached" if run.cached else "ran", time.perf_counter() - started, run.artifact,
                      f"{spec.name}:{run.version}" if spec.name else None, m.metrics)
-    where = f"step {step!r}"
-    gates = substitute_vars(spec.gates, recipe.vars, f"{where}, gates")
-    res.gates = check_gates(gates, m.metrics, where) if gates else []
+    res.gates = check_step_gates(step, recipe, m.metrics, done, store)
     return res
 
 

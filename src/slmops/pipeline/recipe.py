@@ -10,7 +10,9 @@
 An input is ``${step}`` (that step's output artifact), ``${step.FIELD}`` (the artifact whose digest
 that step's output reports as the metric ``FIELD_digest``, e.g. ``${sweep.chosen}`` for the winner of
 an ``optimize`` step) or any reference ``resolve_input`` accepts. Config strings and gates may use
-``${vars.NAME}``; a config value that is exactly one ``${vars.NAME}`` keeps its type.
+``${vars.NAME}``; a config value that is exactly one ``${vars.NAME}`` keeps its type. A gate may
+compare with a reference (``accuracy>=0.95*ref``): ``ref`` is the metrics of the step's ``ref:``
+(``${step}`` or a reference, like an input), else of its ``ref`` input.
 A step may declare ``resources: {cpus, gpus, memory}`` and the recipe ``executor: {exchange, remote}``
 for ``--executor ray`` (:mod:`slmops.pipeline.ray_exec`). This module parses and checks a recipe
 (strict schema, errors naming the step and field) and orders its steps; :mod:`slmops.pipeline.execute`
@@ -28,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.errors import ConfigError
+from slmops.pipeline.actions import action_config
 from slmops.stage import all_stages
 from slmops.units import parse_size
 
@@ -78,6 +81,7 @@ class StepSpec(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="The stage's config (validated against its schema)")
     name: str | None = Field(None, description="Register the output under this name (a new version when it changes)")
     gates: list[str] = Field(default_factory=list, description="Conditions on the output's metrics, e.g. 'accuracy>=0.9'; a failure stops the run")
+    ref: str | None = Field(None, description="Whose metrics 'ref' in the gates means (${step} or a reference; default: the ref input)")
     target: str | None = Field(None, description="For actions: the artifact they act on (${step} or a reference)")
     alias: str | None = Field(None, description="For action alias: NAME@ALIAS to point at the target")
     resources: Resources = Field(default_factory=Resources, description="cpus/gpus/memory the step reserves on a Ray cluster")
@@ -90,7 +94,17 @@ class StepSpec(BaseModel):
             raise ValueError("action alias needs 'target' and 'alias: NAME@ALIAS'")
         if self.action == "serve-smoke" and not self.target:
             raise ValueError("action serve-smoke needs 'target'")
+        if self.ref is not None and self.stage is None:
+            raise ValueError("'ref' is for a stage step's gates")
         return self
+
+    def references(self) -> list[tuple[str, str]]:
+        """``(role, ref)`` of everything the step reads: its inputs, its target and its gates' ``ref``."""
+        return [*self.inputs.items(), *([("target", self.target)] if self.target else []), *([("ref", self.ref)] if self.ref else [])]
+
+    def gate_ref(self) -> str | None:
+        """What ``ref`` in the gates stands for: the ``ref:`` field, else the ``ref`` input."""
+        return self.ref or self.inputs.get("ref")
 
 
 class Recipe(BaseModel):
@@ -104,10 +118,8 @@ class Recipe(BaseModel):
 
     def deps(self, step: str) -> list[str]:
         """Steps that ``step`` takes inputs (or its target) from."""
-        spec = self.steps[step]
-        refs = [*spec.inputs.values(), *([spec.target] if spec.target else [])]
         found = []
-        for ref in refs:
+        for _role, ref in self.steps[step].references():
             m = REF.fullmatch(ref.strip())
             if m:
                 found.append(split_ref(m.group(1), self.steps)[0])
@@ -223,7 +235,7 @@ def check_recipe(recipe: Recipe) -> None:
     stages = all_stages()
     for name, spec in recipe.steps.items():
         where = f"step {name!r}"
-        for role, ref in [*spec.inputs.items(), *([("target", spec.target)] if spec.target else [])]:
+        for role, ref in spec.references():
             m = REF.fullmatch(ref.strip())
             if m and split_ref(m.group(1), recipe.steps)[0] not in recipe.steps:
                 raise ConfigError(f"{where}, input {role}: {ref} names no step", fix=f"steps are: {', '.join(recipe.steps)}")
@@ -233,10 +245,15 @@ def check_recipe(recipe: Recipe) -> None:
             from slmops.evaluate.gates import parse_gates
 
             try:
-                parse_gates(substitute_vars(spec.gates, recipe.vars, f"{where}, gates"))
+                relative = [g.text for g in parse_gates(substitute_vars(spec.gates, recipe.vars, f"{where}, gates")) if g.relative]
             except ConfigError as exc:
                 raise ConfigError(f"{where}, gates: {exc.what}", why=exc.why, fix=exc.fix) from exc
+            if relative and spec.gate_ref() is None:
+                raise ConfigError(f"{where}, gates: {relative[0]!r} compares with ref, but the step names no reference",
+                                  fix="add ref: ${STEP} (the step whose metrics ref means) to the step")
         if spec.stage is None:
+            assert spec.action is not None
+            action_config(spec.action, substitute_vars(spec.config, recipe.vars, f"{where}, config"), where)
             continue
         if spec.stage not in stages:
             raise ConfigError(f"{where}: unknown stage {spec.stage!r}", fix=f"stages are: {', '.join(stages)}")

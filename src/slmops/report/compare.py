@@ -139,8 +139,8 @@ def compare(targets: Sequence[str], data: str, *, store: Store, ref: str | None 
             bench_config: dict[str, Any] | None = None, force: bool = False, name: str | None = None,
             title: str = "Model comparison") -> RunResult:
     """Evaluate and benchmark every target on ``data`` (cached unless ``force``) and store the comparison report."""
+    from slmops import formats
     from slmops.pipeline.inputs import resolve_input
-    from slmops.runtimes import TARGET_KINDS
     from slmops.stage.runner import run_stage
 
     labels = list(dict.fromkeys(targets))
@@ -153,7 +153,7 @@ def compare(targets: Sequence[str], data: str, *, store: Store, ref: str | None 
     data_art = resolve_input(data, store, kind="dataset")
     inputs = {}
     for i, label in enumerate(labels):
-        model = resolve_input(label, store, kind=TARGET_KINDS)
+        model = resolve_input(label, store, kind=formats.runnable_kinds())
         found = None if force else cached_eval(store, model, data_art, eval_config or {})
         if found is not None:
             log.info("compare: reusing the evaluation sha256:%s of %s", found.short, label)

@@ -1,17 +1,21 @@
-"""Runtimes: one protocol, several engines (torch today; ONNX Runtime GenAI and llama.cpp to come).
+"""Runtimes: one protocol, several engines (torch, ONNX Runtime GenAI, llama.cpp), chosen from what they declare.
 
 :func:`open_runtime` turns an artifact (or a model folder, or a reference such as ``bot@prod``)
-into a :class:`~slmops.runtimes.base.Runtime`, choosing the engine from the artifact's format
-when ``runtime="auto"``. Engines register a factory with :func:`register_runtime`; importing this
-package imports none of them (no torch, no onnxruntime).
+into a :class:`~slmops.runtimes.base.Runtime`. Engines register with :func:`register_runtime`,
+declaring the formats they load (recorded in :mod:`slmops.formats`), the
+:class:`~slmops.runtimes.base.Capabilities` they can offer, and the modules a timed load should
+find imported; ``runtime="auto"`` picks the first registered runtime that loads the artifact's
+format. Importing this package imports no engine (no torch, no onnxruntime).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slmops import formats
 from slmops.errors import ConfigError
 from slmops.runtimes.base import (
     Capabilities,
@@ -26,46 +30,125 @@ if TYPE_CHECKING:
     from slmops.store.artifact import Artifact
 
 __all__ = [
-    "FORMAT_RUNTIMES",
-    "TARGET_KINDS",
     "Capabilities",
     "GenerationParams",
     "GenerationResult",
     "PromptTooLong",
     "Runtime",
+    "RuntimeSpec",
     "TokenEvent",
     "available_runtimes",
     "detect_format",
     "open_runtime",
+    "planned_runtime",
     "register_runtime",
+    "runtime_for",
+    "runtime_spec",
 ]
 
-#: Artifact format -> the runtime ``auto`` picks for it.
-FORMAT_RUNTIMES: dict[str, str] = {
-    "hf-safetensors": "torch",
-    "ort-genai": "ort-genai",
-    "onnx": "ort-genai",
-    "foundry-local": "ort-genai",
-    "gguf": "llamacpp",
-}
-
-#: Artifact kinds :func:`open_runtime` opens (an adapter on its recorded base).
-TARGET_KINDS: tuple[str, ...] = ("model", "onnx", "gguf", "adapter")
-
 RuntimeFactory = Callable[..., Runtime]
-_FACTORIES: dict[str, RuntimeFactory] = {}
-_FORMATS: dict[str, set[str]] = {}
 
 
-def register_runtime(name: str, factory: RuntimeFactory, *, formats: tuple[str, ...] | list[str] = ()) -> None:
-    """Make ``name`` available to :func:`open_runtime`; ``factory(path, **options)`` opens a model."""
-    _FACTORIES[name] = factory
-    _FORMATS[name] = set(formats)
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What a registered runtime declares: how to open a model, which formats it loads, what it can do."""
+
+    name: str
+    factory: RuntimeFactory  # factory(path, **options) -> Runtime
+    formats: tuple[str, ...]  # the formats it loads (see slmops.formats)
+    capabilities: Capabilities  # the most it offers; an opened runtime's own capabilities may say less
+    imports: tuple[str, ...] = ()  # modules to import before a timed load, so load time is the model's (bench)
+    extra: str | None = None  # the pip extra it needs
+    title: str = ""  # how messages name it ("llama.cpp")
+
+
+_SPECS: dict[str, RuntimeSpec] = {}
+
+
+def register_runtime(
+    name: str,
+    factory: RuntimeFactory,
+    *,
+    formats: tuple[str, ...] | list[str] = (),
+    capabilities: Capabilities | None = None,
+    imports: tuple[str, ...] = (),
+    extra: str | None = None,
+    title: str | None = None,
+) -> RuntimeSpec:
+    """Make ``name`` available to :func:`open_runtime` for ``formats`` (each registered in :mod:`slmops.formats`)."""
+    from slmops import formats as registry
+
+    if name in _SPECS:
+        registry.remove_runtime(name)
+    spec = RuntimeSpec(name, factory, tuple(formats), capabilities or Capabilities(), tuple(imports), extra, title or name)
+    _SPECS[name] = spec
+    for fmt in spec.formats:
+        registry.add_runtime(fmt, name)
+    return spec
+
+
+def unregister_runtime(name: str) -> None:
+    """Remove a runtime (tests that register a toy one clean up with this)."""
+    if _SPECS.pop(name, None) is not None:
+        formats.remove_runtime(name)
 
 
 def available_runtimes() -> list[str]:
     """Names of the registered runtimes (whether their dependencies are installed or not)."""
-    return sorted(_FACTORIES)
+    return sorted(_SPECS)
+
+
+def runtime_spec(name: str) -> RuntimeSpec:
+    """What runtime ``name`` declared; ConfigError naming the registered ones when it is unknown."""
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown runtime {name!r}", fix=f"use one of: auto, {', '.join(available_runtimes())}")
+    return spec
+
+
+def runtime_for(fmt: str, runtime: str = "auto") -> RuntimeSpec:
+    """The runtime that opens format ``fmt``: ``auto`` picks the first registered one that loads it; a named one must load it."""
+    if runtime == "auto":
+        names = formats.runtimes_for(fmt)
+        if not names:
+            known = sorted(f for f in formats.names(served=True) if formats.runtimes_for(f))
+            raise ConfigError(f"no runtime runs the {fmt!r} format", fix=f"known formats: {', '.join(known)}")
+        return _SPECS[names[0]]
+    spec = runtime_spec(runtime)
+    if spec.formats and fmt not in spec.formats:
+        preferred = formats.runtimes_for(fmt)
+        raise ConfigError(
+            f"the {spec.name} runtime cannot run a {fmt!r} artifact",
+            fix=f"use --runtime {preferred[0] if preferred else 'auto'}, or export the model to a format {spec.name} runs "
+            f"({', '.join(sorted(spec.formats))})",
+        )
+    return spec
+
+
+def adapter_formats_for(fmt: str) -> tuple[str, ...]:
+    """The adapter formats a base of format ``fmt`` can take at run time (what its ``auto`` runtime declares)."""
+    names = formats.runtimes_for(fmt)
+    return _SPECS[names[0]].capabilities.adapter_formats if names else ()
+
+
+def planned_runtime(path: Path, runtime: str = "auto") -> RuntimeSpec:
+    """The runtime ``open_runtime(path, runtime)`` will use, read from the folder without opening anything.
+
+    An ``adapter`` artifact opens on its recorded base, so ``auto`` means the base's runtime.
+    """
+    from slmops.store.artifact import MANIFEST, Artifact, read_manifest
+
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        return runtime_for(detect_format(path), runtime)
+    manifest = read_manifest(path)
+    if manifest.kind == "adapter":
+        if runtime != "auto":
+            return runtime_spec(runtime)
+        from slmops.runtimes.adapted import adapter_base
+
+        manifest = adapter_base(Artifact(path, manifest)).manifest
+    return runtime_for(manifest.format, runtime)
 
 
 def _open_torch(path: Path, **options: Any) -> Runtime:
@@ -86,38 +169,29 @@ def _open_ortgenai(path: Path, **options: Any) -> Runtime:
     return OrtGenAIRuntime.from_path(path, **options)
 
 
-def _not_yet(name: str, extra: str) -> RuntimeFactory:
-    def factory(path: Path, **options: Any) -> Runtime:
-        raise ConfigError(
-            f"the {name} runtime is not available yet",
-            why=f"slmops cannot run this artifact with {name} in this version ([{extra}] support is coming)",
-            fix="serve or evaluate the hf-safetensors parent of this artifact with --runtime torch",
-        )
-
-    return factory
-
-
-register_runtime("torch", _open_torch, formats=("hf-safetensors",))
-register_runtime("ort-genai", _open_ortgenai, formats=("ort-genai", "onnx", "foundry-local"))
-register_runtime("llamacpp", _open_llamacpp, formats=("gguf",))
+register_runtime("torch", _open_torch, formats=("hf-safetensors",), imports=("torch", "transformers"), extra="train", title="torch",
+                 capabilities=Capabilities(adapters=True, adapter_formats=("peft",), batching=True))
+register_runtime("ort-genai", _open_ortgenai, formats=("ort-genai", "foundry-local"), imports=("onnxruntime_genai",), extra="onnx",
+                 title="ONNX Runtime GenAI",
+                 capabilities=Capabilities(adapters=True, adapter_formats=("peft", "onnx-adapter")))
+register_runtime("llamacpp", _open_llamacpp, formats=("gguf",), imports=("llama_cpp",), extra="gguf", title="llama.cpp",
+                 capabilities=Capabilities(adapters=True, adapter_formats=("peft", "gguf-lora"), batching=True))
 
 
 def detect_format(path: Path) -> str:
-    """The format of a model folder without a manifest: from the files it holds."""
+    """The format of a model folder (or file) without a manifest: from the files it holds (:func:`slmops.formats.detect`)."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".gguf":
-        return "gguf"
+    if not path.exists():
+        raise ConfigError(f"{path} is not a model folder", fix="point at a Hugging Face folder, an ONNX GenAI folder or a .gguf file")
+    fmt = formats.detect(path)
+    if fmt is not None:
+        return fmt
     if not path.is_dir():
         raise ConfigError(f"{path} is not a model folder", fix="point at a Hugging Face folder, an ONNX GenAI folder or a .gguf file")
-    if (path / "genai_config.json").is_file():
-        return "ort-genai"
-    if any(path.glob("*.gguf")):
-        return "gguf"
-    if (path / "config.json").is_file():
-        return "hf-safetensors"
+    markers = sorted({m for f in formats.all_formats() if f.served for m in f.markers})
     raise ConfigError(
         f"cannot tell what kind of model {path} holds",
-        why="no config.json, genai_config.json or .gguf file",
+        why=f"none of {', '.join(markers)} is in it",
         fix="pass runtime= explicitly",
     )
 
@@ -134,7 +208,7 @@ def _locate(artifact: Artifact | str | Path) -> tuple[Path, str, str | None]:
 
     label = None if isinstance(artifact, Artifact | Path) else str(artifact)
     if isinstance(artifact, str) and artifact.startswith("pkg:"):
-        from slmops.models.packaged import locate
+        from slmops.store.packaged import locate
 
         artifact = locate(artifact[4:])  # a packaged model file runs where it lies
     if not isinstance(artifact, Artifact):
@@ -168,19 +242,6 @@ def open_runtime(artifact: Artifact | str | Path, runtime: str = "auto", **optio
         from slmops.store.artifact import Artifact, read_manifest
 
         return open_adapter(artifact if isinstance(artifact, Artifact) else Artifact(path, read_manifest(path)), runtime, **options)
-    if kind is not None and kind not in TARGET_KINDS:
-        raise ConfigError(f"{artifact} is a {kind} artifact, not a model", fix="pass a model, onnx, gguf or adapter artifact")
-    if runtime == "auto":
-        name = FORMAT_RUNTIMES.get(fmt)
-        if name is None:
-            raise ConfigError(f"no runtime runs the {fmt!r} format", fix=f"known formats: {', '.join(sorted(FORMAT_RUNTIMES))}")
-    else:
-        name = runtime
-        if name not in _FACTORIES:
-            raise ConfigError(f"unknown runtime {runtime!r}", fix=f"use one of: auto, {', '.join(available_runtimes())}")
-        if _FORMATS.get(name) and fmt not in _FORMATS[name]:
-            raise ConfigError(
-                f"the {name} runtime cannot run a {fmt!r} artifact",
-                fix=f"use --runtime {FORMAT_RUNTIMES.get(fmt, 'auto')}, or export the model to a format {name} runs ({', '.join(sorted(_FORMATS[name]))})",
-            )
-    return _FACTORIES[name](path, **options)
+    if kind is not None and kind not in formats.runnable_kinds():
+        raise ConfigError(f"{artifact} is a {kind} artifact, not a model", fix=f"pass a {', '.join(formats.runnable_kinds())} artifact")
+    return runtime_for(fmt, runtime).factory(path, **options)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -99,22 +100,52 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a runtime supports, so callers (server, bench, evaluate) can adapt."""
+    """What a runtime supports, declared by the engine so callers (server, bench, evaluate, parity) read it, never names.
 
-    adapters: bool = False
-    batching: bool = False
-    logprobs: bool = True
-    logits: bool = True
+    ``register_runtime`` declares what the engine can do at most; an opened runtime's
+    ``capabilities`` say what this model can (an ONNX export without LoRA inputs takes no adapters).
+    """
+
+    adapters: bool = False  # load_adapter/unload_adapter work, and a request may name an adapter
+    adapter_formats: tuple[str, ...] = ()  # the adapter formats load_adapter takes ("peft", "gguf-lora", "onnx-adapter")
+    batching: bool = False  # batcher() gives continuous batching over several requests
+    logprobs: bool = True  # TokenEvent.logprob / top_logprobs are reported
+    logits: bool = True  # next_token_logits / sequence_logits work (perplexity, KL, parity)
     streaming: bool = True
+    prompt_encoding: bool = True  # encode_prompt applies the model's own BOS rule (without doubling a template's BOS)
     devices: tuple[str, ...] = ("cpu",)
+
+
+class Batcher(Protocol):
+    """Continuous batching over one runtime (``runtime.batcher(slots)``, when ``capabilities.batching``)."""
+
+    stats: Any  # counters the server exports as metrics (llama.cpp's BatchStats), or None
+
+    @property
+    def context_length(self) -> int:
+        """Tokens one request may use (prompt + completion): a slot's share where slots share one cache."""
+        ...
+
+    def stream(self, prompt: Prompt, params: GenerationParams | None = None, *, adapter: str | None = None) -> Iterator[TokenEvent]: ...
+
+    def forget_adapter(self, name: str) -> None:
+        """Before an adapter is unloaded: end or fail what uses it."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable
 class Runtime(Protocol):
-    """One loaded model on one engine. Open it with :func:`slmops.runtimes.open_runtime`."""
+    """One loaded model on one engine. Open it with :func:`slmops.runtimes.open_runtime`.
+
+    ``adapter`` (on ``stream``, ``generate`` and the logits) names an adapter loaded with
+    :meth:`load_adapter`; ``None`` is the model as opened. What works is in ``capabilities``.
+    """
 
     name: str
     capabilities: Capabilities
+    info: LoadInfo
 
     @property
     def context_length(self) -> int: ...
@@ -125,19 +156,38 @@ class Runtime(Protocol):
     @property
     def eos_token_ids(self) -> frozenset[int]: ...
 
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the adapters loaded at run time (``load_adapter``)."""
+        ...
+
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
     def apply_chat_template(self, messages: Sequence[Any], add_generation_prompt: bool = True, **extra: Any) -> str: ...
 
-    def generate(self, prompt: Prompt, params: GenerationParams | None = None) -> GenerationResult: ...
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt as generation sees them: text with special tokens, a template's BOS not doubled."""
+        ...
 
-    def stream(self, prompt: Prompt, params: GenerationParams | None = None) -> Iterator[TokenEvent]: ...
+    def generate(self, prompt: Prompt, params: GenerationParams | None = None, *, adapter: str | None = None) -> GenerationResult: ...
 
-    def next_token_logits(self, ids: Sequence[int]) -> np.ndarray: ...
+    def stream(self, prompt: Prompt, params: GenerationParams | None = None, *, adapter: str | None = None) -> Iterator[TokenEvent]: ...
 
-    def sequence_logits(self, ids: Sequence[int]) -> np.ndarray: ...
+    def next_token_logits(self, ids: Sequence[int], *, adapter: str | None = None) -> np.ndarray: ...
+
+    def sequence_logits(self, ids: Sequence[int], *, adapter: str | None = None) -> np.ndarray: ...
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load an adapter (one of ``capabilities.adapter_formats``) under ``name``; ConfigError when the model takes none."""
+        ...
+
+    def unload_adapter(self, name: str) -> bool: ...
+
+    def batcher(self, slots: int, *, threads: int | None = None) -> Batcher:
+        """Continuous batching of up to ``slots`` requests; ConfigError unless ``capabilities.batching``."""
+        ...
 
     def close(self) -> None: ...
 

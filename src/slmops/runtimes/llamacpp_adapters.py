@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from slmops.errors import ConfigError
-from slmops.runtimes.llamacpp_lib import check_gguf_file, clear_problems, recent_problems
+from slmops.models.gguf_file import check_gguf_file
+from slmops.runtimes.llamacpp_lib import clear_problems, recent_problems
 
 
 @dataclass
@@ -60,8 +61,8 @@ class LoraSet:
         self._init(name, path, scale, default_on)
 
     def _convert(self, peft_dir: Path, out: Path) -> None:
-        from slmops.export.gguf_arch import ARCH_SPECS, layout_hparams
-        from slmops.export.gguf_lora import convert_lora
+        from slmops.models.gguf_arch import ARCH_SPECS, layout_hparams
+        from slmops.models.gguf_lora import convert_lora
 
         if self._arch not in ARCH_SPECS:
             raise ConfigError(f"cannot convert a PEFT adapter for a {self._arch} GGUF", fix="convert it with slmops export gguf-lora against its base model")

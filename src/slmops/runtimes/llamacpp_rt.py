@@ -15,6 +15,7 @@ Tokenization is llama.cpp's own (:mod:`.llamacpp_vocab`); the chat template come
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
@@ -22,27 +23,17 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
 from slmops.errors import ConfigError
-from slmops.runtimes.base import (
-    Capabilities,
-    GenerationParams,
-    GenerationResult,
-    LoadInfo,
-    Prompt,
-    PromptTooLong,
-    TokenEvent,
-    check_prompt,
-    check_vocab,
-    collect,
-    decode_loop,
-    drop_double_bos,
-)
+from slmops.models.gguf_file import check_gguf_file, locate_gguf
+from slmops.runtimes import runtime_spec
+from slmops.runtimes.base import GenerationParams, LoadInfo, TokenEvent, check_vocab, decode_loop
+from slmops.runtimes.common import EngineCommon
 from slmops.runtimes.llamacpp_adapters import LoraSet
-from slmops.runtimes.llamacpp_lib import check_gguf_file, clear_problems, default_threads, lib, locate_gguf, recent_problems
+from slmops.runtimes.llamacpp_lib import clear_problems, default_threads, lib, recent_problems
 from slmops.runtimes.llamacpp_vocab import LlamaVocab
 
 log = logging.getLogger(__name__)
@@ -70,7 +61,7 @@ class _Stepper:
         return out[-1]
 
 
-class LlamaCppRuntime:
+class LlamaCppRuntime(EngineCommon):
     """A GGUF model on llama.cpp, behind the :class:`~slmops.runtimes.base.Runtime` protocol."""
 
     name = "llamacpp"
@@ -105,13 +96,13 @@ class LlamaCppRuntime:
         self._batch = None
         try:
             self._vocab = L.llama_model_get_vocab(self._model)
-            self._n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
+            self._vocab_size = int(L.llama_vocab_n_tokens(self._vocab))
             train_ctx = int(L.llama_model_n_ctx_train(self._model)) or DEFAULT_MAX_CONTEXT
-            self._n_ctx = int(n_ctx or min(train_ctx, DEFAULT_MAX_CONTEXT))
-            self._n_batch = max(1, min(int(n_batch), self._n_ctx))
+            self._context_length = int(n_ctx or min(train_ctx, DEFAULT_MAX_CONTEXT))
+            self._n_batch = max(1, min(int(n_batch), self._context_length))
             threads = int(n_threads or default_threads(facts["bytes"]))
             cp = L.llama_context_default_params()
-            cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = self._n_ctx, self._n_batch, self._n_batch, 1
+            cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = self._context_length, self._n_batch, self._n_batch, 1
             cp.n_threads = cp.n_threads_batch = threads
             cp.type_k = cp.type_v = KV_TYPES[kv_cache_type]
             cp.no_perf = False  # keep llama.cpp's own timings (llama_perf_context), read by the benchmarks
@@ -136,12 +127,12 @@ class LlamaCppRuntime:
         self._eos = self._text.eog_ids(facts.get("stop_token_ids", []))
         tpl = L.llama_model_chat_template(self._model, None)
         self._chat_template = chat_template or (tpl.decode("utf-8", errors="replace") if tpl else None)
-        self.capabilities = Capabilities(adapters=True, batching=False, logprobs=True, logits=True, streaming=True, devices=("cpu",))
+        self.capabilities = runtime_spec(self.name).capabilities  # as registered (runtimes/__init__)
         self.info = LoadInfo(
             source=str(model_path),
             format="gguf",
             load_s=time.perf_counter() - t0,
-            extra={"qtype": (sidecar or {}).get("qtype"), "n_ctx": self._n_ctx, "threads": threads, "kv_cache_type": kv_cache_type,
+            extra={"qtype": (sidecar or {}).get("qtype"), "n_ctx": self._context_length, "threads": threads, "kv_cache_type": kv_cache_type,
                    "adapters": self._loras.scales, "file_bytes": facts["bytes"]},
         )
 
@@ -187,23 +178,22 @@ class LlamaCppRuntime:
             self._loras.activate()
 
     @property
-    def adapters(self) -> dict[str, float]:
-        """Loaded adapters and their scales."""
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the loaded adapters (the artifact's own and hot ones)."""
+        return tuple(self._loras.scales)
+
+    @property
+    def adapter_scales(self) -> dict[str, float]:
+        """Loaded adapters and their scales (0: loaded, off)."""
         return self._loras.scales
 
+    def batcher(self, slots: int, *, threads: int | None = None) -> Any:
+        """Continuous batching with prefix caching (:class:`~slmops.runtimes.llamacpp_batch.LlamaBatcher`), ``threads`` for its context."""
+        from slmops.runtimes.llamacpp_batch import LlamaBatcher
+
+        return LlamaBatcher(self, slots, n_threads=threads)
+
     # ------------------------------------------------------------------ facts
-
-    @property
-    def context_length(self) -> int:
-        return self._n_ctx
-
-    @property
-    def vocab_size(self) -> int:
-        return self._n_vocab
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
 
     def engine_timings(self, reset: bool = False) -> dict[str, float]:
         """llama.cpp's own timings since the last reset (``llama_perf_context``): prompt and decode ms and token counts."""
@@ -234,7 +224,7 @@ class LlamaCppRuntime:
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         self._check_open()
         ids = [int(t) for t in ids]
-        check_vocab(ids, self._n_vocab)
+        check_vocab(ids, self._vocab_size)
         return self._text.detokenize(ids, skip_special_tokens) if ids else ""
 
     def token_text(self, token: int) -> str:
@@ -250,16 +240,13 @@ class LlamaCppRuntime:
                               fix="pass chat_template= when opening it, or export from a model whose tokenizer has one")
         specials = {}
         for key, tid in (("bos_token", self._bos), ("eos_token", self._text.eos)):
-            if 0 <= tid < self._n_vocab:
+            if 0 <= tid < self._vocab_size:
                 specials[key] = self.token_text(tid)
         return render_chat(self._chat_template, messages, add_generation_prompt=add_generation_prompt, **{**specials, **extra})
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids for a prompt: text is tokenized with special tokens (without doubling a template's BOS)."""
-        self._check_open()
-        if isinstance(prompt, str):
-            return drop_double_bos(self.tokenize(prompt, add_special_tokens=True), self._bos if self._bos >= 0 else None)
-        return [int(t) for t in prompt]
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._bos if self._bos >= 0 else None
 
     # ------------------------------------------------------------------ forward passes
 
@@ -286,62 +273,39 @@ class LlamaCppRuntime:
                                   fix="check the sequence fits the context (n_ctx)")
             n_out = len(chunk) if all_logits else int(last_chunk)
             if n_out:
-                out.append(np.ctypeslib.as_array(L.llama_get_logits(self._ctx), shape=(n_out, self._n_vocab)).copy())
+                out.append(np.ctypeslib.as_array(L.llama_get_logits(self._ctx), shape=(n_out, self._vocab_size)).copy())
         return np.concatenate(out) if len(out) > 1 else out[0]
 
-    def _full_logits(self, ids: Sequence[int], *, last_only: bool) -> np.ndarray:
-        ids = [int(t) for t in ids]
-        if not ids:
-            raise ConfigError("cannot compute logits for an empty sequence")
-        if len(ids) > self._n_ctx:
-            raise PromptTooLong(f"the sequence is {len(ids)} tokens, and the context is {self._n_ctx}", fix="score shorter windows, or open with a larger n_ctx")
-        check_vocab(ids, self._n_vocab)
+    @contextlib.contextmanager
+    def _applying(self, adapter: str | None) -> Iterator[None]:
+        """Apply adapter ``adapter`` alone while the block runs, then the artifact's own again (None: leave them)."""
+        if adapter is None:
+            yield
+            return
+        self._loras.activate(adapter)
+        try:
+            yield
+        finally:
+            if self._ctx is not None:
+                self._loras.activate()
+
+    def _logits(self, ids: list[int], *, last_only: bool, adapter: str | None) -> np.ndarray:
         with self._lock:
             self._check_open()
             self._reset()
-            logits = self._decode(ids, 0, all_logits=not last_only)
+            with self._applying(adapter):
+                logits = self._decode(ids, 0, all_logits=not last_only)
         return logits[-1] if last_only else logits
-
-    def next_token_logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits for the token after ``ids``: float32 array of shape [vocab]."""
-        return self._full_logits(ids, last_only=True)
-
-    def sequence_logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits at every position of ``ids`` (row i predicts token i+1): float32 [len, vocab]."""
-        return self._full_logits(ids, last_only=False)
 
     # ------------------------------------------------------------------ generation
 
-    def stream(self, prompt: Prompt, params: GenerationParams | None = None, adapter: str | None = None) -> Iterator[TokenEvent]:
-        """Generate token by token; the last event carries the finish reason. Holds the lock while it runs.
-
-        ``adapter`` names a loaded adapter to apply alone for this request (default: the artifact's own).
-        """
-        params = params or GenerationParams()
-        ids = self.encode_prompt(prompt)
-        check_prompt(ids, context_length=self._n_ctx, vocab_size=self._n_vocab)
-        if adapter is not None and adapter not in self._loras:
-            raise ConfigError(f"no adapter named {adapter!r} is loaded", fix="load it with load_adapter()")
-        return self._stream(ids, params, adapter)
-
-    def _stream(self, ids: list[int], params: GenerationParams, adapter: str | None = None) -> Iterator[TokenEvent]:
+    def _stream(self, ids: list[int], params: GenerationParams, adapter: str | None) -> Iterator[TokenEvent]:
+        """``adapter`` names a loaded adapter to apply alone for this request (default: the artifact's own)."""
         with self._lock:
             self._check_open()
-            if adapter is not None:
-                self._loras.activate(adapter)
-            try:
+            with self._applying(adapter):
                 # ids from the sampler are in range: decode straight from the vocabulary (no per-token checks)
-                decode = self._text.detokenize
-                yield from decode_loop(_Stepper(self), ids, params, decode=decode, eos_token_ids=self._eos, context_length=self._n_ctx)
-            finally:
-                if adapter is not None and self._ctx is not None:
-                    self._loras.activate()
-
-    def generate(self, prompt: Prompt, params: GenerationParams | None = None, adapter: str | None = None) -> GenerationResult:
-        params = params or GenerationParams()
-        t0 = time.perf_counter()
-        ids = self.encode_prompt(prompt)
-        return collect(self.stream(ids, params, adapter), prompt_tokens=len(ids), params=params, started=t0)
+                yield from decode_loop(_Stepper(self), ids, params, decode=self._text.detokenize, eos_token_ids=self._eos, context_length=self._context_length)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -365,11 +329,5 @@ class LlamaCppRuntime:
         with self._lock:
             self._free()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
-        return f"LlamaCppRuntime(source={self.info.source!r}, n_ctx={self._n_ctx})"
+        return f"LlamaCppRuntime(source={self.info.source!r}, n_ctx={self._context_length})"

@@ -28,27 +28,17 @@ import threading
 import time
 import unicodedata
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
 from slmops._optional import require
 from slmops.errors import ConfigError
-from slmops.runtimes.base import (
-    Capabilities,
-    GenerationParams,
-    GenerationResult,
-    LoadInfo,
-    Prompt,
-    PromptTooLong,
-    TokenEvent,
-    check_prompt,
-    check_vocab,
-    collect,
-    decode_loop,
-    drop_double_bos,
-)
+from slmops.runtimes import runtime_spec
+from slmops.runtimes.base import GenerationParams, LoadInfo, TokenEvent, decode_loop
+from slmops.runtimes.common import EngineCommon
 from slmops.runtimes.ortgenai_files import ADAPTER_SUFFIX, GenAIFolder, read_folder
 from slmops.runtimes.ortgenai_stepper import OgStepper, engine_can_choose
 
@@ -69,7 +59,7 @@ def _complete_utf8(piece: bytes | None) -> bool:
     return True
 
 
-class OrtGenAIRuntime:
+class OrtGenAIRuntime(EngineCommon):
     """An ONNX Runtime GenAI model and tokenizer, behind the :class:`~slmops.runtimes.base.Runtime` protocol."""
 
     name = "ort-genai"
@@ -88,8 +78,9 @@ class OrtGenAIRuntime:
         self._pieces: list[bytes | None] | None = None
         self._check_fast_decode()
         self.engine_greedy = True  # let ORT GenAI pick greedy tokens itself (see OgStepper); False = always via logits
-        self.capabilities = Capabilities(adapters=self._has_lora_inputs(), batching=False, logprobs=True, logits=True, streaming=True,
-                                         devices=("cpu",))
+        lora = self._has_lora_inputs()
+        declared = runtime_spec(self.name).capabilities  # as registered (runtimes/__init__); adapters only with LoRA inputs
+        self.capabilities = replace(declared, adapters=lora, adapter_formats=declared.adapter_formats if lora else ())
         for name, path in folder.adapters.items():
             self.load_adapter(name, path)
 
@@ -232,12 +223,6 @@ class OrtGenAIRuntime:
             )
         return render_chat(tpl, messages, add_generation_prompt=add_generation_prompt, **{**self.folder.special_token_strings, **extra})
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids for a prompt: text is tokenized with special tokens (without doubling a template's BOS)."""
-        if isinstance(prompt, str):
-            return drop_double_bos(self.tokenize(prompt, add_special_tokens=True), self.bos_token_id)
-        return [int(t) for t in prompt]
-
     # ------------------------------------------------------------------ generation
 
     def _generator(self, adapter: str | None, *, greedy: bool = False) -> Any:
@@ -251,21 +236,6 @@ class OrtGenAIRuntime:
             gen.set_active_adapter(self._adapters, adapter)
         return gen
 
-    def _check_adapter(self, adapter: str | None) -> None:
-        if adapter is not None and adapter not in self._adapter_files:
-            raise ConfigError(
-                f"adapter {adapter!r} is not loaded on this model",
-                fix=f"load it with load_adapter() first (loaded: {', '.join(self.adapters) or 'none'})",
-            )
-
-    def stream(self, prompt: Prompt, params: GenerationParams | None = None, *, adapter: str | None = None) -> Iterator[TokenEvent]:
-        """Generate token by token (``adapter``: a loaded LoRA adapter's name); the last event carries the finish reason."""
-        params = params or GenerationParams()
-        ids = self.encode_prompt(prompt)
-        check_prompt(ids, context_length=self.context_length, vocab_size=self.vocab_size)
-        self._check_adapter(adapter)
-        return self._stream(ids, params, adapter)
-
     def _stream(self, ids: list[int], params: GenerationParams, adapter: str | None) -> Iterator[TokenEvent]:
         with self._lock:
             self._check_open()
@@ -278,36 +248,17 @@ class OrtGenAIRuntime:
                 context_length=self.context_length,
             )
 
-    def generate(self, prompt: Prompt, params: GenerationParams | None = None, *, adapter: str | None = None) -> GenerationResult:
-        params = params or GenerationParams()
-        t0 = time.perf_counter()
-        ids = self.encode_prompt(prompt)
-        check_prompt(ids, context_length=self.context_length, vocab_size=self.vocab_size)
-        self._check_adapter(adapter)
-        return collect(self._stream(ids, params, adapter), prompt_tokens=len(ids), params=params, started=t0)
-
     # ------------------------------------------------------------------ logits
 
-    def sequence_logits(self, ids: Sequence[int], *, adapter: str | None = None) -> np.ndarray:
-        """Logits at every position of ``ids`` (row i predicts token i+1): float32 [len, vocab]."""
-        ids = [int(t) for t in ids]
-        if not ids:
-            raise ConfigError("cannot compute logits for an empty sequence")
-        if len(ids) > self.context_length:
-            raise PromptTooLong(f"the sequence is {len(ids)} tokens, and the model's context is {self.context_length}", fix="score shorter windows")
-        check_vocab(ids, self.vocab_size)
-        self._check_adapter(adapter)
+    def _logits(self, ids: list[int], *, last_only: bool, adapter: str | None) -> np.ndarray:
         with self._lock:
             self._check_open()
             gen = self._generator(adapter)
             gen.append_tokens(np.asarray(ids, dtype=np.int32))
             logits = gen.get_output("logits")
             del gen
-        return np.array(logits.reshape(len(ids), -1), dtype=np.float32)
-
-    def next_token_logits(self, ids: Sequence[int], *, adapter: str | None = None) -> np.ndarray:
-        """Logits for the token after ``ids``: float32 array of shape [vocab]."""
-        return self.sequence_logits(ids, adapter=adapter)[-1]
+        rows = np.array(logits.reshape(len(ids), -1), dtype=np.float32)
+        return rows[-1] if last_only else rows
 
     # ------------------------------------------------------------------ adapters
 
@@ -372,12 +323,6 @@ class OrtGenAIRuntime:
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"OrtGenAIRuntime(source={self.info.source!r})"

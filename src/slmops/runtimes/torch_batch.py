@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from slmops.errors import ConfigError
-from slmops.runtimes.base import GenerationParams, Prompt, TokenEvent, check_prompt, decode_loop
+from slmops.runtimes.base import GenerationParams, Prompt, TokenEvent, decode_loop
 
 if TYPE_CHECKING:
     import numpy as np
@@ -100,6 +100,7 @@ class TorchBatcher:
         self._in_forward = False
         self.steps = 0
         self.rows_stepped = 0
+        self.stats = None  # no server metrics of its own (steps / rows_stepped are read by tests and benchmarks)
         self._thread = threading.Thread(target=self._loop, name="slmops-torch-batcher", daemon=True)
         self._thread.start()
 
@@ -107,12 +108,7 @@ class TorchBatcher:
 
     def stream(self, prompt: Prompt, params: GenerationParams | None = None, *, adapter: str | None = None) -> Iterator[TokenEvent]:
         """Like :meth:`TorchRuntime.stream`, sharing forward passes with the other running sequences."""
-        params = params or GenerationParams()
-        ids = self.rt.encode_prompt(prompt)
-        check_prompt(ids, context_length=self.rt.context_length, vocab_size=self.rt.vocab_size)
-        if adapter is not None and adapter not in self.rt.adapters:
-            raise ConfigError(f"adapter {adapter!r} is not loaded on this model", fix="load it first")
-        return self._stream(ids, params, adapter)
+        return self._stream(self.rt._prepare(prompt, adapter), params or GenerationParams(), adapter)
 
     def _stream(self, ids: list[int], params: GenerationParams, adapter: str | None) -> Iterator[TokenEvent]:
         seq = _BatchSeq(self, adapter)
@@ -122,6 +118,14 @@ class TorchBatcher:
             )
         finally:
             self._leave(seq)
+
+    @property
+    def context_length(self) -> int:
+        """Tokens one request may use: the model's whole context (each row has its own cache)."""
+        return self.rt.context_length
+
+    def forget_adapter(self, name: str) -> None:
+        """Nothing to end here: the runtime unloads an adapter under the lock each batched forward pass holds."""
 
     @property
     def running(self) -> int:

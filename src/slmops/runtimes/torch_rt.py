@@ -18,25 +18,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from slmops._optional import require
 from slmops.errors import ConfigError, UnsafeInput
-from slmops.runtimes.base import (
-    Capabilities,
-    GenerationParams,
-    GenerationResult,
-    LoadInfo,
-    Prompt,
-    PromptTooLong,
-    TokenEvent,
-    check_prompt,
-    check_vocab,
-    collect,
-    decode_loop,
-    drop_double_bos,
-)
+from slmops.runtimes import runtime_spec
+from slmops.runtimes.base import GenerationParams, LoadInfo, TokenEvent, decode_loop
+from slmops.runtimes.common import EngineCommon
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,9 +86,10 @@ def _forward_params(model: Any) -> set[str]:
 class _TorchStepper:
     """One sequence's KV-cached forward passes (the :class:`~slmops.runtimes.base.Stepper` for torch)."""
 
-    def __init__(self, rt: TorchRuntime) -> None:
+    def __init__(self, rt: TorchRuntime, adapter: str | None = None) -> None:
         self.rt = rt
         self.past: Any = None
+        self.adapter_names = [adapter] if adapter is not None else None
 
     def _forward(self, ids: Sequence[int]) -> np.ndarray:
         torch = _torch()
@@ -109,7 +100,7 @@ class _TorchStepper:
                 kwargs[self.rt._cache_arg] = self.past
             if self.rt._logits_to_keep:
                 kwargs["logits_to_keep"] = 1
-            out = self.rt.forward(**kwargs)
+            out = self.rt.forward(adapter_names=self.adapter_names, **kwargs)
             self.past = out.get(self.rt._cache_arg)
             if self.past is None:
                 self.past = out.get("past_key_values") if self.rt._cache_arg == "cache" else out.get("cache")
@@ -123,7 +114,7 @@ class _TorchStepper:
         return self._forward([token_id])
 
 
-class TorchRuntime:
+class TorchRuntime(EngineCommon):
     """A transformers causal LM plus its tokenizer, behind the :class:`~slmops.runtimes.base.Runtime` protocol."""
 
     name = "torch"
@@ -136,7 +127,7 @@ class TorchRuntime:
         self._lock = threading.RLock()  # re-entrant: a caller may score logits while consuming its own stream
         self.device = str(next(model.parameters()).device)
         self._peft: Any = None  # a peft.PeftModel around ``model`` once an adapter is loaded
-        self.capabilities = Capabilities(adapters=True, batching=False, logprobs=True, logits=True, streaming=True, devices=(self.device,))
+        self.capabilities = replace(runtime_spec(self.name).capabilities, devices=(self.device,))  # as registered (runtimes/__init__)
         params = _forward_params(model)
         # transformers >= 5.2x calls the KV cache ``cache`` (``past_key_values`` is deprecated); older ones only know the latter
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -208,20 +199,6 @@ class TorchRuntime:
         )
         return cls(model, tokenizer, chat_template=chat_template, info=info)
 
-    # ------------------------------------------------------------------ facts
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
     # ------------------------------------------------------------------ text
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -238,31 +215,21 @@ class TorchRuntime:
         kw = {**special_token_kwargs(self.tokenizer), **extra}
         return render_chat(tpl, messages, add_generation_prompt=add_generation_prompt, **kw)
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids for a prompt: text is tokenized with special tokens (without doubling a template's BOS)."""
-        self._check_open()
-        if isinstance(prompt, str):
-            return drop_double_bos(self.tokenize(prompt, add_special_tokens=True), getattr(self.tokenizer, "bos_token_id", None))
-        return [int(t) for t in prompt]
+    @property
+    def bos_token_id(self) -> int | None:
+        return getattr(self.tokenizer, "bos_token_id", None)
 
     # ------------------------------------------------------------------ generation
-
-    def stream(self, prompt: Prompt, params: GenerationParams | None = None) -> Iterator[TokenEvent]:
-        """Generate token by token; the last event carries the finish reason. Holds the lock while it runs."""
-        params = params or GenerationParams()
-        ids = self.encode_prompt(prompt)
-        check_prompt(ids, context_length=self.context_length, vocab_size=self.vocab_size)
-        return self._stream(ids, params)
 
     def _check_open(self) -> None:
         if self.model is None:
             raise ConfigError("this runtime has been closed", fix="open the model again with open_runtime()")
 
-    def _stream(self, ids: list[int], params: GenerationParams) -> Iterator[TokenEvent]:
+    def _stream(self, ids: list[int], params: GenerationParams, adapter: str | None) -> Iterator[TokenEvent]:
         with self._lock:
             self._check_open()
             yield from decode_loop(
-                _TorchStepper(self),
+                _TorchStepper(self, adapter),
                 ids,
                 params,
                 decode=self.detokenize,
@@ -270,24 +237,21 @@ class TorchRuntime:
                 context_length=self.context_length,
             )
 
-    def generate(self, prompt: Prompt, params: GenerationParams | None = None) -> GenerationResult:
-        params = params or GenerationParams()
-        t0 = time.perf_counter()
-        ids = self.encode_prompt(prompt)
-        check_prompt(ids, context_length=self.context_length, vocab_size=self.vocab_size)
-        return collect(self._stream(ids, params), prompt_tokens=len(ids), params=params, started=t0)
+    def batcher(self, slots: int, *, threads: int | None = None) -> Any:
+        """Continuous batching of up to ``slots`` requests (:class:`~slmops.runtimes.torch_batch.TorchBatcher`).
+
+        ``threads`` sets torch's intra-op threads (process-wide): on a busy machine fewer threads than
+        cores avoid threads spinning against each other.
+        """
+        from slmops.runtimes.torch_batch import TorchBatcher
+
+        if threads:
+            _torch().set_num_threads(threads)
+        return TorchBatcher(self, max_batch=slots)
 
     # ------------------------------------------------------------------ logits
 
-    def _full_logits(self, ids: Sequence[int], *, last_only: bool) -> np.ndarray:
-        ids = [int(t) for t in ids]
-        if not ids:
-            raise ConfigError("cannot compute logits for an empty sequence")
-        if len(ids) > self.context_length:
-            raise PromptTooLong(
-                f"the sequence is {len(ids)} tokens, and the model's context is {self.context_length}", fix="score shorter windows"
-            )
-        check_vocab(ids, self.vocab_size)
+    def _logits(self, ids: list[int], *, last_only: bool, adapter: str | None) -> np.ndarray:
         torch = _torch()
         with self._lock, torch.inference_mode():
             self._check_open()
@@ -295,16 +259,8 @@ class TorchRuntime:
             kwargs: dict[str, Any] = {"input_ids": x, "use_cache": False}
             if last_only and self._logits_to_keep:
                 kwargs["logits_to_keep"] = 1
-            logits = self.forward(**kwargs).logits[0]
+            logits = self.forward(adapter_names=[adapter] if adapter is not None else None, **kwargs).logits[0]
             return (logits[-1] if last_only else logits).float().cpu().numpy()
-
-    def next_token_logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits for the token after ``ids``: float32 array of shape [vocab]."""
-        return self._full_logits(ids, last_only=True)
-
-    def sequence_logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits at every position of ``ids`` (row i predicts token i+1): float32 [len, vocab]."""
-        return self._full_logits(ids, last_only=False)
 
     # ------------------------------------------------------------------ adapters
 
@@ -377,12 +333,6 @@ class TorchRuntime:
             self.model = None
             self._peft = None
             self.tokenizer = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"TorchRuntime(source={self.info.source!r}, device={self.device!r})"

@@ -1,6 +1,7 @@
 """What a run-time adapter is, and which served base can take it (``/v1/load_lora_adapter`` and adapter ids).
 
-An adapter comes in one of three formats, and each runtime applies some of them (:data:`RUNS_ON`):
+An adapter comes in one of three formats, and each runtime applies some of them (what it declares
+in ``register_runtime``'s capabilities, read through :func:`runs_on`):
 
 * ``peft`` — a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``) or an
   ``adapter`` artifact of that format. Every runtime takes it: torch loads it with PEFT, llama.cpp
@@ -29,21 +30,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmops import formats
 from slmops._optional import require
 from slmops.errors import ConfigError, SlmopsError, StoreError, UnsafeInput
+from slmops.runtimes import adapter_formats_for, available_runtimes, runtime_spec
 from slmops.store.artifact import Artifact
 from slmops.store.registry import Store
 
 PEFT, GGUF_LORA, ONNX_ADAPTER = "peft", "gguf-lora", "onnx-adapter"
-RUNS_ON: dict[str, frozenset[str]] = {
-    "model": frozenset({PEFT}),
-    "gguf": frozenset({PEFT, GGUF_LORA}),
-    "onnx": frozenset({PEFT, ONNX_ADAPTER}),
-}
-_FORMAT_TEXT = {PEFT: "a PEFT LoRA adapter", GGUF_LORA: "a GGUF LoRA adapter (llama.cpp only)",
-                ONNX_ADAPTER: "an ONNX Runtime adapter (ORT GenAI only)"}
-_BASE_TEXT = {"model": "a Hugging Face model served on torch", "gguf": "a GGUF model served on llama.cpp",
-              "onnx": "an ONNX model served on ONNX Runtime GenAI"}
 _FIX = {GGUF_LORA: "pass base_model naming a GGUF export of the adapter's base (slmops export gguf), or load the PEFT adapter it came from",
         ONNX_ADAPTER: "pass base_model naming the ONNX export it belongs to (exported with --adapter-mode runtime), "
                       "or load the PEFT adapter it came from"}
@@ -65,6 +59,33 @@ class AdapterSource:
     label: str  # how messages name it
     trained_on: str | None = None  # digest of the model it was trained on, when known
     default_base: str | None = None  # the ref it goes on when the request names no base_model
+
+
+# ---------------------------------------------------------------------------------------- formats
+
+
+def runs_on(base: Artifact) -> tuple[str, ...]:
+    """The adapter formats a served base takes: what the runtime that serves its format declares."""
+    return adapter_formats_for(base.manifest.format) if base.kind in formats.model_kinds() else ()
+
+
+def _title(fmt: str) -> str:
+    f = formats.get(fmt)
+    return f.title if f is not None and f.title else fmt
+
+
+def _adapter_text(fmt: str) -> str:
+    """``a GGUF LoRA adapter (llama.cpp only)``: the format, and the runtime when only one takes it."""
+    takers = [runtime_spec(n).title for n in available_runtimes() if fmt in runtime_spec(n).capabilities.adapter_formats]
+    return f"{_title(fmt)} ({takers[0]} only)" if len(takers) == 1 else _title(fmt)
+
+
+def _base_text(base: Artifact) -> str:
+    """``a GGUF model served on llama.cpp``."""
+    runtimes = formats.runtimes_for(base.manifest.format)
+    if not runtimes:
+        return f"a {base.kind} artifact"
+    return f"{_title(base.manifest.format)} served on {runtime_spec(runtimes[0]).title}"
 
 
 # ---------------------------------------------------------------------------------------- lineage
@@ -90,11 +111,11 @@ def check_fits(src: AdapterSource, base: Artifact, base_id: str, store: Store | 
 
     Without ``store`` only the format is checked (cheap enough for every request).
     """
-    runs = RUNS_ON.get(base.kind, frozenset())
+    runs = runs_on(base)
     if src.fmt not in runs:
         raise AdapterMismatch(
-            f"{src.label} is {_FORMAT_TEXT[src.fmt]} and {base_id!r} is {_BASE_TEXT.get(base.kind, f'a {base.kind} artifact')}",
-            why=f"that runtime takes {' or '.join(sorted(_FORMAT_TEXT[f].split(' (')[0] for f in runs)) or 'no adapters'}",
+            f"{src.label} is {_adapter_text(src.fmt)} and {base_id!r} is {_base_text(base)}",
+            why=f"that runtime takes {' or '.join(sorted(_title(f) for f in runs)) or 'no adapters'}",
             fix=_FIX.get(src.fmt, "pass base_model naming a model that takes it"),
         )
     if store is None or src.trained_on is None:
@@ -181,7 +202,7 @@ def packaged(base: Artifact) -> dict[str, Path]:
 
 def check_gguf_lora(file: Path) -> None:
     """Refuse anything that is not a well-formed GGUF file with ``general.type = adapter``."""
-    from slmops.runtimes.llamacpp_lib import check_gguf_file
+    from slmops.models.gguf_file import check_gguf_file
 
     facts = check_gguf_file(file)
     if facts.get("type") != "adapter":

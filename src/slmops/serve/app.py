@@ -36,10 +36,10 @@ def create_app(config: ServeConfig | None = None, *, store: Store | None = None,
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
+    from slmops.monitor.requestlog import RequestLog, default_path
     from slmops.serve.metrics import Metrics
     from slmops.serve.pool import ModelPool
     from slmops.serve.protocol import APIError
-    from slmops.serve.requestlog import RequestLog, default_path
     from slmops.serve.resolve import Catalog
     from slmops.serve.routes import chat, completions, manage, models
     from slmops.serve.service import Service

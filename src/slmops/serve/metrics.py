@@ -63,7 +63,7 @@ class Metrics:
         for e in entries:
             self.queue_depth.labels(e.label).set(e.scheduler.waiting)
             self.running.labels(e.label).set(e.scheduler.running)
-            stats = getattr(e.engine, "stats", None)
+            stats = e.engine.stats
             if stats is not None:
                 self.batch_steps.labels(e.label).set(stats.steps)
                 self.batch_size_mean.labels(e.label).set(stats.step_sequences / stats.steps if stats.steps else 0.0)

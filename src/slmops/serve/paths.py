@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import re
 
+from slmops import formats
 from slmops.errors import SlmopsError
 from slmops.store.refs import ModelRef
 from slmops.store.registry import NAME_RE, Store
-
-BASE_KINDS = ("model", "onnx", "gguf")
 
 
 def _name_for(ref: ModelRef) -> str | None:
@@ -40,7 +39,7 @@ def served_id(text: str, store: Store) -> str:
         return text  # the server reports an id it cannot serve
     if ref.scheme not in ("path", "pkg") or (ref.scheme == "path" and not ref.path.exists()):
         return text  # a registry ref, or an id such as bot-onnx/tuned (an adapter packaged in an export)
-    art = resolve_input(text, store, kind=BASE_KINDS)
+    art = resolve_input(text, store, kind=formats.model_kinds())
     names = store.names_of(art.digest)  # "name:version"
     for label in names:
         name = label.rsplit(":", 1)[0]

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmops import formats
 from slmops.errors import SlmopsError
 from slmops.serve import adapters as ad
 from slmops.serve.config import ServeConfig
@@ -32,7 +33,6 @@ from slmops.store.refs import ModelRef
 from slmops.store.registry import Store
 
 CACHE_S = 0.25
-BASE_KINDS = ("model", "onnx", "gguf")
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class Catalog:
 
     def _resolve_ref(self, text: str) -> Target:
         art, version = self._artifact(text)
-        if art.kind in BASE_KINDS:
+        if art.kind in formats.model_kinds():
             return Target(text, text, art.digest, version, art)
         if art.kind != "adapter":
             raise bad_request(f"{text!r} is a {art.kind} artifact, not a model", param="model", code="model_not_servable")
@@ -316,7 +316,7 @@ class Catalog:
         for ref in ids:
             try:
                 art, _ = self._artifact(ref)  # not _lookup: an adapter id among them would come back here
-                if art.kind in ad.RUNS_ON:
+                if art.kind in formats.model_kinds():
                     self._fits(src, art, ref, param="base_model")
                     out.setdefault(art.digest, ref)
             except APIError:
@@ -383,7 +383,7 @@ class Catalog:
             with self._lock:
                 rows = self.store.artifacts_list()
             for r in rows:
-                if r["kind"] not in (*BASE_KINDS, "adapter") or not r["name"]:
+                if r["kind"] not in formats.runnable_kinds() or not r["name"]:
                     continue
                 if r["name"] not in ids:
                     ids.append(r["name"])

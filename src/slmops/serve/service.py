@@ -27,13 +27,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from slmops.errors import DataError, SlmopsError
+from slmops.monitor.requestlog import RequestLog
 from slmops.runtimes.base import GenerationParams, TokenEvent
 from slmops.serve.config import ServeConfig
-from slmops.serve.engines import encode
 from slmops.serve.metrics import Metrics
 from slmops.serve.pool import Entry, ModelPool
 from slmops.serve.protocol import APIError, bad_request
-from slmops.serve.requestlog import RequestLog
 from slmops.serve.resolve import Catalog, Target
 from slmops.serve.scheduler import DeadlineExceeded, QueueFull
 
@@ -116,7 +115,8 @@ class Service:
         self.metrics.observe_pool(self.pool)
         if self.requestlog is None:
             return
-        from slmops.monitor.sample import quality_by_digest, served_ids
+        from slmops.monitor.requestlog import quality_by_digest
+        from slmops.monitor.sample import served_ids
 
         scores = quality_by_digest(self.requestlog.path)
         if not scores:
@@ -198,7 +198,7 @@ class Service:
             if len(text) > max_chars:
                 raise self._too_long(job, f"the prompt holds {len(text):,} characters", "prompt")
             try:
-                return encode(job.runtime, text)
+                return job.runtime.encode_prompt(text)
             except SlmopsError as exc:
                 raise bad_request(exc.message, code="invalid_prompt") from exc
 
@@ -227,7 +227,7 @@ class Service:
 
     def check_context(self, job: Job, n_prompt: int, max_tokens: int | None, *, param: str) -> int:
         """The max_tokens to use; 400 naming both numbers when prompt + max_tokens exceed the context."""
-        ctx = int(getattr(job.entry.engine, "context_length", None) or job.runtime.context_length)  # a batch slot's share
+        ctx = job.entry.engine.context_length  # a batch slot's share
         if max_tokens is None:
             max_tokens = self.config.default_max_tokens or max(1, ctx - n_prompt)
             max_tokens = min(max_tokens, max(1, ctx - n_prompt))

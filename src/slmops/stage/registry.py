@@ -41,6 +41,7 @@ BUILTIN_STAGE_MODULES = (
     "slmops.export.stages_onnx",
     "slmops.monitor.fromlogs",
     "slmops.monitor.drift_run",
+    "slmops.monitor.sample",
 )
 
 

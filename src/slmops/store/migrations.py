@@ -7,6 +7,7 @@ migration: append a new one.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 MIGRATIONS: list[str] = [
     # 1: artifacts, lineage, names/versions, aliases, tags, the stage cache
@@ -75,10 +76,14 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every migration newer than the database's ``user_version``; returns the new version."""
+def migrate(conn: sqlite3.Connection, migrations: Sequence[str] = MIGRATIONS) -> int:
+    """Apply every migration newer than the database's ``user_version``; returns the new version.
+
+    ``migrations`` defaults to the registry's; another SQLite file with its own numbered list (the
+    request log, :mod:`slmops.monitor.requestlog`) runs through the same function.
+    """
     current = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, sql in enumerate(MIGRATIONS, start=1):
+    for number, sql in enumerate(migrations, start=1):
         if number <= current:
             continue
         conn.execute("BEGIN IMMEDIATE")

@@ -3,7 +3,7 @@
 Accepted forms: ``name`` (latest version), ``name:3``, ``name@prod``, ``sha256:<hex prefix>``,
 ``./path`` / ``/abs/path`` / ``~/path`` (an artifact directory, a folder or a ``.gguf`` file to
 import), ``pkg:PACKAGE[/path]`` (a model file an installed Python package ships, see
-:mod:`slmops.models.packaged`) and ``hf:org/name`` (the only networked scheme).
+:mod:`slmops.store.packaged`) and ``hf:org/name`` (the only networked scheme).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from slmops import __version__
+from slmops import __version__, formats
 from slmops._optional import installed_version
 from slmops.errors import IntegrityError, StoreError
 from slmops.settings import slmops_home
@@ -39,12 +39,12 @@ from slmops.store.artifact import (
     read_manifest,
     write_json_atomic,
 )
+from slmops.store.documents import Documents
 from slmops.store.migrations import migrate
 from slmops.store.staging import claim, owned_dir, stale_locks
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_TRACKED_LIBS = ("torch", "transformers", "peft", "tokenizers", "onnxruntime", "onnxruntime-genai", "gguf", "llama-cpp-python")
 
 
 def _now() -> str:
@@ -74,7 +74,7 @@ def check_name(name: str, what: str = "name") -> str:
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "slmops": __version__}
-    for lib in _TRACKED_LIBS:
+    for lib in formats.tracked_libs():
         v = installed_version(lib)
         if v:
             versions[lib] = v
@@ -356,6 +356,10 @@ class Store:
 
     def tags(self, digest: str) -> list[str]:
         return [r["tag"] for r in self._rows("SELECT tag FROM tags WHERE digest = ? ORDER BY tag", digest)]
+
+    def documents(self, table: str) -> Documents:
+        """The named JSON documents of one of the store's tables (``profiles``); see :mod:`slmops.store.documents`."""
+        return Documents(self, table)
 
     # -- lineage -------------------------------------------------------------------------------
     def parents(self, digest: str) -> list[tuple[str, str]]:

@@ -53,14 +53,14 @@ def available() -> bool:
 
 def gguf_path() -> Path:
     """The packaged Q4_1 GGUF file; RefError naming the pip command when the package is missing."""
-    from slmops.models.packaged import locate
+    from slmops.store.packaged import locate
 
     return locate(PACKAGE)
 
 
 def prose_dir() -> Path:
     """``dataset_build/data/eng``: English prose files."""
-    from slmops.models.packaged import package_dir
+    from slmops.store.packaged import package_dir
 
     folder = package_dir(DATA_PACKAGE) / "data" / "eng"
     if not folder.is_dir():

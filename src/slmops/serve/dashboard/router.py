@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from slmops.serve.requestlog import query
+from slmops.monitor.requestlog import query
 
 router = APIRouter(tags=["ops"])
 OPEN_PATHS = frozenset({"/dashboard", "/dashboard/app.js", "/dashboard/app.css"})
@@ -170,7 +170,7 @@ def dashboard_data(app: Any, *, now: float | None = None, window_s: float = WIND
         timeline[i]["requests"] += 1
         timeline[i]["latency"] = max(timeline[i]["latency"], r["latency_s"] or 0.0)
         timeline[i]["tokens"] += r["completion_tokens"] or 0
-    loaded = [{"label": names.version(e.label, e.key), "runtime": getattr(e.runtime, "name", "?"), "adapters": sorted(e.adapters.values()),
+    loaded = [{"label": names.version(e.label, e.key), "runtime": e.runtime.name, "adapters": sorted(e.adapters.values()),
                "memory_bytes": _memory(e.runtime), "loaded_at": e.loaded_at, "active": e.active}
               for e in list(svc.pool.entries.values())]
     latest = [{**{k: r.get(k) for k in ("time", "model", "version", "route", "status", "prompt_tokens", "completion_tokens",

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from slmops.runtimes.base import GenerationParams, TokenEvent
 from slmops.serve.protocol import ChatCompletionRequest, bad_request, chat_logprobs, new_id
-from slmops.serve.routes.common import ChunkFn, JobStream, completed, settle, stream_job
+from slmops.serve.routes.common import ChunkFn, JobStream, answer, settle, stream_job
 from slmops.serve.service import ClientGone, Job, Service
 
 router = APIRouter(tags=["openai"])
@@ -93,7 +93,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     job.request_id = new_id("chatcmpl")
     if body.stream:
         return JobStream(svc, job, _stream(svc, job, body, ids, params), route=ROUTE, model=body.model)
-    try:
+
+    async def generate() -> list[dict[str, Any]]:
         choices = []
         for i, p in enumerate(params):
             events: list[TokenEvent] = [ev async for ev in svc.generate(job, ids, p)]
@@ -107,13 +108,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                     "finish_reason": (events[-1].finish_reason if events else None) or "length",
                 }
             )
-    except ClientGone as exc:
-        settle(svc, job, exc, route=ROUTE, model=body.model)
-        return Response(status_code=499)
-    except BaseException as exc:
-        settle(svc, job, exc, route=ROUTE, model=body.model)
-        raise
-    return completed(svc, job, route=ROUTE, model=body.model, obj="chat.completion", choices=choices)
+        return choices
+
+    return await answer(svc, job, route=ROUTE, model=body.model, obj="chat.completion", choices=generate)
 
 
 def _stream(svc: Service, job: Job, body: ChatCompletionRequest, ids: list[int], params: list[GenerationParams]) -> AsyncIterator[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from slmops.serve.protocol import APIError, now, usage
@@ -37,6 +37,20 @@ def completed(svc: Service, job: Job, *, route: str, model: str, obj: str, choic
     body = {"id": job.request_id, "object": obj, "created": now(), "model": model, "system_fingerprint": fingerprint(job),
             "choices": choices, "usage": usage(job.prompt_tokens, job.completion_tokens)}
     return JSONResponse(body, headers=version_headers(job))
+
+
+async def answer(svc: Service, job: Job, *, route: str, model: str, obj: str,
+                 choices: Callable[[], Awaitable[list[dict[str, Any]]]]) -> Response:
+    """The non-streamed answer: ``choices()`` generates them; a client that went away gets 499, any error settles the job."""
+    try:
+        out = await choices()
+    except ClientGone as exc:
+        settle(svc, job, exc, route=route, model=model)
+        return Response(status_code=499)
+    except BaseException as exc:
+        settle(svc, job, exc, route=route, model=model)
+        raise
+    return completed(svc, job, route=route, model=model, obj=obj, choices=out)
 
 
 ChunkFn = Callable[[dict[str, Any]], str]

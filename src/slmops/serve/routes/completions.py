@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from slmops.runtimes.base import GenerationParams, TokenEvent
 from slmops.serve.protocol import CompletionRequest, bad_request, completion_logprobs, new_id
 from slmops.serve.routes.chat import sampling
-from slmops.serve.routes.common import ChunkFn, JobStream, completed, settle, stream_job
+from slmops.serve.routes.common import ChunkFn, JobStream, answer, settle, stream_job
 from slmops.serve.service import ClientGone, Job, Service
 
 router = APIRouter(tags=["openai"])
@@ -91,7 +91,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     job.request_id = new_id("cmpl")
     if body.stream:
         return JobStream(svc, job, _stream(svc, job, body, all_ids, echoes, params), route=ROUTE, model=body.model)
-    try:
+
+    async def generate() -> list[dict[str, Any]]:
         choices = []
         for pi, ids in enumerate(all_ids):
             for i, p in enumerate(params):
@@ -101,13 +102,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                 lp = completion_logprobs(svc.logprob_entries(job, events)) if body.logprobs is not None else None
                 finish = (events[-1].finish_reason if events else None) or "length"
                 choices.append({"index": pi * len(params) + i, "text": echoes[pi] + text, "logprobs": lp, "finish_reason": finish})
-    except ClientGone as exc:
-        settle(svc, job, exc, route=ROUTE, model=body.model)
-        return Response(status_code=499)
-    except BaseException as exc:
-        settle(svc, job, exc, route=ROUTE, model=body.model)
-        raise
-    return completed(svc, job, route=ROUTE, model=body.model, obj="text_completion", choices=choices)
+        return choices
+
+    return await answer(svc, job, route=ROUTE, model=body.model, obj="text_completion", choices=generate)
 
 
 def _stream(

@@ -17,15 +17,17 @@ Everything else (another architecture, an unknown tensor, an unsupported rope sc
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slmops.errors import ConfigError
+from slmops.errors import ConfigError, DataError
 
 #: transformers class -> GGUF architecture.
 HF_ARCHITECTURES: dict[str, str] = {
@@ -314,3 +316,31 @@ def _gguf() -> Any:
     from slmops._optional import require
 
     return require("gguf", extra="gguf", purpose="writing GGUF files")
+
+
+def json_config(folder: Path, file: str, *, what: str, missing_fix: str, restore_fix: str) -> dict[str, Any]:
+    """``folder/file`` as a JSON object: ConfigError when it is missing (``folder`` is not ``what``), DataError when unreadable."""
+    path = folder / file
+    if not path.is_file():
+        raise ConfigError(f"{folder} is not {what}", why=f"it has no {file}", fix=missing_fix)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path} is not valid JSON", why=str(exc), fix=restore_fix) from exc
+    if not isinstance(cfg, dict):
+        raise DataError(f"{path} is not a configuration", why="its top level is not a JSON object", fix=restore_fix)
+    return cfg
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """A Hugging Face folder's ``config.json`` as a dict (ConfigError / DataError naming the fix)."""
+    return json_config(folder, "config.json", what="a Hugging Face model folder", missing_fix="pass a model artifact (models.init, models.import or a fine-tune)",
+                       restore_fix="restore config.json from the original model")
+
+
+def required_tensors(hp: HParams) -> list[str]:
+    """The GGUF tensors a llama/qwen2/phi3 model of ``hp`` cannot run without."""
+    per_layer = ["attn_norm", "attn_output", "ffn_norm", "ffn_down", "ffn_up"]
+    per_layer += ["attn_qkv"] if hp.gguf_arch == "phi3" else ["attn_q", "attn_k", "attn_v", "ffn_gate"]
+    names = ["token_embd.weight", "output_norm.weight"] + ([] if hp.tie_word_embeddings else ["output.weight"])
+    return names + [f"blk.{i}.{t}.weight" for i in range(hp.num_layers) for t in per_layer]

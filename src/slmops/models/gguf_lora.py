@@ -7,14 +7,13 @@ A GGUF LoRA holds, for every adapted weight ``blk.N.<name>.weight``, the tensors
 too, or ``alpha / sqrt(r)`` with rsLoRA, with per-module ranks and alphas allowed — any
 difference is folded into ``lora_b`` so the product is exactly PEFT's.
 
-The tensor names follow the base model's GGUF (:mod:`~slmops.export.gguf_arch`), including the
+The tensor names follow the base model's GGUF (:mod:`~slmops.models.gguf_arch`), including the
 Llama q/k row permutation applied to ``lora_b``. Not representable, and refused with a clear
 error: DoRA, LoRA on embeddings or the LM head, trained biases, and ``modules_to_save``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -24,22 +23,15 @@ import numpy as np
 
 from slmops._optional import require
 from slmops.errors import ConfigError, DataError, UnsafeInput
-from slmops.export.gguf_arch import HParams, gguf_base_name, permute_rows, read_hparams
-from slmops.export.gguf_convert import read_config
+from slmops.models.gguf_arch import HParams, gguf_base_name, json_config, permute_rows, read_config, read_hparams
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_(A|B)(?:\.[A-Za-z0-9_-]+)?\.weight$")
 
 
 def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
-    path = adapter_dir / "adapter_config.json"
-    if not path.is_file():
-        raise ConfigError(f"{adapter_dir} is not a PEFT adapter", why="it has no adapter_config.json", fix="pass an adapter artifact (made by a LoRA fine-tune)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise DataError(f"{path} is not valid JSON", why=str(exc), fix="restore the adapter from its fine-tune") from exc
-    if not isinstance(cfg, dict):
-        raise DataError(f"{path} is not an adapter config", why="its top level is not an object", fix="restore the adapter from its fine-tune")
+    """A PEFT adapter's ``adapter_config.json``, refused when a GGUF LoRA cannot carry what it trained."""
+    cfg = json_config(adapter_dir, "adapter_config.json", what="a PEFT adapter", missing_fix="pass an adapter artifact (made by a LoRA fine-tune)",
+                      restore_fix="restore the adapter from its fine-tune")
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
         raise ConfigError(f"{cfg.get('peft_type')} adapters cannot become GGUF LoRAs", why="llama.cpp applies LoRA adapters only", fix="merge the adapter into the base model (export gguf --merge-adapter)")
     for flag, what in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save (fully trained modules)")):
