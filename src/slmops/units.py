@@ -32,3 +32,14 @@ def parse_duration(text: str | float, *, flag: str = "duration") -> float:
     if not m:
         raise ConfigError(f"{flag} {text!r} is not a duration", fix="write e.g. 500ms, 30s, 10m or 1h")
     return float(m.group(1)) * _DURATION_FACTORS[(m.group(2) or "").lower()]
+
+
+def format_bytes(n: float | None, *, missing: str = "-") -> str:
+    """``1536`` → ``"1.5 KiB"`` (binary units; whole bytes below 1 KiB); ``missing`` for None."""
+    if n is None:
+        return missing
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from slmops.progress import use_sink
+from slmops.units import format_bytes
 
 out = Console(soft_wrap=True, markup=False, emoji=False)
 err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
@@ -58,13 +59,7 @@ def emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
 
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    return format_bytes(n)
 
 
 def fits(table: Any, console: Console | None = None) -> bool:

@@ -12,19 +12,15 @@ from typing import Any
 
 import jinja2
 
+from slmops.units import format_bytes
+
 
 def _num(v: Any, fmt: str = "{:.3g}") -> str:
     return "–" if v is None else fmt.format(v)
 
 
 def _bytes(v: Any) -> str:
-    if v is None:
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(v) < 1024 or unit == "TiB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return str(v)
+    return format_bytes(v, missing="–")
 
 
 def _params(v: Any) -> str:
