@@ -12,9 +12,7 @@ so memory stays near one tensor's size) or an in-memory state dict (a PEFT adapt
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ import numpy as np
 
 from slmops import progress
 from slmops._optional import require
-from slmops.errors import ConfigError, DataError, StoreError
+from slmops.errors import ConfigError, DataError
 from slmops.models.gguf_arch import (
     HParams,
     TensorTarget,
@@ -36,6 +34,7 @@ from slmops.models.gguf_arch import (
     required_tensors,
     write_hparams,
 )
+from slmops.models.gguf_file import writing_gguf
 from slmops.models.gguf_vocab import fit_to_embedding, read_vocab, write_vocab
 
 log = logging.getLogger(__name__)
@@ -187,10 +186,7 @@ def convert_to_gguf(
     for p in plan:
         writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(p.dtype), int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize)
     out_path = Path(out_path)
-    partial = out_path.with_name(out_path.name + ".partial")
-    try:
-        writer.write_header_to_file(path=partial)
-        writer.write_kv_data_to_file()
+    with writing_gguf(writer, out_path):
         writer.write_ti_data_to_file()
         with progress.task(f"GGUF {outtype}", total=len(plan)) as bar:
             for p in plan:
@@ -199,19 +195,6 @@ def convert_to_gguf(
                     arr = p.target.transform(arr)
                 writer.write_tensor_data(np.ascontiguousarray(arr, dtype=p.dtype))
                 bar.advance()
-        writer.close()
-        os.replace(partial, out_path)
-    except OSError as exc:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreError(f"no space left on the disk while writing {out_path.name}", why=str(exc),
-                             fix="free disk space, or point SLMOPS_HOME at a bigger disk, and run the export again") from exc
-        raise
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
     params = sum(int(np.prod(p.shape)) for p in plan if p.hf_name is not None)
     return {
         "arch": hp.gguf_arch,

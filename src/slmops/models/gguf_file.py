@@ -6,21 +6,26 @@ into one :class:`~slmops.errors.DataError` naming the file and the fix, so a tru
 damaged file never reaches llama.cpp or the dequantizer. :func:`dequantizable` says which tensor
 types the ``gguf`` library can turn back into floats. :func:`locate_gguf` finds the model file and
 LoRA adapters of an ``export.gguf`` folder (``gguf.json``). The llama.cpp runtime and the quantizer
-validate through the same functions before llama.cpp maps a file.
+validate through the same functions before llama.cpp maps a file. :func:`writing_gguf` is the one way
+our converters write a GGUF: into ``NAME.partial``, renamed into place only once complete.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from slmops._optional import require
-from slmops.errors import ConfigError, DataError
+from slmops.errors import ConfigError, DataError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -210,3 +215,31 @@ def locate_gguf(path: Path) -> tuple[Path, list[tuple[Path, float, str]], dict[s
     if len(files) != 1:
         raise ConfigError(f"{path} holds {len(files)} model .gguf files", fix="point at one .gguf file")
     return files[0], [], {}
+
+
+@contextmanager
+def writing_gguf(writer: Any, out_path: Path) -> Iterator[None]:
+    """Write ``writer``'s header and metadata to ``out_path.partial``; the block writes the tensors.
+
+    On success the file is renamed to ``out_path``; on any failure the partial file is removed, so a
+    half-written GGUF is never visible. A full disk becomes a :class:`StoreError` with the fix.
+    """
+    out_path = Path(out_path)
+    partial = out_path.with_name(out_path.name + ".partial")
+    try:
+        writer.write_header_to_file(path=partial)
+        writer.write_kv_data_to_file()
+        yield
+        writer.close()
+        os.replace(partial, out_path)
+    except OSError as exc:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"no space left on the disk while writing {out_path.name}", why=str(exc),
+                             fix="free disk space, or point SLMOPS_HOME at a bigger disk, and run the export again") from exc
+        raise
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise

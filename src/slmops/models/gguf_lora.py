@@ -24,6 +24,7 @@ import numpy as np
 from slmops._optional import require
 from slmops.errors import ConfigError, DataError, UnsafeInput
 from slmops.models.gguf_arch import HParams, gguf_base_name, json_config, permute_rows, read_config, read_hparams
+from slmops.models.gguf_file import writing_gguf
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_(A|B)(?:\.[A-Za-z0-9_-]+)?\.weight$")
 
@@ -119,14 +120,7 @@ def convert_lora(adapter_dir: Path, base: Path | HParams, out_path: Path, *, nam
         writer.add_tensor(f"{base}.weight.lora_a", np.ascontiguousarray(a, dtype=np.float32))
         writer.add_tensor(f"{base}.weight.lora_b", np.ascontiguousarray(b, dtype=np.float32))
     out_path = Path(out_path)
-    partial = out_path.with_name(out_path.name + ".partial")
-    try:
-        writer.write_header_to_file(path=partial)
-        writer.write_kv_data_to_file()
+    with writing_gguf(writer, out_path):
         writer.write_tensors_to_file()
-        writer.close()
-        partial.replace(out_path)
-    finally:
-        partial.unlink(missing_ok=True)
     return {"arch": hp.gguf_arch, "modules": len(pairs), "rank": int(cfg.get("r", 8)), "alpha": alpha,
             "target_modules": sorted({m.rsplit(".", 1)[-1] for m in pairs}), "file_bytes": out_path.stat().st_size}
