@@ -60,12 +60,10 @@ def test_serve_bundle_subprocess_uses_serve_json_port_and_cleans_up(store: Any, 
     import signal
     import subprocess
     import sys
-    import time
 
-    import httpx
     import openai
 
-    from slmops.testing.server import free_port
+    from slmops.testing.server import free_port, wait_until_healthy
     from slmops.testing.tiny import tiny_model
 
     tiny_model("llama", store=store, name="edge")
@@ -81,16 +79,7 @@ def test_serve_bundle_subprocess_uses_serve_json_port_and_cleans_up(store: Any, 
     proc = subprocess.Popen([sys.executable, "-m", "slmops", "serve", "--bundle", str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the bundle server did not come up on serve.json's port"
-            time.sleep(0.3)
+        wait_until_healthy(proc, port, timeout_s=90)  # on serve.json's port
         assert [p.name for p in tmp.iterdir() if p.name.startswith("slmops-bundle-")]  # the private store lives while serving
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["bot"]

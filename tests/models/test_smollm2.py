@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -103,26 +102,16 @@ def test_exported_back_to_gguf_llamacpp_runs_it(smollm2_hf: Any, smollm2_store: 
 
 def test_serve_the_gguf_by_path_through_the_openai_client(smollm2_store: Any, tmp_path: Path) -> None:
     """``slmops serve FILE.gguf --preload``: a real server process on 127.0.0.1, called with the official client."""
-    import httpx
     import openai
 
-    from slmops.testing.server import free_port
+    from slmops.testing.server import free_port, wait_until_healthy
 
     port = free_port()
     env = {**os.environ, "SLMOPS_HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "slmops", "serve", str(smollm2.gguf_path()), "--preload", "--port", str(port), "--no-request-log"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.5)
+        wait_until_healthy(proc, port, timeout_s=240, poll_s=0.5)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
         ids = [m.id for m in client.models.list().data]
         assert ids == ["SmolLM2-135M-Instruct.Q4_1"], ids

@@ -120,7 +120,7 @@ def test_a_broken_model_is_the_servers_fault(server: Any, model: str, status: in
 
 
 def test_sigterm_stops_a_server_while_a_template_renders(hostile_home: Path, tmp_path: Path) -> None:
-    from slmops.testing.server import free_port
+    from slmops.testing.server import free_port, wait_until_healthy
 
     port = free_port()
     env = {**os.environ, "SLMOPS_HOME": str(hostile_home), "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
@@ -128,15 +128,7 @@ def test_sigterm_stops_a_server_while_a_template_renders(hostile_home: Path, tmp
     proc = subprocess.Popen([sys.executable, "-m", "slmops", "serve", "loop", "--port", str(port), "--render-timeout", "300s",
                              "--preload", "--no-request-log"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_until_healthy(proc, port, timeout_s=120, poll_s=0.2)
         answer: dict[str, httpx.Response] = {}
         t = threading.Thread(target=lambda: answer.update(r=chat(f"http://127.0.0.1:{port}", "loop")), daemon=True)
         t.start()
