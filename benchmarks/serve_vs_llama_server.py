@@ -1,6 +1,6 @@
 """slmops serve (llama.cpp fast path) against llama.cpp's own llama-server, same GGUF, same threads.
 
-Both servers run side by side on 127.0.0.1 and take turns (the order alternates each round), so a
+Both servers run side by side on 127.0.0.1 and take turns (the order of the servers and of the levels alternates each round), so a
 change in the machine's load hits both alike; numbers are medians over the rounds, and what the
 issue's goals compare are ratios. Measured, streamed ``/v1/chat/completions``, greedy, ``ignore_eos``:
 
@@ -182,7 +182,7 @@ async def prefix(url: str, model: str, seed: int) -> dict[str, float]:
     import httpx
 
     system = system_prompt(seed)
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:  # see level()
         a = await chat(client, url, model, [{"role": "system", "content": system}, {"role": "user", "content": "Where is my parcel?"}], 8)
         b = await chat(client, url, model, [{"role": "system", "content": system}, {"role": "user", "content": "Can I change the address?"}], 8)
     return {"first_ttft": a["ttft"], "second_ttft": b["ttft"], "ratio": b["ttft"] / a["ttft"]}
@@ -222,7 +222,8 @@ def main() -> None:
         try:
             for r in range(args.rounds):
                 order = list(servers) if r % 2 == 0 else list(reversed(servers))
-                for c in levels:
+                # the levels alternate direction too: a server measured right after a long busy stretch runs slower (see BENCHMARKS.md)
+                for c in levels if r % 2 == 0 else list(reversed(levels)):
                     for name in order:
                         proc, model = servers[name]
                         before = batcher_times(proc.url) if name == "slmops" else None

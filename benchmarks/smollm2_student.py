@@ -105,12 +105,20 @@ def main() -> None:
         def evaluate(model: Any) -> float:
             return float(run_stage("eval", {"model": model, "data": steps["data"].artifact}, cfg("eval_student"), store=store).artifact.manifest.metrics["accuracy"])
 
+        def to_teacher(model: Any) -> dict[str, float]:
+            """How close an arm's next-token distributions are to the teacher's on the test chats (what logit KD trains)."""
+            m = run_stage("parity", {"candidate": model, "reference": steps["teacher"].artifact, "data": steps["data"].artifact},
+                          {"split": "test", "max_texts": 32, "greedy_prompts": 0, "max_kl": None, "min_top1": None,
+                           "min_greedy_match": None, "max_task_drop": None}, store=store).artifact.manifest.metrics
+            return {"kl_to_teacher": float(m["kl_mean"]), "top1_vs_teacher": float(m["top1_agreement"])}
+
         teacher, shrunk = steps["teacher"].artifact, steps["shrunk"].artifact
         out: dict[str, Any] = {"recipe_vars": recipe.vars}
         if not args.arms_only:
             out.update(_recipe_results(steps, shrunk, teacher, recipe_s))
         arms = [] if args.skip_arms else [a.strip() for a in args.arms.split(",") if a.strip()]
         arm_acc: dict[str, Any] = {"logit_kd (recipe)": evaluate(steps["student"].artifact)} if arms else {}
+        arm_fid: dict[str, Any] = {"logit_kd (recipe)": to_teacher(steps["student"].artifact)} if arms else {}
         out.setdefault("step_seconds", {})
         for arm in arms:
             t = time.perf_counter()
@@ -126,8 +134,10 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown arm {arm!r}")
             arm_acc[arm] = evaluate(model)
+            arm_fid[arm] = to_teacher(model)
             out["step_seconds"][f"arm_{arm}"] = round(time.perf_counter() - t, 1)
         out["arms_accuracy"] = arm_acc
+        out["arms_to_teacher"] = arm_fid
     suffix = "_arms" if args.arms_only else ""
     Path(args.out + suffix + ".json").write_text(json.dumps(out, indent=1) + "\n")
     text = render(out) if not args.arms_only else render_arms(out)
@@ -146,7 +156,7 @@ def render(r: dict[str, Any]) -> str:
         f"| student GGUF Q4_K_M | | {a['student_gguf_q4_k_m']:.3f} |",
         f"| student ONNX int4 | | {a['student_onnx_int4']:.3f} |",
         "",
-        f"- accuracy retention (eval, 90 test records): {r['accuracy_retention_pct']}%; retention report: {rr['accuracy_retention_pct']}%",
+        f"- accuracy retention (eval, {r['recipe_vars'].get('eval_limit', '?')} test records): {r['accuracy_retention_pct']}%; retention report: {rr['accuracy_retention_pct']}%",
         f"- latency reduction (retention report, fp32 vs fp32, 1 thread): {rr['latency_reduction_pct']}%",
         f"- model memory reduction (peak RSS minus pre-load RSS, fp32 vs fp32): {rr['memory_reduction_pct']}%",
         f"- student GGUF Q4_K_M {r['gguf_q4_k_m_bytes'] / 1e6:.1f} MB vs teacher fp32 weights {r['teacher_fp32_bytes'] / 1e6:.1f} MB: "
@@ -158,8 +168,13 @@ def render(r: dict[str, Any]) -> str:
 
 
 def render_arms(r: dict[str, Any]) -> str:
-    lines = ["| arm (same training budget) | test accuracy |", "|---|---:|"]
-    lines += [f"| {k} | {v:.3f} |" if v is not None else f"| {k} | (not run) |" for k, v in r.get("arms_accuracy", {}).items()]
+    fid = r.get("arms_to_teacher", {})
+    lines = ["| arm (same training budget) | test accuracy | KL to the teacher (nats) | top-1 agreement with the teacher |", "|---|---:|---:|---:|"]
+    for k, v in r.get("arms_accuracy", {}).items():
+        f = fid.get(k) or {}
+        kl = f"{f['kl_to_teacher']:.3f}" if "kl_to_teacher" in f else "-"
+        top1 = f"{f['top1_vs_teacher']:.3f}" if "top1_vs_teacher" in f else "-"
+        lines.append(f"| {k} | {v:.3f} | {kl} | {top1} |" if v is not None else f"| {k} | (not run) | | |")
     return "\n".join(lines)
 
 

@@ -362,10 +362,15 @@ class LlamaBatcher:
         return rc
 
     def _sample(self, plan: list[tuple[_Seq, list[int], bool]]) -> None:
-        """After a good step: record what each sequence fed, sample those with logits, hand out their events."""
+        """After a good step: record what each sequence fed, sample those with logits, then hand out their events.
+
+        The events go out only once every sequence is sampled: a consumer woken in the middle of the
+        step would take the GIL from the sampling that the next ``llama_decode`` waits for.
+        """
         n_out = sum(1 for p in plan if p[2])
         logits = np.ctypeslib.as_array(self._L.llama_get_logits(self._ctx), shape=(n_out, self._n_vocab)) if n_out else None
         row = -1
+        ready: list[tuple[_Seq, TokenEvent]] = []
         for seq, toks, wants in plan:
             if wants:
                 row += 1
@@ -387,13 +392,15 @@ class LlamaBatcher:
                     self._fail(seq, ConfigError("generation failed", why=f"{type(exc).__name__}: {exc}"))
                 continue
             self.stats.tokens += 1
+            ready.append((seq, ev))
+            if not seq.decoder.done:
+                seq.next_token = ev.token_id
+        for seq, ev in ready:
             seq.out.put(ev)
             if seq.decoder.done:
                 with self._cond:
                     seq.finished = True
                     seq.out.put(_END)
-            else:
-                seq.next_token = ev.token_id
 
     def _fail(self, seq: _Seq, exc: BaseException) -> None:
         """Hold ``_cond``. End ``seq`` with ``exc``; its slot's cells are dropped (they may be half-written)."""
