@@ -1,7 +1,7 @@
 """slmops serve (llama.cpp fast path) against llama.cpp's own llama-server, same GGUF, same threads.
 
-Both servers run side by side on 127.0.0.1 and take turns (the order of the servers and of the levels alternates each round), so a
-change in the machine's load hits both alike; numbers are medians over the rounds, and what the
+Both servers run side by side on 127.0.0.1 and take turns (the order of the servers and of the levels
+alternates each round), so a change in the machine's load hits both alike; numbers are medians over the rounds, and what the
 issue's goals compare are ratios. Measured, streamed ``/v1/chat/completions``, greedy, ``ignore_eos``:
 
 * per concurrency level C (default 1, 4, 8, 16): ``max(--requests, C)`` requests of ``--tokens`` tokens with
