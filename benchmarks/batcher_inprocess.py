@@ -8,7 +8,8 @@ Drives :class:`slmops.runtimes.llamacpp_batch.LlamaBatcher` in process on the Sm
   benchmark's clients do), 16 requests per level.
 
 Per level: tokens/s, our timer around ``llama_decode`` per step, llama.cpp's own compute time per step
-(``llama_perf_context`` t_eval + t_p_eval: equal to our timer when no time is lost re-taking the GIL), and the
+(``llama_perf_context`` t_eval + t_p_eval: equal to our timer when no time is lost re-taking the GIL), how many
+steps reused llama.cpp's compute graph instead of rebuilding it (about one per step when each step is one micro-batch), and the
 decode-only steps' median time by the sequences' position (how a step's cost grows with the context). Compare
 its ms per step with llama-server's from ``serve_vs_llama_server.py`` run just before or after. Run:
 
@@ -52,6 +53,11 @@ class TimedBatcher(LlamaBatcher):
 def perf_s(b: LlamaBatcher) -> float:
     pd = b._L.llama_perf_context(b._ctx)
     return (pd.t_eval_ms + pd.t_p_eval_ms) / 1000
+
+
+def reused(b: LlamaBatcher) -> int:
+    """Graphs llama.cpp reused instead of rebuilding (one per micro-batch at most)."""
+    return int(b._L.llama_perf_context(b._ctx).n_reused)
 
 
 def main() -> None:
@@ -104,7 +110,7 @@ def main() -> None:
     try:
         for level in range(2 * args.levels):
             name, run = ("waves", waves) if level % 2 == 0 else ("closed", closed)
-            s0, e0, p0, k0 = len(b.steps), b.stats.engine_s, perf_s(b), b.stats.tokens
+            s0, e0, p0, k0, g0 = len(b.steps), b.stats.engine_s, perf_s(b), b.stats.tokens, reused(b)
             t0 = time.perf_counter()
             n = run(level)
             wall = time.perf_counter() - t0
@@ -115,7 +121,7 @@ def main() -> None:
                 by_pos.setdefault(min(pos // 64, 3), []).append(dt)
             pos_txt = ", ".join(f"pos {64 * k}-{64 * k + 63 if k < 3 else ''}: {1000 * statistics.median(v):.1f} ms" for k, v in sorted(by_pos.items()))
             print(f"{name:6s} level {level}: {n * args.tokens / wall:6.1f} tok/s | {len(steps)} steps, our timer {1000 * (b.stats.engine_s - e0) / len(steps):.1f} "
-                  f"ms/step, llama.cpp's {1000 * (perf_s(b) - p0) / len(steps):.1f} ms/step | tokens {b.stats.tokens - k0} | "
+                  f"ms/step, llama.cpp's {1000 * (perf_s(b) - p0) / len(steps):.1f} ms/step, graph reused {reused(b) - g0} | tokens {b.stats.tokens - k0} | "
                   f"{args.slots}-sequence decode steps by position: {pos_txt}", flush=True)
     finally:
         b.close()

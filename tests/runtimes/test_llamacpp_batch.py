@@ -97,6 +97,25 @@ def test_a_repeated_prefix_is_taken_from_the_cache(cpp: LlamaCppRuntime, batcher
     assert batcher.stats.prefix_hit_tokens == common + len(b) - 1
 
 
+def test_a_request_in_a_slot_freed_out_of_order_keeps_each_step_one_graph(cpp: LlamaCppRuntime, batcher: LlamaBatcher) -> None:
+    """Slots 0, 2, 3 run on; the newcomer takes slot 1. Fed in arrival order (0, 2, 3, 1) llama.cpp would split every
+    step into three micro-batches and rebuild their graphs; fed in slot order each step is one graph, reused."""
+    long, short = GenerationParams(max_tokens=400, ignore_eos=True), GenerationParams(max_tokens=3, ignore_eos=True)
+    with batcher._cond:
+        streams = [batcher.stream(p, long if i != 1 else short) for i, p in enumerate(PROMPTS)]
+    assert len(list(streams[1])) == 3
+    assert wait_until(lambda: batcher.slot_tokens()[1] > 0 and batcher.running == 3)
+    late = GenerationParams(max_tokens=30, ignore_eos=True)
+    reused = batcher._L.llama_perf_context(batcher._ctx).n_reused
+    events = list(batcher.stream("a newcomer joins the running batch", late))
+    reused = batcher._L.llama_perf_context(batcher._ctx).n_reused - reused
+    assert batcher.running == 3, "the long requests were still decoding beside it"
+    for s in streams:
+        s.close()
+    assert [e.token_id for e in events] == cpp.generate("a newcomer joins the running batch", late).token_ids
+    assert reused >= 25, f"llama.cpp reused its graph on {reused} of the newcomer's ~30 steps"
+
+
 def test_closing_a_stream_frees_its_slot_at_once(cpp: LlamaCppRuntime, batcher: LlamaBatcher) -> None:
     s = batcher.stream(PROMPTS[0], GenerationParams(max_tokens=400, ignore_eos=True))
     next(s)

@@ -308,6 +308,9 @@ class LlamaBatcher:
                 plan.append((s, s.prompt[s.fed : s.fed + n], s.fed + n == len(s.prompt)))
                 room -= n
                 chunk -= n
+        # in slot order: with one KV stream per sequence llama.cpp splits a batch wherever the sequence ids
+        # stop counting up (``split_equal``), and each split is a graph of its own that is rebuilt, not reused
+        plan.sort(key=lambda p: p[0].slot.seq_id)  # type: ignore[union-attr]
         return plan
 
     def _step(self, active: list[_Seq]) -> None:
