@@ -11,9 +11,13 @@ Per level: tokens/s, our timer around ``llama_decode`` per step, llama.cpp's own
 (``llama_perf_context`` t_eval + t_p_eval: equal to our timer when no time is lost re-taking the GIL), how many
 steps reused llama.cpp's compute graph instead of rebuilding it (about one per step when each step is one micro-batch), and the
 decode-only steps' median time by the sequences' position (how a step's cost grows with the context). Compare
-its ms per step with llama-server's from ``serve_vs_llama_server.py`` run just before or after. Run:
+its ms per step with llama-server's from ``serve_vs_llama_server.py`` run just before or after.
 
-    .venv/bin/python benchmarks/batcher_inprocess.py --threads 2 --slots 4 --levels 3
+``--orders slot,arrival`` runs a second batcher beside the first, taking turns level by level, that feeds each step's
+sequences in arrival order (how the batcher fed them before it sorted them by slot): llama.cpp then splits a step
+wherever the slot ids stop counting up and rebuilds each piece's graph. Run:
+
+    .venv/bin/python benchmarks/batcher_inprocess.py --threads 2 --slots 4 --levels 3 [--orders slot,arrival]
 """
 
 from __future__ import annotations
@@ -50,6 +54,14 @@ class TimedBatcher(LlamaBatcher):
         return rc
 
 
+class ArrivalOrderBatcher(TimedBatcher):
+    """Feeds a step's sequences in the order they were admitted, not by slot (the batcher before the fix)."""
+
+    def _plan(self, active):  # type: ignore[no-untyped-def]
+        rank = {id(s): i for i, s in enumerate(active)}
+        return sorted(super()._plan(active), key=lambda p: rank[id(p[0])])
+
+
 def perf_s(b: LlamaBatcher) -> float:
     pd = b._L.llama_perf_context(b._ctx)
     return (pd.t_eval_ms + pd.t_p_eval_ms) / 1000
@@ -67,16 +79,18 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--levels", type=int, default=3, help="levels per pattern (they alternate: waves, closed, waves, ...)")
+    ap.add_argument("--orders", default="slot", help="slot (the batcher as it is) and/or arrival, comma-separated: each level runs on each")
     args = ap.parse_args()
     rt = open_runtime(args.model or default_model(), n_threads=args.threads)
-    b = TimedBatcher(rt, args.slots, n_threads=args.threads)
+    kinds = {"slot": TimedBatcher, "arrival": ArrivalOrderBatcher}
+    batchers = {o: kinds[o](rt, args.slots, n_threads=args.threads) for o in args.orders.split(",")}
     params = GenerationParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
 
     def prompt(level: int, i: int) -> list[int]:
         return rt.encode_prompt(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n({level}-{i}) {QUESTIONS[i % len(QUESTIONS)]}"
                                 "<|im_end|>\n<|im_start|>assistant\n")
 
-    def waves(level: int) -> int:
+    def waves(b: TimedBatcher, level: int) -> int:
         n = 0
         for w in range(4):
             its = [b.stream(prompt(level, w * args.slots + k), params) for k in range(args.slots)]
@@ -88,7 +102,7 @@ def main() -> None:
             n += args.slots
         return n
 
-    def closed(level: int) -> int:
+    def closed(b: TimedBatcher, level: int) -> int:
         todo, lock = list(range(4 * args.slots)), threading.Lock()
 
         def client() -> None:
@@ -108,11 +122,12 @@ def main() -> None:
         return 4 * args.slots
 
     try:
-        for level in range(2 * args.levels):
+        for level, order in [(lv, o) for lv in range(2 * args.levels) for o in (list(batchers) if lv % 4 < 2 else list(batchers)[::-1])]:
+            b = batchers[order]
             name, run = ("waves", waves) if level % 2 == 0 else ("closed", closed)
             s0, e0, p0, k0, g0 = len(b.steps), b.stats.engine_s, perf_s(b), b.stats.tokens, reused(b)
             t0 = time.perf_counter()
-            n = run(level)
+            n = run(b, level)
             wall = time.perf_counter() - t0
             steps = b.steps[s0:]
             decode = [(dt, pos) for seqs, toks, dt, pos in steps if seqs == args.slots and toks == args.slots]
@@ -120,11 +135,12 @@ def main() -> None:
             for dt, pos in decode:
                 by_pos.setdefault(min(pos // 64, 3), []).append(dt)
             pos_txt = ", ".join(f"pos {64 * k}-{64 * k + 63 if k < 3 else ''}: {1000 * statistics.median(v):.1f} ms" for k, v in sorted(by_pos.items()))
-            print(f"{name:6s} level {level}: {n * args.tokens / wall:6.1f} tok/s | {len(steps)} steps, our timer {1000 * (b.stats.engine_s - e0) / len(steps):.1f} "
+            print(f"{order:7s} {name:6s} level {level}: {n * args.tokens / wall:6.1f} tok/s | {len(steps)} steps, our timer {1000 * (b.stats.engine_s - e0) / len(steps):.1f} "
                   f"ms/step, llama.cpp's {1000 * (perf_s(b) - p0) / len(steps):.1f} ms/step, graph reused {reused(b) - g0} | tokens {b.stats.tokens - k0} | "
                   f"{args.slots}-sequence decode steps by position: {pos_txt}", flush=True)
     finally:
-        b.close()
+        for b in batchers.values():
+            b.close()
         rt.close()
 
 
