@@ -86,11 +86,22 @@ def raw_engine(gguf_path: Path, tokens: int, repeats: int = 3) -> dict[str, Any]
 # ----------------------------------------------------------------------------------- servers
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the benchmark dies (a ``timeout`` or a kill leaves no server behind)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Proc:
+    """A server under test, in a session of its own; stopped by :meth:`stop`, or by the kernel when the benchmark dies."""
+
     def __init__(self, cmd: list[str], url: str, env: dict[str, str], log: Path) -> None:
         self.url = url
         self.log = open(log, "w")  # noqa: SIM115
-        self.p = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.p = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads run yet in these scripts
 
     def wait_ready(self, path: str, timeout: float = 120) -> None:
         import httpx
