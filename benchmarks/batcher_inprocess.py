@@ -63,13 +63,13 @@ class ArrivalOrderBatcher(TimedBatcher):
 
 
 def perf_s(b: LlamaBatcher) -> float:
-    pd = b._L.llama_perf_context(b._ctx)
-    return (pd.t_eval_ms + pd.t_p_eval_ms) / 1000
+    t = b.engine_timings()
+    return (t["decode_ms"] + t["prompt_ms"]) / 1000
 
 
 def reused(b: LlamaBatcher) -> int:
     """Graphs llama.cpp reused instead of rebuilding (one per micro-batch at most)."""
-    return int(b._L.llama_perf_context(b._ctx).n_reused)
+    return int(b.engine_timings()["graphs_reused"])
 
 
 def main() -> None:

@@ -106,9 +106,9 @@ def test_a_request_in_a_slot_freed_out_of_order_keeps_each_step_one_graph(cpp: L
     assert len(list(streams[1])) == 3
     assert wait_until(lambda: batcher.slot_tokens()[1] > 0 and batcher.running == 3)
     late = GenerationParams(max_tokens=30, ignore_eos=True)
-    reused = batcher._L.llama_perf_context(batcher._ctx).n_reused
+    reused = batcher.engine_timings()["graphs_reused"]
     events = list(batcher.stream("a newcomer joins the running batch", late))
-    reused = batcher._L.llama_perf_context(batcher._ctx).n_reused - reused
+    reused = batcher.engine_timings()["graphs_reused"] - reused
     assert batcher.running == 3, "the long requests were still decoding beside it"
     for s in streams:
         s.close()

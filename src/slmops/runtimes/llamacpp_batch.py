@@ -38,7 +38,7 @@ import numpy as np
 
 from slmops.errors import ConfigError
 from slmops.runtimes.base import GenerationParams, Prompt, TokenDecoder, TokenEvent, check_prompt
-from slmops.runtimes.llamacpp_lib import attach_threadpool, free_threadpool, recent_problems
+from slmops.runtimes.llamacpp_lib import attach_threadpool, engine_timings, free_threadpool, recent_problems
 
 if TYPE_CHECKING:
     from slmops.runtimes.llamacpp_rt import LlamaCppRuntime
@@ -186,6 +186,11 @@ class LlamaBatcher:
     def running(self) -> int:
         with self._cond:
             return len(self._active) + len(self._waiting)
+
+    def engine_timings(self) -> dict[str, float]:
+        """llama.cpp's own timings of the batch context (as :meth:`LlamaCppRuntime.engine_timings`, never reset),
+        ``graphs_reused`` included: about one per step while each step stays one micro-batch."""
+        return engine_timings(self._ctx)
 
     def slot_tokens(self) -> list[int]:
         """Tokens held in each slot's KV cells (for tests and the dashboard)."""

@@ -7,6 +7,7 @@
   load or quantization can say *why* (llama.cpp reports failures only through its log and a null
   pointer or a non-zero code).
 * :func:`default_threads` picks a thread count for a model's size.
+* :func:`engine_timings` reads llama.cpp's own timings of a context (shared by the runtime and the batcher).
 
 Reading and validating GGUF files in Python (``check_gguf_file``, ``locate_gguf``) is
 :mod:`slmops.models.gguf_file`'s, below the runtimes.
@@ -120,6 +121,17 @@ def free_threadpool(pool: Any) -> None:
     cpu = _ggml_cpu()
     if pool and cpu is not None:
         cpu.ggml_threadpool_free(pool)
+
+
+def engine_timings(ctx: Any, *, reset: bool = False) -> dict[str, float]:
+    """llama.cpp's own timings of ``ctx`` since its last reset (``llama_perf_context``; the context needs ``no_perf`` off):
+    prompt and decode ms and token counts, and how many compute graphs were reused instead of rebuilt."""
+    L = lib()
+    p = L.llama_perf_context(ctx)
+    if reset:
+        L.llama_perf_context_reset(ctx)
+    return {"prompt_ms": p.t_p_eval_ms, "prompt_tokens": p.n_p_eval, "decode_ms": p.t_eval_ms, "decode_tokens": p.n_eval,
+            "graphs_reused": p.n_reused}
 
 
 def clear_problems() -> None:

@@ -33,7 +33,7 @@ from slmops.runtimes import runtime_spec
 from slmops.runtimes.base import GenerationParams, LoadInfo, TokenEvent, check_vocab, decode_loop
 from slmops.runtimes.common import EngineCommon
 from slmops.runtimes.llamacpp_adapters import LoraSet
-from slmops.runtimes.llamacpp_lib import clear_problems, default_threads, lib, recent_problems
+from slmops.runtimes.llamacpp_lib import clear_problems, default_threads, engine_timings, lib, recent_problems
 from slmops.runtimes.llamacpp_vocab import LlamaVocab
 
 log = logging.getLogger(__name__)
@@ -199,10 +199,7 @@ class LlamaCppRuntime(EngineCommon):
         """llama.cpp's own timings since the last reset (``llama_perf_context``): prompt and decode ms and token counts."""
         with self._lock:
             self._check_open()
-            p = self._L.llama_perf_context(self._ctx)
-            if reset:
-                self._L.llama_perf_context_reset(self._ctx)
-        return {"prompt_ms": p.t_p_eval_ms, "prompt_tokens": p.n_p_eval, "decode_ms": p.t_eval_ms, "decode_tokens": p.n_eval}
+            return engine_timings(self._ctx, reset=reset)
 
     def metadata(self, key: str) -> str | None:
         """A GGUF metadata value as text (None when absent)."""
