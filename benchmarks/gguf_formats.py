@@ -102,13 +102,13 @@ def child_raw(path: str, threads: int, prompt_tokens: int, new_tokens: int, runs
     """llama.cpp on its own: prompt decode, then llama_decode + greedy llama_sampler per token."""
     from slmops.bench.memory import peak_rss_bytes
     from slmops.export.measure import PROMPT_TEXT
-    from slmops.runtimes.llamacpp_lib import lib
+    from slmops.runtimes.llamacpp_lib import lib, model_params
     from slmops.models.gguf_file import locate_gguf
 
     L = lib()
     model_file = locate_gguf(Path(path))[0]
     t0 = time.perf_counter()
-    model = L.llama_model_load_from_file(str(model_file).encode(), L.llama_model_default_params())
+    model = L.llama_model_load_from_file(str(model_file).encode(), model_params())
     cp = L.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_threads, cp.n_threads_batch = 1024, 512, 512, threads, threads
     cp.no_perf = False

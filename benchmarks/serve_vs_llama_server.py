@@ -96,6 +96,10 @@ def start_llama_server(binary: Path, gguf: Path, args: argparse.Namespace, workd
     port = free_port()
     cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", str(args.threads), "-tb", str(args.threads),
            "-np", str(args.parallel), "-c", str(args.ctx), "--alias", "peer", "--no-webui"]
+    from slmops.runtimes.llamacpp_lib import amx_kernels
+
+    if amx_kernels():  # built natively on an AMX CPU, as slmops' llama.cpp: its AMX matmul crashes; slmops turns it off the same way
+        cmd.append("--no-repack")
     proc = Proc(cmd, f"http://127.0.0.1:{port}", dict(os.environ), workdir / "llama-server.log")
     proc.wait_ready("/health")
     return proc

@@ -36,6 +36,13 @@ def batcher(cpp: LlamaCppRuntime) -> Iterator[LlamaBatcher]:
     b.close()
 
 
+def test_a_batch_context_runs_on_a_persistent_threadpool(batcher: LlamaBatcher) -> None:
+    # as llama-server: without one, every llama_decode makes (and a build without OpenMP starts) its worker threads anew
+    assert batcher._pool is not None
+    events = list(batcher.stream(PROMPTS[0], GenerationParams(max_tokens=4, ignore_eos=True)))
+    assert len(events) == 4
+
+
 def wait_until(cond: Any, timeout: float = 2.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -117,3 +117,29 @@ def test_engine_timings(cpp: LlamaCppRuntime) -> None:
     cpp.generate("the quick brown fox", GenerationParams(max_tokens=5, ignore_eos=True))
     t = cpp.engine_timings()
     assert t["decode_tokens"] == 4 and t["prompt_tokens"] >= 1 and t["decode_ms"] > 0
+
+
+def test_model_params_turn_the_amx_buffers_off_where_llama_cpp_has_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ggml's AMX matmul crashes the process on the first decode (llama.cpp #20824): on a build with AMX kernels
+    # every model load goes without the extra weight buffers, unless the user turns them back on
+    from slmops.runtimes import llamacpp_lib
+
+    monkeypatch.delenv(llamacpp_lib.AMX_ENV, raising=False)
+    monkeypatch.setattr(llamacpp_lib, "amx_kernels", lambda: True)
+    mp = llamacpp_lib.model_params()
+    assert mp.use_extra_bufts is False and mp.n_gpu_layers == 0
+    monkeypatch.setenv(llamacpp_lib.AMX_ENV, "1")
+    assert llamacpp_lib.model_params().use_extra_bufts is True
+    monkeypatch.delenv(llamacpp_lib.AMX_ENV)
+    monkeypatch.setattr(llamacpp_lib, "amx_kernels", lambda: False)
+    assert llamacpp_lib.model_params().use_extra_bufts is True
+
+
+def test_amx_kernels_reads_the_loaded_build() -> None:
+    import ctypes
+
+    from slmops.runtimes import llamacpp_lib
+
+    cpu = llamacpp_lib._ggml_cpu()
+    assert cpu is not None, "libggml-cpu of llama-cpp-python not found"
+    assert llamacpp_lib.amx_kernels() is bool(ctypes.CDLL(cpu._name).ggml_cpu_has_amx_int8())

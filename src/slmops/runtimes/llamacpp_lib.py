@@ -8,6 +8,8 @@
   pointer or a non-zero code).
 * :func:`default_threads` picks a thread count for a model's size.
 * :func:`engine_timings` reads llama.cpp's own timings of a context (shared by the runtime and the batcher).
+* :func:`model_params` gives the parameters every model load uses: CPU only, and without ggml's AMX
+  weight buffers where the build has them (they crash the process, llama.cpp issue #20824).
 
 Reading and validating GGUF files in Python (``check_gguf_file``, ``locate_gguf``) is
 :mod:`slmops.models.gguf_file`'s, below the runtimes.
@@ -64,8 +66,14 @@ class _PoolParams(ctypes.Structure):
                 ("strict_cpu", ctypes.c_bool), ("paused", ctypes.c_bool)]  # ggml.h: struct ggml_threadpool_params
 
 
+def _libllama(L: Any) -> Any:
+    """The ctypes handle of libllama itself (llama-cpp-python keeps it in ``llama_cpp.llama_cpp._lib``, not re-exported)."""
+    inner = getattr(L, "llama_cpp", None)
+    return getattr(L, "_lib", None) or getattr(inner, "_lib", None)
+
+
 def _ggml_cpu() -> Any:
-    """libggml-cpu (already loaded by libllama) with the threadpool functions typed; None when not found."""
+    """libggml-cpu (already loaded by libllama), with the threadpool functions typed where they exist; None when not found."""
     if "ggml_cpu" not in _state:
         L = lib()
         found = None
@@ -80,19 +88,24 @@ def _ggml_cpu() -> Any:
         if found is not None:
             try:
                 cpu = ctypes.CDLL(str(found))
-                base = ctypes.CDLL(str(found.with_name(found.name.replace("ggml-cpu", "ggml-base"))))
+            except OSError as exc:
+                log.debug("cannot open %s: %s", found, exc)
+        if cpu is not None:
+            try:
+                base = ctypes.CDLL(str(found.with_name(found.name.replace("ggml-cpu", "ggml-base"))))  # type: ignore[union-attr]
+                llama = _libllama(L)
                 base.ggml_threadpool_params_init.argtypes = [ctypes.POINTER(_PoolParams), ctypes.c_int]
                 base.ggml_threadpool_params_init.restype = None
                 cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_PoolParams)]
                 cpu.ggml_threadpool_new.restype = ctypes.c_void_p
                 cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
                 cpu.ggml_threadpool_free.restype = None
-                L._lib.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-                L._lib.llama_attach_threadpool.restype = None
+                llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                llama.llama_attach_threadpool.restype = None
                 cpu._params_init = base.ggml_threadpool_params_init
+                cpu._attach = llama.llama_attach_threadpool
             except (OSError, AttributeError) as exc:
                 log.debug("no ggml threadpool API: %s", exc)
-                cpu = None
         _state["ggml_cpu"] = cpu
     return _state["ggml_cpu"]
 
@@ -106,20 +119,48 @@ def attach_threadpool(ctx: Any, n_threads: int) -> Any:
     :func:`free_threadpool` after the context.
     """
     cpu = _ggml_cpu()
-    if cpu is None:
+    if cpu is None or not hasattr(cpu, "_attach"):
         return None
     params = _PoolParams()
     cpu._params_init(ctypes.byref(params), int(n_threads))  # ggml's defaults: normal priority, poll 50, as llama-server
     pool = cpu.ggml_threadpool_new(ctypes.byref(params))
     if not pool:
         return None
-    lib()._lib.llama_attach_threadpool(ctypes.cast(ctx, ctypes.c_void_p), pool, pool)
+    cpu._attach(ctypes.cast(ctx, ctypes.c_void_p), pool, pool)
     return pool
+
+
+AMX_ENV = "SLMOPS_LLAMACPP_AMX"
+
+
+def amx_kernels() -> bool:
+    """True when the loaded llama.cpp was built with AMX kernels (``-march=native`` on a Sapphire Rapids-class CPU)."""
+    cpu = _ggml_cpu()
+    probe = getattr(cpu, "ggml_cpu_has_amx_int8", None) if cpu is not None else None
+    return bool(probe()) if probe is not None else False
+
+
+def model_params() -> Any:
+    """llama.cpp's default model parameters for a load on the CPU.
+
+    Where the build has AMX kernels, the extra weight buffers (AMX, and with them the repacked
+    layouts) are off: ggml's AMX matrix multiply crashes the whole process with a segmentation
+    fault on the first decode on such machines (llama.cpp issue #20824, closed unfixed; seen here
+    on a Xeon with ``amx_int8``, and by llama-server on the same file). ``SLMOPS_LLAMACPP_AMX=1``
+    turns them back on for a llama.cpp where that is fixed. llama-server's ``--no-repack`` is the same switch.
+    """
+    L = lib()
+    mp = L.llama_model_default_params()
+    mp.n_gpu_layers = 0
+    if amx_kernels() and os.environ.get(AMX_ENV, "").strip().lower() not in {"1", "true", "yes", "on"}:
+        log.info("llama.cpp has AMX kernels: weight repacking is off (llama.cpp #20824; %s=1 turns it on)", AMX_ENV)
+        mp.use_extra_bufts = False
+    return mp
 
 
 def free_threadpool(pool: Any) -> None:
     cpu = _ggml_cpu()
-    if pool and cpu is not None:
+    if pool and cpu is not None and hasattr(cpu, "_attach"):
         cpu.ggml_threadpool_free(pool)
 
 

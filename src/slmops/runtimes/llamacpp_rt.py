@@ -33,7 +33,7 @@ from slmops.runtimes import runtime_spec
 from slmops.runtimes.base import GenerationParams, LoadInfo, TokenEvent, check_vocab, decode_loop
 from slmops.runtimes.common import EngineCommon
 from slmops.runtimes.llamacpp_adapters import LoraSet
-from slmops.runtimes.llamacpp_lib import clear_problems, default_threads, engine_timings, lib, recent_problems
+from slmops.runtimes.llamacpp_lib import clear_problems, default_threads, engine_timings, lib, model_params, recent_problems
 from slmops.runtimes.llamacpp_vocab import LlamaVocab
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,8 @@ class LlamaCppRuntime(EngineCommon):
         facts = check_gguf_file(model_path)
         if facts.get("type") == "adapter":
             raise ConfigError(f"{model_path.name} is a LoRA adapter, not a model", fix="open the base model's GGUF and pass the adapter with adapters=[...]")
-        mp = L.llama_model_default_params()
-        mp.n_gpu_layers = 0
         clear_problems()
-        self._model = L.llama_model_load_from_file(str(model_path).encode(), mp)
+        self._model = L.llama_model_load_from_file(str(model_path).encode(), model_params())
         if not self._model:
             raise ConfigError(f"llama.cpp cannot load {model_path.name}", why=recent_problems(), fix="export the model again (slmops export gguf), or update llama-cpp-python")
         self._ctx = None
