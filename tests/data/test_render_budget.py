@@ -113,3 +113,28 @@ def test_closing_a_pool_ends_the_renders_it_runs() -> None:
     assert not t.is_alive() and len(errors) == 1 and isinstance(errors[0], RendererStopped)
     with render_budget(pool=pool), pytest.raises(RendererStopped):
         render_chat(CHATML, MSGS)
+
+
+def test_a_pool_keeps_a_worker_for_each_concurrent_render_it_may_get_again() -> None:
+    """A burst of renders starts its workers once: the next burst of the same size reuses them (a start costs ~70 ms of CPU)."""
+    memory_mb = RenderBudget().memory_mb
+    pool = RenderPool(keep_idle=4)
+    try:
+        first = [pool.take(memory_mb) for _ in range(4)]
+        for w in first:
+            pool.give_back(w)
+        assert len(pool.idle) == 4
+        again = [pool.take(memory_mb) for _ in range(4)]
+        assert {w.proc.pid for w in again} == {w.proc.pid for w in first}
+        for w in again:
+            pool.give_back(w)
+    finally:
+        pool.close()
+    small = RenderPool(keep_idle=1)  # past its keep_idle a worker is stopped when given back
+    try:
+        a, b = small.take(memory_mb), small.take(memory_mb)
+        small.give_back(a)
+        small.give_back(b)
+        assert small.idle == [a] and b.proc.wait(timeout=10) is not None
+    finally:
+        small.close()

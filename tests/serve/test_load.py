@@ -104,3 +104,9 @@ def test_interleaved_streams_all_finish(start_server: Any) -> None:
         assert list(ex.map(run, range(8))) == [40] * 8
     batcher = server.entry("bot:2").engine.batcher
     assert batcher.rows_stepped > batcher.steps, "concurrent requests should share forward passes"
+
+
+def test_the_server_keeps_a_template_worker_per_slot(start_server: Any) -> None:
+    # renders run on held slots: with fewer idle workers kept, every burst of chats would start processes again
+    server = start_server(parallel=3, max_loaded=2)
+    assert server.service._renderers.keep_idle == 6

@@ -95,7 +95,8 @@ class Service:
         self._prep = ThreadPoolExecutor(max_workers=config.max_loaded * config.parallel + 2, thread_name_prefix="slmops-prep")
         from slmops.data.render_worker import RenderPool
 
-        self._renderers = RenderPool()
+        # a render runs on a held slot: keep a worker for each, or every burst of more than two starts processes again
+        self._renderers = RenderPool(keep_idle=config.max_loaded * config.parallel)
 
     def warm(self) -> None:
         """Start a chat-template worker before the first request needs one (``slmops serve`` does, at startup)."""
