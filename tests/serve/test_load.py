@@ -110,3 +110,14 @@ def test_the_server_keeps_a_template_worker_per_slot(start_server: Any) -> None:
     # renders run on held slots: with fewer idle workers kept, every burst of chats would start processes again
     server = start_server(parallel=3, max_loaded=2)
     assert server.service._renderers.keep_idle == 6
+
+
+def test_the_server_streams_through_uvloop_and_httptools() -> None:
+    # the serve extra installs both and uvicorn's "auto" picks them: less CPU per streamed token than asyncio + h11,
+    # CPU the llama.cpp threads beside it would otherwise lose (BENCHMARKS.md, issue 14)
+    import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert AutoHTTPProtocol is HttpToolsProtocol
+    assert uvicorn.Config(app="slmops.serve:create_app").get_loop_factory().__module__.startswith("uvloop")
