@@ -13,12 +13,14 @@ def slmops_home() -> Path:
     return Path(os.environ.get("SLMOPS_HOME") or DEFAULT_HOME).expanduser().resolve()
 
 
+def env_flag(name: str) -> bool:
+    """True when environment variable ``name`` is set to 1, true, yes or on (any case)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def hub_offline() -> bool:
     """True when the user asked for no hub access (``HF_HUB_OFFLINE`` or ``SLMOPS_OFFLINE``)."""
-    return any(
-        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-        for v in ("HF_HUB_OFFLINE", "SLMOPS_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    return any(env_flag(v) for v in ("HF_HUB_OFFLINE", "SLMOPS_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def api_key_from_env(name: str | None, flag: str = "--api-key-env") -> str | None:

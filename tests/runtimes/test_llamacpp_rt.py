@@ -135,11 +135,11 @@ def test_model_params_turn_the_amx_buffers_off_where_llama_cpp_has_them(monkeypa
     assert llamacpp_lib.model_params().use_extra_bufts is True
 
 
-def test_amx_kernels_reads_the_loaded_build() -> None:
-    import ctypes
-
+def test_amx_kernels_agrees_with_llama_cpps_own_system_info() -> None:
+    # amx_kernels() asks the libggml-cpu it finds next to the bindings; libllama reports the features of the
+    # CPU backend it actually loaded: the two must agree, or model_params() would guard the wrong build
     from slmops.runtimes import llamacpp_lib
 
-    cpu = llamacpp_lib._ggml_cpu()
-    assert cpu is not None, "libggml-cpu of llama-cpp-python not found"
-    assert llamacpp_lib.amx_kernels() is bool(ctypes.CDLL(cpu._name).ggml_cpu_has_amx_int8())
+    info = llamacpp_lib.lib().llama_print_system_info().decode()
+    assert "CPU :" in info, info
+    assert llamacpp_lib.amx_kernels() is ("AMX_INT8 = 1" in info)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops._optional import require
+from slmops.settings import env_flag
 
 log = logging.getLogger("slmops.llamacpp")
 
@@ -152,7 +153,7 @@ def model_params() -> Any:
     L = lib()
     mp = L.llama_model_default_params()
     mp.n_gpu_layers = 0
-    if amx_kernels() and os.environ.get(AMX_ENV, "").strip().lower() not in {"1", "true", "yes", "on"}:
+    if amx_kernels() and not env_flag(AMX_ENV):
         log.info("llama.cpp has AMX kernels: weight repacking is off (llama.cpp #20824; %s=1 turns it on)", AMX_ENV)
         mp.use_extra_bufts = False
     return mp
