@@ -165,8 +165,9 @@ async def level(url: str, model: str, concurrency: int, n_requests: int, tokens:
             "stream_tok_s_p50": pct([r["stream_tok_s"] for r in results], 0.5)}
 
 
-def batcher_times(url: str) -> dict[str, float]:
-    """slmops' batcher seconds by part and tokens so far, from /metrics."""
+def metrics(url: str) -> dict[str, float]:
+    """One read of a server's /metrics: ``steps``, its ``llama_decode`` calls so far (slmops' batcher steps, or
+    llama-server's ``n_decode_total``: it runs with ``--metrics``); for slmops also the batcher's seconds by part and ``tokens``."""
     import re
 
     import httpx
@@ -174,19 +175,11 @@ def batcher_times(url: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     out = {m.group(1): float(m.group(2)) for m in re.finditer(r'^slmops_batch_seconds\{model="[^"]*",part="(\w+)"\} (\S+)$', text, re.M)}
     tokens = re.search(r"^slmops_batch_tokens\{[^}]*\} (\S+)$", text, re.M)
-    out["tokens"] = float(tokens.group(1)) if tokens else 0.0
+    if tokens:
+        out["tokens"] = float(tokens.group(1))
+    steps = re.search(r"^(?:slmops_batch_steps\{[^}]*\}|llamacpp:n_decode_total) (\S+)$", text, re.M)
+    out["steps"] = float(steps.group(1)) if steps else float("nan")
     return out
-
-
-def decode_steps(url: str) -> float:
-    """``llama_decode`` calls so far: slmops' batcher steps, or llama-server's ``n_decode_total`` (it runs with ``--metrics``)."""
-    import re
-
-    import httpx
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    m = re.search(r"^(?:slmops_batch_steps\{[^}]*\}|llamacpp:n_decode_total) (\S+)$", text, re.M)
-    return float(m.group(1)) if m else float("nan")
 
 
 def system_prompt(seed: int, words: int = 230) -> str:
@@ -243,15 +236,14 @@ def main() -> None:
                 for c in levels if r % 2 == 0 else list(reversed(levels)):
                     for name in order:
                         proc, model = servers[name]
-                        before = batcher_times(proc.url) if name == "slmops" else None
-                        steps0 = decode_steps(proc.url)
+                        before = metrics(proc.url)
                         res = asyncio.run(level(proc.url, model, c, max(args.requests, c), args.tokens, salt=r))
-                        res["steps"] = decode_steps(proc.url) - steps0
+                        after = metrics(proc.url)
+                        res["steps"] = after["steps"] - before["steps"]
                         res["ms_per_step"] = 1000 * max(args.requests, c) * args.tokens / res["throughput"] / res["steps"]
-                        if before is not None:
-                            after = batcher_times(proc.url)
+                        if "tokens" in after:  # slmops' batcher: where its time per token goes
                             n = max(1.0, after["tokens"] - before["tokens"])
-                            res["per_token_ms"] = {k: 1000 * (after[k] - before[k]) / n for k in after if k != "tokens"}
+                            res["per_token_ms"] = {k: 1000 * (after[k] - before[k]) / n for k in after if k not in ("tokens", "steps")}
                         runs[name].setdefault(f"c{c}", []).append(res)
                         print(f"round {r} c={c} {name}: {res['throughput']:.1f} tok/s, TTFT p50 {res['ttft_p50'] * 1000:.0f} ms", file=sys.stderr)
                 for name in order:

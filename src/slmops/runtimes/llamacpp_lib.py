@@ -161,7 +161,7 @@ def model_params() -> Any:
 
 def free_threadpool(pool: Any) -> None:
     cpu = _ggml_cpu()
-    if pool and cpu is not None and hasattr(cpu, "_attach"):
+    if pool and cpu is not None:  # a pool exists only where attach_threadpool could make one
         cpu.ggml_threadpool_free(pool)
 
 
