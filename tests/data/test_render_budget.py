@@ -116,7 +116,7 @@ def test_closing_a_pool_ends_the_renders_it_runs() -> None:
 
 
 def test_a_pool_keeps_a_worker_for_each_concurrent_render_it_may_get_again() -> None:
-    """A burst of renders starts its workers once: the next burst of the same size reuses them (a start costs ~70 ms of CPU)."""
+    """A burst of renders starts its workers once: the next burst of the same size reuses them (a start costs ~50 ms of CPU)."""
     memory_mb = RenderBudget().memory_mb
     pool = RenderPool(keep_idle=4)
     try:

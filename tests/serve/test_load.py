@@ -113,8 +113,7 @@ def test_the_server_keeps_a_template_worker_per_slot(start_server: Any) -> None:
 
 
 def test_the_server_streams_through_uvloop_and_httptools() -> None:
-    # the serve extra installs both and uvicorn's "auto" picks them: less CPU per streamed token than asyncio + h11,
-    # CPU the llama.cpp threads beside it would otherwise lose (BENCHMARKS.md, issue 14)
+    # the serve extra installs both and uvicorn's "auto" picks them: the stack benchmarks/serve_http_stacks.py measures
     import uvicorn
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol

@@ -15,8 +15,8 @@ runs in a child process (``python -m slmops.data.render_worker``) that:
 The caller waits at most the time budget plus a short grace; a child that has not answered by then
 is killed (``SIGKILL``) and replaced on the next call, so no render outlives its budget. Children are
 pooled (one per concurrent render, kept idle up to the pool's ``keep_idle``) and started once, so a render
-costs one pipe round trip (well under a millisecond for a usual chat), not a process start (60–75 ms
-of CPU). A process that forks gets its own children.
+costs one pipe round trip (well under a millisecond for a usual chat), not a process start (~65 ms,
+~50 ms of CPU: ``benchmarks/render_workers.py``). A process that forks gets its own children.
 
 The budget is taken from :func:`render_budget` (a context manager; the server sets each request's
 from ``--render-timeout`` and the time left before the request's deadline).
@@ -243,7 +243,7 @@ class RenderPool:
 
     The module keeps a default pool; a server makes its own so that stopping it (:meth:`close`) also
     kills the renders it still has running, and keeps as many idle as it can render at once: a
-    worker dropped after a burst is a process started again (60–75 ms of CPU, taken from the
+    worker dropped after a burst is a process started again (~50 ms of CPU, taken from the
     running generations) at the next one.
     """
 
