@@ -12,19 +12,20 @@ CPU the started child used, and each worker's resident memory. Run:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from pathlib import Path
 
 from slmops.data.render_worker import RenderBudget, RenderPool
 
 
 def child_stats(pid: int) -> tuple[float, float]:
     """(CPU seconds, resident MB) of a child process, from /proc."""
-    import os
-
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    proc = Path("/proc") / str(pid)
+    fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    rss_kb = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS:"))
+    rss_kb = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines() if line.startswith("VmRSS:"))
     return cpu, rss_kb / 1024
 
 
